@@ -1,0 +1,44 @@
+"""The ``lossatlas`` command.
+
+Each module of this package registers its subcommands on :data:`app` (``@app.command()``);
+they are imported here in alphabetical order, so adding a command means adding a module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="lossatlas",
+    help="Map the loss landscape of any PyTorch model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _load_commands() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_load_commands()
+
+
+def main() -> None:
+    """Entry point: bad input is reported as one line, not a traceback."""
+    from lossatlas.errors import LossAtlasError
+
+    try:
+        app()
+    except LossAtlasError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(2)
+    except FileNotFoundError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(2)
