@@ -1,0 +1,231 @@
+"""Result files: one self-describing HDF5 file per result, with provenance, and `la.load`.
+
+A result is a dataclass registered with :func:`result`. :func:`save` writes its fields:
+
+* numpy arrays and tensors -> datasets,
+* ``Mapping[str, Tensor]`` (points, directions) -> a group with one dataset per name
+  (names are stored in an attribute, so dots and slashes survive),
+* lists of such mappings -> a group of groups,
+* str / numbers / bools / None / JSON-able lists and dicts -> attributes (JSON-encoded).
+
+Every file carries ``lossatlas_kind``, ``lossatlas_version``, ``torch_version`` and
+``created`` attributes. :func:`load` reads the kind and rebuilds the registered class.
+
+>>> import dataclasses, tempfile, numpy as np
+>>> @result("example")
+... @dataclasses.dataclass
+... class Example:
+...     x: np.ndarray
+...     note: str = ""
+>>> path = tempfile.mktemp(suffix=".h5")
+>>> save(Example(np.arange(3.0), note="hi"), path)  # doctest: +ELLIPSIS
+PosixPath(...)
+>>> load(path).note
+'hi'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from lossatlas.errors import LossAtlasError
+
+__all__ = ["load", "read_attrs", "register_loader", "result", "save", "write_attrs"]
+
+_REGISTRY: dict[str, type] = {}
+_LOADERS: dict[str, Any] = {}
+
+
+def result(kind: str):
+    """Class decorator: register a dataclass as a result kind and give it ``save(path)``."""
+
+    def deco(cls):
+        _REGISTRY[kind] = cls
+        cls.kind = kind
+        if not hasattr(cls, "save"):
+            cls.save = lambda self, path, **attrs: save(self, path, **attrs)
+        return cls
+
+    return deco
+
+
+def register_loader(kind: str, fn) -> None:
+    """Register a custom loader ``fn(h5py.File) -> object`` for files of ``kind`` (for results
+    written incrementally, e.g. resumable surfaces)."""
+    _LOADERS[kind] = fn
+
+
+def _version() -> str:
+    from lossatlas import __version__
+
+    return __version__
+
+
+def write_attrs(node: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    """JSON-encode ``attrs`` into an HDF5 node (strings stay plain strings)."""
+    for k, v in attrs.items():
+        if isinstance(v, str):
+            node.attrs[k] = str(v)
+        else:
+            node.attrs[k] = json.dumps(_jsonable(v))
+
+
+def read_attrs(node: h5py.HLObject) -> dict[str, Any]:
+    """Inverse of :func:`write_attrs`."""
+    out = {}
+    for k, v in node.attrs.items():
+        if isinstance(v, bytes):
+            v = v.decode()
+        if isinstance(v, str):
+            try:
+                out[k] = json.loads(v)
+            except (json.JSONDecodeError, ValueError):
+                out[k] = v
+        elif isinstance(v, np.ndarray):
+            out[k] = v.tolist()
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out
+
+
+def _jsonable(v):
+    if isinstance(v, (np.generic,)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().tolist()
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, float) and not np.isfinite(v):
+        return str(v)
+    return v
+
+
+def _is_tensor_map(v) -> bool:
+    return isinstance(v, Mapping) and bool(v) and all(
+        isinstance(x, torch.Tensor) for x in v.values()
+    )
+
+
+def _write_point(group: h5py.Group, point: Mapping[str, torch.Tensor]) -> None:
+    names = list(point)
+    group.attrs["names"] = json.dumps(names)
+    group.attrs["type"] = "point"
+    meta = getattr(point, "meta", None)
+    if meta:
+        group.attrs["meta"] = json.dumps(_jsonable(meta))
+    for i, k in enumerate(names):
+        group.create_dataset(str(i), data=point[k].detach().cpu().numpy())
+
+
+def _read_point(group: h5py.Group):
+    from lossatlas.params import Point
+
+    names = json.loads(group.attrs["names"])
+    meta = json.loads(group.attrs["meta"]) if "meta" in group.attrs else {}
+    return Point({k: torch.from_numpy(group[str(i)][()]) for i, k in enumerate(names)}, meta=meta)
+
+
+def save(obj, path: str | os.PathLike, **extra_attrs) -> Path:
+    """Write a registered result dataclass to ``path`` atomically (tmp file + rename)."""
+    kind = getattr(obj, "kind", None)
+    if kind not in _REGISTRY or not dataclasses.is_dataclass(obj):
+        raise LossAtlasError(
+            f"objects of type {type(obj).__name__} cannot be saved; only lossatlas results can"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        _stamp(f, kind)
+        scalars = {}
+        for field in dataclasses.fields(obj):
+            v = getattr(obj, field.name)
+            if isinstance(v, torch.Tensor):
+                v = v.detach().cpu().numpy()
+            if isinstance(v, np.ndarray):
+                f.create_dataset(field.name, data=v)
+            elif _is_tensor_map(v):
+                _write_point(f.create_group(field.name), v)
+            elif isinstance(v, (list, tuple)) and v and all(_is_tensor_map(x) for x in v):
+                g = f.create_group(field.name)
+                g.attrs["type"] = "points"
+                g.attrs["count"] = len(v)
+                for i, x in enumerate(v):
+                    _write_point(g.create_group(str(i)), x)
+            else:
+                scalars[field.name] = v
+        f.attrs["fields"] = json.dumps(_jsonable(scalars))
+        write_attrs(f, extra_attrs)
+    os.replace(tmp, path)
+    return path
+
+
+def _stamp(f: h5py.File, kind: str) -> None:
+    f.attrs["lossatlas_kind"] = kind
+    f.attrs["lossatlas_version"] = _version()
+    f.attrs["torch_version"] = str(torch.__version__)
+    f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def load(path: str | os.PathLike):
+    """Read any lossatlas result file back into its result object."""
+    path = Path(path)
+    if not path.exists():
+        raise LossAtlasError(f"path {str(path)!r} does not exist; check the file name")
+    with h5py.File(path, "r") as f:
+        kind = f.attrs.get("lossatlas_kind")
+        if isinstance(kind, bytes):
+            kind = kind.decode()
+        if kind is None:
+            raise LossAtlasError(f"{path} is not a lossatlas result file (no lossatlas_kind)")
+        _import_kinds()
+        if kind in _LOADERS:
+            return _LOADERS[kind](f)
+        if kind not in _REGISTRY:
+            raise LossAtlasError(f"{path} holds a result of unknown kind {kind!r}")
+        cls = _REGISTRY[kind]
+        fields = json.loads(f.attrs.get("fields", "{}"))
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = field.name
+            if name in f:
+                node = f[name]
+                if isinstance(node, h5py.Dataset):
+                    values[name] = node[()]
+                elif node.attrs.get("type") == "points":
+                    values[name] = [_read_point(node[str(i)]) for i in
+                                    range(int(node.attrs["count"]))]
+                else:
+                    values[name] = _read_point(node)
+            elif name in fields:
+                values[name] = fields[name]
+        return cls(**values)
+
+
+def _import_kinds() -> None:
+    """Import the modules that define result kinds so their classes are registered."""
+    import importlib
+
+    for mod in ("landscape", "hessian", "trajectory", "shapes", "mining", "connect",
+                "similarity", "taxonomy", "directions"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"lossatlas.{mod}")
