@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lossatlas.errors import LossAtlasError
+
 Tensors = Mapping[str, torch.Tensor]
 
 __all__ = [
@@ -120,7 +122,7 @@ class Point(dict):
 def _check_same_keys(a: Tensors, b: Tensors) -> None:
     if a.keys() != b.keys():
         missing = sorted(set(a) ^ set(b))[:5]
-        raise ValueError(
+        raise LossAtlasError(
             f"the two points cover different parameters (e.g. {missing}); build both from the "
             "same model with the same include/exclude selection"
         )
@@ -162,7 +164,7 @@ def select(
             continue
         names.append(name)
     if not names:
-        raise ValueError(
+        raise LossAtlasError(
             f"no parameter of the model matches include={include!r}, exclude={exclude!r}, "
             f"trainable_only={trainable_only}; list the names with model.named_parameters() "
             "and widen the patterns"
@@ -180,7 +182,7 @@ def of(model: nn.Module, names: Sequence[str] | None = None, **selection) -> Poi
     params = dict(model.named_parameters())
     unknown = [n for n in names if n not in params]
     if unknown:
-        raise ValueError(f"names {unknown[:5]} are not parameters of the model; check spelling")
+        raise LossAtlasError(f"names {unknown[:5]} are not parameters of the model; check spelling")
     return Point({n: params[n].detach().clone() for n in names})
 
 
@@ -214,7 +216,7 @@ def cosine(a: Tensors, b: Tensors) -> float:
 def axpy(center: Tensors, coeffs: Sequence[float], directions: Sequence[Tensors]) -> Point:
     """θ + Σ_i a_i d_i, computed directly from the center (never by accumulation)."""
     if len(coeffs) != len(directions):
-        raise ValueError("need one coefficient per direction")
+        raise LossAtlasError("need one coefficient per direction")
     out = {}
     for k, v in center.items():
         acc = v.clone()
@@ -228,7 +230,7 @@ def axpy(center: Tensors, coeffs: Sequence[float], directions: Sequence[Tensors]
 def lincomb(coeffs: Sequence[float], points: Sequence[Tensors]) -> Point:
     """Σ_i c_i p_i."""
     if not points:
-        raise ValueError("lincomb needs at least one point")
+        raise LossAtlasError("lincomb needs at least one point")
     keys = list(points[0])
     return Point({k: sum(float(c) * p[k] for c, p in zip(coeffs, points)) for k in keys})
 
@@ -266,7 +268,7 @@ def gram_schmidt(vectors: Sequence[Tensors], normalize: bool = False) -> list[Po
                 w = w - u * float(dot(w, u) / uu)
         nw = norm(w)
         if nw == 0:
-            raise ValueError("gram_schmidt: the vectors are linearly dependent")
+            raise LossAtlasError("gram_schmidt: the vectors are linearly dependent")
         scale = 1.0 / float(nw) if normalize else float(n0 / nw)
         w = w * scale
         w.meta = dict(getattr(v, "meta", {}) or {})
@@ -284,7 +286,7 @@ def unflatten(vec: torch.Tensor, like: Tensors) -> Point:
     """Inverse of :func:`flatten`: split ``vec`` into tensors shaped like ``like``."""
     total = sum(v.numel() for v in like.values())
     if vec.numel() != total:
-        raise ValueError(f"vector has {vec.numel()} entries but the point has {total}")
+        raise LossAtlasError(f"vector has {vec.numel()} entries but the point has {total}")
     out, i = {}, 0
     for k, v in like.items():
         n = v.numel()

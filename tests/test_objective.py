@@ -1,0 +1,232 @@
+"""The Objective against hand computations, the model's own buffers and manual BN passes."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, hessian
+
+import lossatlas as la
+from lossatlas.errors import LossAtlasError
+
+
+def _bn_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5),
+                        nn.Linear(8, 3))
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(64, 5))  # non-trivial running statistics
+    return net
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(103, 5, generator=g), torch.randint(0, 3, (103,), generator=g)
+
+
+def test_loss_is_exact_full_mean_when_batch_size_does_not_divide(data):
+    X, y = data
+    net = _bn_net()
+    net.eval()
+    expected = F.cross_entropy(net(X), y).item()
+    acc = (net(X).argmax(1) == y).float().mean().item()
+    for bs in (None, 10, 17, 102, 500):
+        res = la.Objective(net, (X, y), batch_size=bs).evaluate()
+        assert res["loss"] == pytest.approx(expected, rel=1e-6)
+        assert res["accuracy"] == pytest.approx(acc, abs=1e-6)
+
+
+def test_loss_at_other_point_matches_loaded_model(data):
+    X, y = data
+    net = _bn_net()
+    obj = la.Objective(net, (X, y), batch_size=16)
+    d = la.params.Point({k: torch.randn_like(v) for k, v in obj.center.items()})
+    point = obj.center + 0.3 * d
+    other = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        for k, p in other.named_parameters():
+            p.copy_(point[k])
+        expected = F.cross_entropy(other(X), y).item()
+    assert obj.loss(point) == pytest.approx(expected, rel=1e-6)
+    assert obj.loss_batch([point, obj.center]).tolist() == pytest.approx(
+        [expected, obj.loss()], rel=1e-6
+    )
+
+
+def test_evaluate_leaves_model_bit_identical(data):
+    X, y = data
+    net = _bn_net()
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    flags = [m.training for m in net.modules()]
+    momentum = net[1].momentum
+    for bn in ("keep", "recalibrate"):
+        obj = la.Objective(net, (X, y), batch_size=7, bn=bn)
+        point = obj.center * 1.1
+        obj.evaluate(point)
+        obj.grad(point)
+        obj.hvp(point)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert [m.training for m in net.modules()] == flags
+    assert net[1].momentum == momentum
+
+
+def test_recalibrate_matches_manual_cumulative_pass(data):
+    X, y = data
+    net = _bn_net()
+    obj = la.Objective(net, (X, y), batch_size=10, bn="recalibrate")
+    point = obj.center * 0.8
+    got = obj.recalibrate(point)
+
+    manual = copy.deepcopy(net)
+    with torch.no_grad():
+        for k, p in manual.named_parameters():
+            p.copy_(point[k])
+    bn = manual[1]
+    bn.reset_running_stats()
+    bn.momentum = None
+    manual.train()
+    with torch.no_grad():
+        for i in range(0, len(X), 10):
+            manual(X[i:i + 10])
+    assert torch.allclose(got["1.running_mean"], bn.running_mean, atol=1e-7)
+    assert torch.allclose(got["1.running_var"], bn.running_var, atol=1e-7)
+    assert int(got["1.num_batches_tracked"]) == int(bn.num_batches_tracked)
+    manual.eval()
+    assert obj.loss(point) == pytest.approx(F.cross_entropy(manual(X), y).item(), rel=1e-6)
+
+
+def test_grad_and_hvp_match_torch_func(data):
+    X, y = data
+    net = _bn_net().eval()
+    obj = la.Objective(net, (X, y), batch_size=17)
+    flat = la.params.flatten(obj.center)
+
+    def f(vec):
+        point = la.params.unflatten(vec, obj.center)
+        return F.cross_entropy(functional_call(net, {**point, **obj.buffers}, (X,)), y)
+
+    g = torch.func.grad(f)(flat)
+    H = hessian(f)(flat)
+    assert torch.allclose(la.params.flatten(obj.grad()), g, atol=1e-6)
+    vs = [la.params.unflatten(torch.randn(flat.numel()), obj.center) for _ in range(3)]
+    for v, hv in zip(vs, obj.hvp(vs)):
+        assert torch.allclose(la.params.flatten(hv), H @ la.params.flatten(v), atol=1e-5)
+
+
+def test_parameter_subset_and_fixed_rest(data):
+    X, y = data
+    net = _bn_net().eval()
+    obj = la.Objective(net, (X, y), include="4.*")
+    assert obj.names == ["4.weight", "4.bias"]
+    point = {k: v + 1 for k, v in obj.center.items()}
+    with torch.no_grad():
+        other = copy.deepcopy(net)
+        other[4].weight += 1
+        other[4].bias += 1
+        assert obj.loss(point) == pytest.approx(F.cross_entropy(other(X), y).item(), rel=1e-6)
+
+
+class _HFStyle(nn.Module):
+    """A Hugging Face-like model: keyword inputs, output with .logits and optional .loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 6)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        h = self.emb(input_ids)
+        if attention_mask is not None:
+            h = h * attention_mask.unsqueeze(-1)
+        logits = self.head(h.mean(1))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return SimpleNamespace(logits=logits, loss=loss)
+
+
+def test_dict_batches_and_model_loss():
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 11, (30, 7)),
+             "attention_mask": torch.ones(30, 7), "labels": torch.randint(0, 4, (30,))}
+    model = _HFStyle()
+    with torch.no_grad():
+        expected = model(**batch).loss.item()
+    a = la.Objective(model, batch, batch_size=8)            # cross entropy on .logits
+    b = la.Objective(model, batch, batch_size=8, loss="model")  # the model's own .loss
+    assert a.loss() == pytest.approx(expected, rel=1e-6)
+    assert b.loss() == pytest.approx(expected, rel=1e-6)
+    # a Dataset of dict items works too
+    items = [{k: v[i] for k, v in batch.items()} for i in range(30)]
+    c = la.Objective(model, items, batch_size=9)
+    assert c.loss() == pytest.approx(expected, rel=1e-6)
+
+
+def test_custom_loss_and_dataloader(data):
+    X, y = data
+    net = _bn_net().eval()
+    target = torch.randn(103, 3)
+
+    def half_mse(out, t):
+        return 0.5 * ((out - t) ** 2).sum(1).mean()
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, target), batch_size=13, shuffle=True
+    )
+    obj = la.Objective(net, loader, loss=half_mse, batch_size=20)
+    with torch.no_grad():
+        expected = half_mse(net(X), target).item()
+    # the loader shuffles, but a full-data mean does not depend on the order
+    assert obj.loss() == pytest.approx(expected, rel=1e-5)
+    assert obj.evaluate()["accuracy"] != obj.evaluate()["accuracy"]  # nan: not a classifier
+
+
+class _Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return F.dropout(self.lin(x), 0.5, training=True)  # dropout forced on
+
+
+class _Augmented(torch.utils.data.Dataset):
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i] + 0.1 * torch.randn_like(self.X[i]), self.y[i]
+
+
+def test_determinism_check_catches_traps(data):
+    X, y = data
+    with pytest.raises(LossAtlasError, match="different losses"):
+        la.Objective(_Noisy(), (X, y))
+    with pytest.raises(LossAtlasError, match="augmentation"):
+        la.Objective(nn.Linear(5, 3), _Augmented(X, y))
+
+
+def test_bad_input_is_one_clear_sentence(data):
+    X, y = data
+    net = nn.Linear(5, 3)
+    with pytest.raises(LossAtlasError, match="bn="):
+        la.Objective(net, (X, y), bn="update")
+    with pytest.raises(LossAtlasError, match="loss="):
+        la.Objective(net, (X, y), loss="hinge")
+    with pytest.raises(LossAtlasError, match="batch_size"):
+        la.Objective(net, (X, y), batch_size=0)
+    with pytest.raises(LossAtlasError, match="model"):
+        la.Objective("net", (X, y))
+    obj = la.Objective(net, (X, y))
+    with pytest.raises(LossAtlasError, match="obj.names"):
+        obj.loss({"weight": net.weight})
