@@ -170,7 +170,7 @@ def test_dict_batches_and_model_loss():
 
 
 def test_custom_loss_and_dataloader(data):
-    X, y = data
+    X, _ = data
     net = _bn_net().eval()
     target = torch.randn(103, 3)
 
@@ -228,5 +228,5 @@ def test_bad_input_is_one_clear_sentence(data):
     with pytest.raises(LossAtlasError, match="model"):
         la.Objective("net", (X, y))
     obj = la.Objective(net, (X, y))
-    with pytest.raises(LossAtlasError, match="obj.names"):
+    with pytest.raises(LossAtlasError, match=r"obj\.names"):
         obj.loss({"weight": net.weight})
