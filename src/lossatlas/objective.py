@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -298,8 +299,8 @@ def _accuracy_count(output, target) -> float:
         return math.nan
     if logits.dim() < 2 or logits.shape[:-1] != target.shape:
         return math.nan
-    mask = target != IGNORE_INDEX
-    return float(((logits.argmax(-1) == target) & mask).sum())
+    hits = logits.argmax(-1) == target  # an ignored target (-100) never equals a class index
+    return float(hits.sum())
 
 
 # -- BN handling ----------------------------------------------------------------------------
@@ -400,7 +401,8 @@ class Objective:
         self.weights = [b.weight / self.n for b in self.batches]
         self.num_samples = sum(_length(b.inputs) for b in self.batches)
         self._keyed = isinstance(self.batches[0].inputs, Mapping)
-        self._recal_cache: tuple[str, dict] | None = None
+        self._work_model: nn.Module | None = None
+        self._work_failed = False
         if check:
             self.check_determinism()
 
@@ -457,8 +459,21 @@ class Objective:
         """Running statistics of every BatchNorm layer recomputed at ``point``.
 
         Equivalent to ``reset_running_stats()``, ``momentum=None`` and a train-mode forward
-        over every batch, done on copies: the model's own buffers are untouched.
+        over every batch, done on a private copy: the model's own buffers are untouched.
         """
+        work = self._work()
+        if work is None:
+            return self._recalibrate_functional(point)
+        self._load(work, point, self.buffers)
+        bns = _bn_modules(work)
+        for _, m in bns:
+            m.reset_running_stats()
+        with _eval_mode(work, bn_train=True):
+            for b in self.batches:
+                self._run(work, b)
+        return {k: v.clone() for k, v in work.named_buffers()}
+
+    def _recalibrate_functional(self, point) -> dict:
         bufs = {k: v.clone() for k, v in self.buffers.items()}
         for name, m in _bn_modules(self.model):
             prefix = f"{name}." if name else ""
@@ -472,17 +487,66 @@ class Objective:
                 self._call(tensors, b)
         return bufs
 
+    # -- fast no-grad evaluation on a private copy ---------------------------------------
+    def _work(self) -> nn.Module | None:
+        """A private deep copy of the model for no-grad evaluation (None when the model cannot
+        be copied; the functional path is used then). Writing a point into the copy's
+        parameters costs one ``copy_`` per tensor, cheaper than ``functional_call``."""
+        if self._work_model is None and not self._work_failed:
+            try:
+                work = copy.deepcopy(self.model).to(self.device)
+            except Exception:  # un-copyable models fall back to functional calls
+                self._work_failed = True
+                return None
+            work.eval()
+            for p in work.parameters():
+                p.requires_grad_(False)
+            self._work_params = dict(work.named_parameters())
+            self._work_buffers = dict(work.named_buffers())
+            for k, v in self._fixed.items():
+                self._work_params[k].copy_(v)
+            self._work_model = work
+        return self._work_model
+
+    def _load(self, work: nn.Module, point: Mapping, buffers: Mapping | None) -> None:
+        if point.keys() != self.center.keys():
+            self.full_params(point)  # raises the clear message
+        for k, v in point.items():
+            self._work_params[k].copy_(v)
+        if buffers is not None:
+            for k, v in buffers.items():
+                self._work_buffers[k].copy_(v)
+
+    def _run(self, module: nn.Module, batch: Batch):
+        if self._keyed:
+            kwargs = dict(batch.inputs)
+            if self.loss_name == "model" and batch.targets is not None and self.target_key:
+                kwargs[self.target_key] = batch.targets
+            return module(**kwargs)
+        args = batch.inputs if isinstance(batch.inputs, tuple) else (batch.inputs,)
+        return module(*args)
+
     # -- values --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, point=None, buffers: Mapping | None = None) -> dict[str, float]:
         """Full-data mean loss and accuracy (fraction correct; nan when not a classifier)."""
         point = self.center if point is None else point
         buffers = self.buffers_at(point) if buffers is None else buffers
+        work = self._work()
         loss_sum, correct = 0.0, 0.0
-        for b in self.batches:
-            out = self.forward(point, b, buffers)
-            loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
-            correct += _accuracy_count(out, b.targets)
+        if work is None:
+            with _eval_mode(self.model):
+                tensors = {**self.full_params(point), **buffers}
+                for b in self.batches:
+                    out = self._call(tensors, b)
+                    loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
+                    correct += _accuracy_count(out, b.targets)
+        else:
+            self._load(work, point, buffers)
+            for b in self.batches:
+                out = self._run(work, b)
+                loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
+                correct += _accuracy_count(out, b.targets)
         return {"loss": loss_sum / self.n, "accuracy": correct / self.n}
 
     def loss(self, point=None, buffers: Mapping | None = None) -> float:
@@ -490,18 +554,12 @@ class Objective:
         return self.evaluate(point, buffers)["loss"]
 
     def evaluate_batch(self, points: Sequence[Mapping]) -> dict[str, np.ndarray]:
-        """Loss and accuracy at many points, each batch of data loaded once for all points.
-        Returns arrays of shape (len(points),)."""
-        losses = np.zeros(len(points))
-        correct = np.zeros(len(points))
-        bufs = [self.buffers_at(p) for p in points]
-        with torch.no_grad():
-            for b in self.batches:
-                for i, p in enumerate(points):
-                    out = self.forward(p, b, bufs[i])
-                    losses[i] += float(self.loss_fn(out, b.targets)) * b.weight
-                    correct[i] += _accuracy_count(out, b.targets)
-        return {"loss": losses / self.n, "accuracy": correct / self.n}
+        """Loss and accuracy at each of ``points``: arrays of shape (len(points),)."""
+        out = [self.evaluate(p) for p in points]
+        return {
+            "loss": np.array([o["loss"] for o in out]),
+            "accuracy": np.array([o["accuracy"] for o in out]),
+        }
 
     def loss_batch(self, points: Sequence[Mapping]) -> np.ndarray:
         """Full-data mean loss at each of ``points``: shape (len(points),)."""
