@@ -187,6 +187,11 @@ def _data_info(data: Any, n: int) -> dict:
         value = getattr(data, key, None)
         if value is not None:
             info[key] = list(value) if isinstance(value, (tuple, torch.Size)) else value
+    extra = getattr(data, "info", None)  # e.g. ArrayDataset.info: seed, train_size, label_noise
+    if isinstance(extra, Mapping):  # scalars only (index lists can be long)
+        info["info"] = {
+            str(k): v for k, v in extra.items() if isinstance(v, (str, int, float, bool))
+        }
     return info
 
 

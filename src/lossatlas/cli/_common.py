@@ -1,0 +1,217 @@
+"""Conventions shared by every ``lossatlas`` command.
+
+- a **model** is a zoo name (``mlp``) or ``package.module:factory``;
+- **data** is a dataset name (``digits``) or ``package.module:factory``;
+- **weights** come from ``--checkpoint PATH``: a state-dict ``.pt`` file, or a run folder with
+  ``--index K`` (default: the last checkpoint).
+
+Commands declare their options with the ``Annotated`` aliases below, e.g.::
+
+    @app.command()
+    def curve(model: ModelOpt = "mlp", data: DataOpt = "digits",
+              checkpoint: CheckpointOpt = None, index: IndexOpt = None, seed: SeedOpt = 0):
+        net, train, test = setup(model, data, checkpoint=checkpoint, index=index, seed=seed)
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from torch import nn
+
+from lossatlas.errors import LossAtlasError
+
+__all__ = [
+    "BatchSizeOpt",
+    "CheckpointOpt",
+    "DataArgOpt",
+    "DataOpt",
+    "DepthOpt",
+    "DeviceOpt",
+    "IndexOpt",
+    "ModelArgOpt",
+    "ModelOpt",
+    "OutOpt",
+    "SeedOpt",
+    "WidthOpt",
+    "load_checkpoint",
+    "model_options",
+    "parse_options",
+    "resolve_data",
+    "resolve_model",
+    "setup",
+    "slug",
+]
+
+# -- option aliases -------------------------------------------------------------------------
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Zoo name (mlp, ...) or package.module:factory.")
+]
+DataOpt = Annotated[
+    str, typer.Option("--data", "-d", help="Dataset name (digits, ...) or package.module:factory.")
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", "-c", help="Weights: a state-dict .pt file or a run folder."),
+]
+IndexOpt = Annotated[
+    int | None,
+    typer.Option("--index", "-k", help="Checkpoint index in a run folder (default: the last)."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialization and sampling.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")]
+WidthOpt = Annotated[int | None, typer.Option("--width", help="Model width (zoo default).")]
+DepthOpt = Annotated[int | None, typer.Option("--depth", help="Model depth (zoo default).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.")]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: cpu).")
+]
+ModelArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model-arg", help="KEY=VALUE passed to the model builder (repeatable)."),
+]
+DataArgOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data-arg", help="KEY=VALUE passed to the dataset loader, e.g. train_size=500."
+    ),
+]
+
+
+def parse_options(pairs: list[str] | None, argument: str = "--model-arg") -> dict[str, Any]:
+    """``["width=64", "act='tanh'", "name=relu"]`` -> ``{"width": 64, "act": "tanh", ...}``.
+
+    Values are Python literals where they parse as one, strings otherwise.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise LossAtlasError(
+                f"{argument} {pair!r} is not KEY=VALUE; write e.g. {argument} width=64"
+            )
+        try:
+            out[key] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key] = raw.strip()
+    return out
+
+
+def model_options(
+    width: int | None = None, depth: int | None = None, extra: list[str] | None = None
+) -> dict[str, Any]:
+    """Keyword options for :func:`resolve_model` from ``--width``, ``--depth``, ``--model-arg``
+    (the ones left at None are dropped so the zoo's defaults apply)."""
+    opts = {k: v for k, v in {"width": width, "depth": depth}.items() if v is not None}
+    opts.update(parse_options(extra, "--model-arg"))
+    return opts
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a model/data name (``pkg.mod:make`` -> ``pkg.mod-make``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+# -- resolvers ------------------------------------------------------------------------------
+def resolve_data(name: str, **opts: Any) -> tuple[Any, Any]:
+    """``(train, test)`` for a dataset name or ``package.module:factory`` (see
+    ``lossatlas.datasets.load``; ``opts`` such as ``train_size``, ``label_noise``, ``seed``
+    go there)."""
+    from lossatlas import datasets
+
+    return datasets.load(name, **opts)
+
+
+def resolve_model(name: str, dataset: Any = None, **opts: Any) -> nn.Module:
+    """An ``nn.Module`` for a zoo name or ``package.module:factory``, sized for ``dataset``
+    (``lossatlas.zoo.build(name, dataset=dataset, **opts)``)."""
+    from lossatlas import zoo
+
+    model = zoo.build(name, dataset=dataset, **opts)
+    if not isinstance(model, nn.Module):
+        raise LossAtlasError(
+            f"--model {name!r} returned a {type(model).__name__}, not a torch.nn.Module; "
+            "make the factory return the model"
+        )
+    return model
+
+
+def load_checkpoint(
+    model: nn.Module, path: str | os.PathLike, index: int | None = None
+) -> nn.Module:
+    """Load weights into ``model`` (in place) and return it.
+
+    ``path`` is a run folder (checkpoint ``index``, default the last) or a ``.pt`` file holding
+    a state dict (or a dict with a ``"state_dict"`` / ``"model"`` entry).
+    """
+    from lossatlas.training import MANIFEST, load_run
+
+    path = Path(path)
+    if not path.exists():
+        raise LossAtlasError(f"--checkpoint {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise LossAtlasError(
+                f"--checkpoint {str(path)!r} is a folder without {MANIFEST}; pass a run folder "
+                "written by `lossatlas train` or a .pt state-dict file"
+            )
+        return load_run(path).load_into(model, -1 if index is None else index)
+    if index is not None:
+        raise LossAtlasError(
+            f"--index applies to run folders but --checkpoint {str(path)!r} is a file; drop --index"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LossAtlasError(
+            f"--checkpoint {str(path)!r} cannot be read as a torch state dict ({exc}); save it "
+            "with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LossAtlasError(
+            f"--checkpoint {str(path)!r} holds no state dict; save one with "
+            "torch.save(model.state_dict(), path)"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise LossAtlasError(
+            f"--checkpoint {str(path)!r} does not fit the model "
+            f"({str(exc).splitlines()[0].strip()}); pass the --model options it was trained with"
+        ) from None
+    return model
+
+
+def setup(
+    model: str,
+    data: str,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    index: int | None = None,
+    seed: int = 0,
+    model_opts: dict[str, Any] | None = None,
+    data_opts: dict[str, Any] | None = None,
+    device: str | None = None,
+) -> tuple[nn.Module, Any, Any]:
+    """``(model, train, test)``: the data, then the model sized for it and initialized with
+    ``seed`` (the zoo's ``seed=``, the global RNG is left alone), then the ``checkpoint``
+    weights if given."""
+    train, test = resolve_data(data, **(data_opts or {}))
+    net = resolve_model(model, train, **{"seed": seed, **(model_opts or {})})
+    if checkpoint is not None:
+        load_checkpoint(net, checkpoint, index)
+    if device is not None:
+        net.to(device)
+    return net, train, test

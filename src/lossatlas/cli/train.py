@@ -1,0 +1,130 @@
+"""``lossatlas train``: train a model with recorded checkpoints and draw its training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lossatlas.cli import app
+from lossatlas.cli._common import (
+    BatchSizeOpt,
+    CheckpointOpt,
+    DataArgOpt,
+    DataOpt,
+    DepthOpt,
+    DeviceOpt,
+    IndexOpt,
+    ModelArgOpt,
+    ModelOpt,
+    OutOpt,
+    SeedOpt,
+    WidthOpt,
+    model_options,
+    parse_options,
+    setup,
+    slug,
+)
+from lossatlas.errors import LossAtlasError
+
+
+def parse_record(text: str) -> str | int | None:
+    """``"epoch"`` -> "epoch", ``"none"`` -> None, ``"50"`` -> 50 (steps)."""
+    low = text.strip().lower()
+    if low == "epoch":
+        return "epoch"
+    if low in ("none", "no", "off"):
+        return None
+    try:
+        return int(low)
+    except ValueError:
+        raise LossAtlasError(
+            f"--record {text!r} is not valid; use epoch, a number of steps (e.g. 50) or none"
+        ) from None
+
+
+def parse_milestones(text: str | None) -> list[int] | None:
+    """``"15,25"`` -> ``[15, 25]``."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise LossAtlasError(
+            f"--milestones {text!r} is not a comma-separated list of epochs; write e.g. 15,25"
+        ) from None
+
+
+def summary(run) -> str:
+    """One line: final train/test loss and accuracy of a run."""
+    parts = [f"{len(run)} checkpoints"]
+    for split in ("train", "test"):
+        loss, acc = getattr(run, f"{split}_loss")[-1], getattr(run, f"{split}_acc")[-1]
+        if loss == loss:  # not NaN
+            parts.append(f"{split} loss {loss:.4f} acc {100 * acc:.1f}%")
+    return ", ".join(parts)
+
+
+@app.command()
+def train(
+    model: ModelOpt = "mlp",
+    data: DataOpt = "digits",
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 30,
+    lr: Annotated[float, typer.Option(help="Learning rate (SGD).")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
+    batch_size: BatchSizeOpt = 128,
+    schedule: Annotated[str, typer.Option(help="constant, step or cosine.")] = "constant",
+    milestones: Annotated[
+        str | None, typer.Option(help="Epochs where a step schedule multiplies lr by gamma.")
+    ] = None,
+    gamma: Annotated[float, typer.Option(help="Factor of the step schedule.")] = 0.1,
+    seed: SeedOpt = 0,
+    record: Annotated[
+        str, typer.Option(help="epoch, a number of steps, or none (final weights only).")
+    ] = "epoch",
+    out: OutOpt = None,
+    width: WidthOpt = None,
+    depth: DepthOpt = None,
+    model_arg: ModelArgOpt = None,
+    data_arg: DataArgOpt = None,
+    checkpoint: CheckpointOpt = None,
+    index: IndexOpt = None,
+    device: DeviceOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a different run already in --out.")
+    ] = False,
+    figure: Annotated[bool, typer.Option(help="Write training.png into the run folder.")] = True,
+) -> None:
+    """Train MODEL on DATA with SGD, recording checkpoints into a run folder.
+
+    The folder (default runs/MODEL-DATA-seedSEED) gets manifest.json, checkpoints/ and training.png.
+
+    --seed sets both the initialization and the data order.
+
+    --checkpoint starts from given weights instead of a fresh initialization.
+    """
+    from lossatlas.training import train as train_fn
+
+    rec = parse_record(record)
+    ms = parse_milestones(milestones)
+    net, train_set, test_set = setup(
+        model, data, checkpoint=checkpoint, index=index, seed=seed,
+        model_opts=model_options(width, depth, model_arg),
+        data_opts=parse_options(data_arg, "--data-arg"),
+    )
+    out = Path(out) if out is not None else Path("runs") / f"{slug(model)}-{slug(data)}-seed{seed}"
+    run = train_fn(
+        net, train_set, test_data=test_set, epochs=epochs, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, batch_size=batch_size, schedule=schedule, milestones=ms,
+        gamma=gamma, seed=seed, record=rec, out=out, device=device, overwrite=overwrite,
+    )
+    if figure:
+        from lossatlas.plot.training import training_curves
+
+        training_curves(run, out / "training.png", title=f"{model} on {data}, seed {seed}")
+    typer.echo(f"{out}: {summary(run)}")
+    if run.stopped_reason:
+        typer.secho(f"training stopped early: {run.stopped_reason}", err=True, fg="yellow")
+        raise typer.Exit(1)

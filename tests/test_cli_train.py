@@ -1,0 +1,147 @@
+"""The `train` and `demo` commands and the shared CLI resolvers (cli/_common.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import lossatlas.demo as demo_mod
+from lossatlas.cli import app
+from lossatlas.cli._common import (
+    load_checkpoint,
+    model_options,
+    parse_options,
+    resolve_data,
+    resolve_model,
+    setup,
+    slug,
+)
+from lossatlas.errors import LossAtlasError
+from lossatlas.params import of
+from lossatlas.training import load_run
+
+TINY = ["--model", "mlp", "--data", "digits", "--data-arg", "train_size=200", "--width", "16",
+        "--epochs", "2", "--batch-size", "64"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("LOSSATLAS_QUIET", "1")
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_train_writes_run_and_figure(tmp_path):
+    out = tmp_path / "run"
+    res = invoke("train", *TINY, "--seed", "3", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "3 checkpoints" in res.output and "test loss" in res.output
+    assert (out / "training.png").stat().st_size > 1000
+    doc = json.loads((out / "manifest.json").read_text())
+    assert doc["hyperparameters"]["seed"] == 3 and doc["hyperparameters"]["batch_size"] == 64
+    assert doc["data"]["train"]["len"] == 200 and doc["data"]["train"]["name"] == "digits"
+    assert [e["epoch"] for e in doc["checkpoints"]] == [0, 1, 2]
+    # the same command again reproduces the run bit for bit; another lr needs --overwrite
+    first = (out / "checkpoints" / "ckpt_00002.pt").read_bytes()
+    assert invoke("train", *TINY, "--seed", "3", "--out", out).exit_code == 0
+    assert (out / "checkpoints" / "ckpt_00002.pt").read_bytes() == first
+    res = invoke("train", *TINY, "--seed", "3", "--out", out, "--lr", "0.05")
+    assert isinstance(res.exception, LossAtlasError) and "--overwrite" in str(res.exception)
+    res = invoke("train", *TINY, "--seed", "3", "--out", out, "--lr", "0.05", "--overwrite")
+    assert res.exit_code == 0, res.output
+
+
+def test_train_options_record_schedule_and_checkpoint_start(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    res = invoke("train", *TINY, "--record", "2", "--schedule", "step", "--milestones", "1",
+                 "--out", a, "--no-figure")
+    assert res.exit_code == 0, res.output
+    run = load_run(a)
+    assert run.steps.tolist() == [0, 2, 4, 6, 8] and not (a / "training.png").exists()  # 4/epoch
+    assert run.lrs.tolist() == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01])
+    res = invoke("train", *TINY, "--record", "none", "--checkpoint", a, "--index", "1",
+                 "--out", b)
+    assert res.exit_code == 0, res.output
+    start = load_run(b).checkpoints[0]
+    assert all(torch.equal(v, run.checkpoints[1][k]) for k, v in start.items())
+    for bad, word in (("--record", "batch"), ("--milestones", "x"), ("--schedule", "linear")):
+        res = invoke("train", *TINY, bad, word, "--out", tmp_path / "c")
+        assert isinstance(res.exception, LossAtlasError), res.output
+        assert bad.lstrip("-") in str(res.exception)
+
+
+def test_resolvers_and_load_checkpoint(tmp_path):
+    train, test = resolve_data("digits", train_size=50)
+    assert len(train) == 50 and len(test) == 360
+    net = resolve_model("mlp", train, width=8, seed=0)
+    assert net(train.tensors[0][:2]).shape == (2, 10)
+    again, _, _ = setup("mlp", "digits", seed=0, model_opts={"width": 8},
+                        data_opts={"train_size": 50})
+    assert all(torch.equal(v, of(again)[k]) for k, v in of(net).items())
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "wrapped.pt")
+    for f in ("w.pt", "wrapped.pt"):
+        other = resolve_model("mlp", train, width=8, seed=1)
+        load_checkpoint(other, tmp_path / f)
+        assert all(torch.equal(v, of(other)[k]) for k, v in of(net).items())
+    with pytest.raises(LossAtlasError, match="--index"):
+        load_checkpoint(net, tmp_path / "w.pt", index=0)
+    with pytest.raises(LossAtlasError, match="does not fit"):
+        load_checkpoint(resolve_model("mlp", train, width=4), tmp_path / "w.pt")
+    with pytest.raises(LossAtlasError, match="does not exist"):
+        load_checkpoint(net, tmp_path / "nope.pt")
+    with pytest.raises(LossAtlasError, match="manifest"):
+        load_checkpoint(net, tmp_path)
+    assert parse_options(["width=64", "act=tanh", "ratio=0.5", "dims=[1, 2]"]) == {
+        "width": 64, "act": "tanh", "ratio": 0.5, "dims": [1, 2]}
+    with pytest.raises(LossAtlasError, match="KEY=VALUE"):
+        parse_options(["width"])
+    assert model_options(width=3, depth=None, extra=["bias=False"]) == {"width": 3, "bias": False}
+    assert slug("pkg.mod:make") == "pkg.mod-make"
+
+
+def section_ok(ctx):
+    assert isinstance(ctx.model, nn.Module) and ctx.quick
+    final = ctx.run.final
+    assert all(torch.equal(v, final[k]) for k, v in of(ctx.model).items())
+    (ctx.out / "ok.txt").write_text(f"{len(ctx.run)} checkpoints, seed {ctx.seed}")
+    ctx.log("wrote ok.txt")
+
+
+def section_fails(ctx):
+    raise RuntimeError("boom")
+
+
+def section_retrain(ctx):
+    _model, run = ctx.retrain(seed=1)
+    assert run.info["seed"] == 1 and len(run) == len(ctx.run)
+    assert not torch.equal(run.final["1.weight"], ctx.run.final["1.weight"])
+
+
+def test_demo_end_to_end(tmp_path, monkeypatch):
+    out = tmp_path / "atlas"
+    specs = [f"{__name__}:section_ok", f"{__name__}:section_fails", f"{__name__}:section_retrain"]
+    monkeypatch.setattr(demo_mod, "SECTIONS", specs)
+    res = invoke("demo", "--out", out, "--quick", "--epochs", "3")
+    assert res.exit_code == 1, res.output  # one section failed, the others ran
+    assert "FAILED" in res.output and "boom" in res.output and "ok.txt" in res.output
+    assert (out / "ok.txt").read_text() == "4 checkpoints, seed 0"
+    assert (out / "training.png").is_file() and len(load_run(out / "run")) == 4
+    log = (out / "demo.log").read_text()
+    assert "[section_ok] wrote ok.txt" in log and "Traceback" in log
+    assert "section_fails failed: RuntimeError: boom" in log
+    res = invoke("demo", "--out", out, "--quick", "--epochs", "3", "--section", "section_ok")
+    assert res.exit_code == 0, res.output
+
+
+def test_demo_default_training_reaches_high_accuracy(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_mod, "SECTIONS", [])
+    result = demo_mod.run_demo(tmp_path, quick=True, progress=False)
+    assert result.ok and len(result.run) == demo_mod.DEFAULTS["epochs"] + 1
+    assert result.run.train_acc[-1] > 0.99 and result.run.test_acc[-1] > 0.95
