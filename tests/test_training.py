@@ -245,3 +245,36 @@ def test_out_with_a_different_run(tmp_path):
     assert len(T.load_run(tmp_path)) == len(run) == 3
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "ckpt_00000.pt", "ckpt_00001.pt", "ckpt_00002.pt"]
+
+
+def test_interrupted_run_keeps_what_was_recorded(tmp_path):
+    calls = {"n": 0}
+
+    def stop_midway(out, y):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 10:  # in epoch 3 of 4-step epochs
+                raise KeyboardInterrupt
+        return F.cross_entropy(out, y)
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(make_model(), make_data(), epochs=5, batch_size=32, loss=stop_midway,
+                out=tmp_path / "r")
+    run = T.load_run(tmp_path / "r")
+    assert run.status == "interrupted" and run.epochs.tolist() == [0, 1, 2]
+    assert not list((tmp_path / "r").rglob("*.tmp"))
+    run.load_into(make_model(seed=5), -1)
+
+
+def test_memory_run_and_loose_argument_types(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "mine.txt").write_text("keep")
+    run = T.train(make_model(), make_data(), epochs=np.int64(2), batch_size=np.int64(50),
+                  schedule="step", record=np.int64(2), out=tmp_path)
+    assert (tmp_path / "checkpoints" / "mine.txt").read_text() == "keep"
+    assert run.info["hyperparameters"]["milestones"] == [1]
+    mem = T.train(make_model(), make_data(), epochs=1, out=None)
+    assert mem.path is None and mem.manifest[0]["file"] is None
+    p = mem.checkpoints[0]
+    p["0.weight"].zero_()  # a copy: the stored checkpoint is unchanged
+    assert not torch.equal(mem.checkpoints[0]["0.weight"], p["0.weight"])

@@ -198,6 +198,7 @@ def run_demo(
         specs = [s for s in specs if any(o in s for o in only)]
     for spec in specs:
         before, t1 = _snapshot(out), time.perf_counter()
+        run.load_into(model, -1)  # every section starts from the final weights
         ctx = DemoContext(
             out=out, run=run, model=model, train=train_set, test=test_set, seed=seed,
             quick=quick, log=lambda m, s=spec: log(f"[{s.rpartition(':')[2]}] {m}"),

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -444,11 +443,15 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 # -- Recorder -------------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_every(every: Record, name: str = "record") -> Record:
     if every is None or every == "epoch":
         return every
-    if isinstance(every, int) and not isinstance(every, bool) and every >= 1:
-        return every
+    if _is_int(every) and every >= 1:
+        return int(every)
     raise LossAtlasError(
         f"{name}={every!r} is not valid; use 'epoch', a positive number of steps, or None"
     )
@@ -542,9 +545,9 @@ class Recorder:
                     "overwrite=True (--overwrite)"
                 )
         ckdir = self.path / CKPT_DIR
-        if ckdir.exists():
-            shutil.rmtree(ckdir)
-        ckdir.mkdir(parents=True)
+        ckdir.mkdir(parents=True, exist_ok=True)
+        for old_file in [*ckdir.glob("ckpt_*.pt"), *ckdir.glob("ckpt_*.pt.tmp")]:
+            old_file.unlink()  # only our own files: a same-config rerun or overwrite=True
 
     def _write_manifest(self) -> None:
         if self.path is not None:
@@ -637,7 +640,7 @@ def _check_args(
     epochs: int, lr: float, momentum: float, weight_decay: float, batch_size: int, schedule: str,
     milestones: Sequence[int] | None, gamma: float, record: Record,
 ) -> list[int]:
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+    if not _is_int(epochs) or epochs < 1:
         raise LossAtlasError(f"epochs={epochs!r} must be a positive integer; pass e.g. epochs=30")
     if not lr > 0:
         raise LossAtlasError(f"lr={lr!r} must be positive; pass e.g. lr=0.1")
@@ -645,7 +648,7 @@ def _check_args(
         raise LossAtlasError(f"momentum={momentum!r} must be >= 0; pass e.g. momentum=0.9")
     if not weight_decay >= 0:
         raise LossAtlasError(f"weight_decay={weight_decay!r} must be >= 0; pass e.g. 5e-4 or 0")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise LossAtlasError(f"batch_size={batch_size!r} must be a positive integer; e.g. 128")
     if schedule not in SCHEDULES:
         raise LossAtlasError(f"schedule={schedule!r} is unknown; use one of {list(SCHEDULES)}")
@@ -653,9 +656,10 @@ def _check_args(
         raise LossAtlasError(f"gamma={gamma!r} must be positive; pass e.g. gamma=0.1")
     _check_every(record)
     if milestones is None:
-        return [epochs // 2, (3 * epochs) // 4] if schedule == "step" else []
+        default = [epochs // 2, (3 * epochs) // 4] if schedule == "step" else []
+        return sorted({m for m in default if 0 < m < epochs})
     ms = list(milestones)
-    if any(not isinstance(m, int) or not 0 < m < epochs for m in ms) or ms != sorted(ms):
+    if any(not _is_int(m) or not 0 < m < epochs for m in ms) or ms != sorted(ms):
         raise LossAtlasError(
             f"milestones={milestones!r} must be increasing epoch numbers between 1 and "
             f"{epochs - 1}; pass e.g. milestones=[{epochs // 2}]"
@@ -711,6 +715,10 @@ def train(
     milestones = _check_args(
         epochs, lr, momentum, weight_decay, batch_size, schedule, milestones, gamma, record
     )
+    epochs, batch_size, record = int(epochs), int(batch_size), _check_every(record)
+    milestones = [int(m) for m in milestones]
+    lr, momentum, gamma = float(lr), float(momentum), float(gamma)
+    weight_decay = float(weight_decay)
     if not any(p.requires_grad for p in model.parameters()):
         raise LossAtlasError("model has no trainable parameters; set requires_grad=True on some")
     loss_fn = _loss_fn(loss)
