@@ -278,3 +278,8 @@ def test_memory_run_and_loose_argument_types(tmp_path):
     p = mem.checkpoints[0]
     p["0.weight"].zero_()  # a copy: the stored checkpoint is unchanged
     assert not torch.equal(mem.checkpoints[0]["0.weight"], p["0.weight"])
+
+
+def test_model_that_does_not_fit_the_data(tmp_path):
+    with pytest.raises(LossAtlasError, match="cannot be evaluated on train_data"):
+        T.train(nn.Linear(7, 3), make_data(), epochs=1, out=tmp_path)

@@ -775,7 +775,16 @@ def train(
         ):
             torch.manual_seed(seed)
             task = bar.add_task("training", total=total) if bar is not None else None
-            checkpoint(0, 0, lr_at(0))
+            try:
+                checkpoint(0, 0, lr_at(0))
+            except (RuntimeError, ValueError, IndexError) as exc:
+                if isinstance(exc, LossAtlasError):
+                    raise
+                raise LossAtlasError(
+                    f"the model cannot be evaluated on train_data with loss={_loss_name(loss)!r} "
+                    f"(inputs {tuple(X.shape)}, targets {tuple(y.shape)}: "
+                    f"{str(exc).splitlines()[0]}); build the model for this dataset's shapes"
+                ) from exc
             step, lr_now, running = 0, lr_at(0), math.nan
             for epoch in range(epochs):
                 model.train()
