@@ -500,12 +500,14 @@ class TokenTransformer(nn.Module):
     def __init__(
         self, vocab_size: int, seq_len: int, num_classes: int, *, width: int = 64,
         depth: int = 2, heads: int = 4, ff: int | None = None, dropout: float = 0.0,
+        activation: str = "gelu",
     ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, width)
         self.pos = nn.Parameter(0.02 * torch.randn(1, seq_len, width))
         layer = EncoderLayer(
-            width, heads, ff or 2 * width, dropout, batch_first=True, norm_first=True
+            width, heads, ff or 2 * width, dropout, activation=activation, batch_first=True,
+            norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
@@ -532,11 +534,13 @@ def transformer(
     heads: int = 4,
     ff: int | None = None,
     dropout: float = 0.0,
+    activation: str = "gelu",
 ) -> nn.Module:
     """A small pre-LN Transformer encoder classifier for ``(L,)`` token sequences.
 
     ``vocab_size`` and ``seq_len`` (= ``input_shape[0]``) come from a token dataset or are given;
-    ``dropout`` defaults to 0 so that evaluation is deterministic even in train mode.
+    ``dropout`` defaults to 0 so that evaluation is deterministic even in train mode; the
+    feed-forward ``activation`` ("gelu" or "relu") defaults to the smooth GELU.
     """
     if vocab_size is None:
         raise LossAtlasError(
@@ -561,10 +565,15 @@ def transformer(
         raise LossAtlasError(
             f"width={width} for model 'transformer' must be a multiple of heads={heads}."
         )
+    if activation not in ("gelu", "relu"):
+        raise LossAtlasError(
+            f"activation={activation!r} for model 'transformer' must be 'gelu' or 'relu'."
+        )
     if not 0.0 <= dropout < 1.0:
         raise LossAtlasError(f"dropout={dropout!r} for model 'transformer' must be in [0, 1).")
     return TokenTransformer(int(vocab_size), int(seq_len), num_classes, width=int(width),
-                            depth=int(depth), heads=int(heads), ff=ff, dropout=dropout)
+                            depth=int(depth), heads=int(heads), ff=ff, dropout=dropout,
+                            activation=activation)
 
 
 for _name, _factory in {
