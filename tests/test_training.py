@@ -283,3 +283,16 @@ def test_memory_run_and_loose_argument_types(tmp_path):
 def test_model_that_does_not_fit_the_data(tmp_path):
     with pytest.raises(LossAtlasError, match="cannot be evaluated on train_data"):
         T.train(nn.Linear(7, 3), make_data(), epochs=1, out=tmp_path)
+
+
+def test_recorded_metrics_agree_with_the_objective():
+    import lossatlas as la
+
+    model, data = make_model(bn=True), make_data(103)
+    run = T.train(model, data, epochs=2, batch_size=16)
+    for i in range(len(run)):
+        run.load_into(model, i)  # BN running stats of checkpoint i (the Objective copies them)
+        obj = la.Objective(model, data, batch_size=64, bn="keep")
+        ev = obj.evaluate(run.checkpoints[i])
+        assert ev["loss"] == pytest.approx(run.train_loss[i], rel=1e-5)
+        assert ev["accuracy"] == pytest.approx(run.train_acc[i])
