@@ -11,6 +11,18 @@ every epoch or every ``k`` steps. A *run* is a folder::
 or, with ``out=None``, the same kept in memory. :class:`Run` reads either back lazily:
 ``run.checkpoints[i]`` is a :class:`~lossatlas.params.Point` over the trainable parameters.
 
+``manifest.json`` (format ``"lossatlas.run"``, ``format_version`` 1) holds ``status``
+(running / finished / stopped / interrupted), ``stopped_reason``, ``record``,
+``hyperparameters``, ``seed``, ``data`` (train/test: class, len, name, num_classes,
+input_shape, info), ``model`` (class, repr, num_parameters), ``parameter_names`` and
+``parameter_shapes`` (the trainable parameters a point covers), ``buffer_names``,
+``steps_per_epoch``, ``device``, ``init_hash`` (:func:`~lossatlas.params.hash_point` of the
+initialization), ``lossatlas_version``, ``torch_version``, ``created``, ``config`` (what
+identifies the run when a folder is reused) and ``checkpoints``: a list of entries ``index,
+epoch, step, lr, train_loss, train_acc, test_loss, test_acc, time, file`` (``lr`` is the rate
+of the latest step, the initial one at index 0; ``epoch`` is fractional for step records;
+NaN is written as ``null``; ``time`` is seconds since the start).
+
 Reproducibility: ``seed`` controls everything *after* the initialization (shuffling, dropout);
 the initialization is the user's (build the model after :func:`seed_everything`, or pass a
 seed to ``la.zoo.build``). With ``deterministic=True`` the same seed and the same initial
