@@ -126,7 +126,8 @@ def section_retrain(ctx):
 
 def test_demo_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "atlas"
-    specs = [f"{__name__}:section_ok", f"{__name__}:section_fails", f"{__name__}:section_retrain"]
+    specs = [f"{__name__}:section_ok", f"{__name__}:section_fails", "no_such_module:fn",
+             f"{__name__}:section_retrain"]
     monkeypatch.setattr(demo_mod, "SECTIONS", specs)
     res = invoke("demo", "--out", out, "--quick", "--epochs", "3")
     assert res.exit_code == 1, res.output  # one section failed, the others ran
@@ -136,6 +137,7 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
     log = (out / "demo.log").read_text()
     assert "[section_ok] wrote ok.txt" in log and "Traceback" in log
     assert "section_fails failed: RuntimeError: boom" in log
+    assert "no_such_module:fn failed: LossAtlasError" in log
     res = invoke("demo", "--out", out, "--quick", "--epochs", "3", "--section", "section_ok")
     assert res.exit_code == 0, res.output
 

@@ -12,7 +12,6 @@ reported, the others still run, and :func:`run_demo` returns ``ok=False``.
 
 from __future__ import annotations
 
-import importlib
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -119,16 +118,6 @@ def _describe(path: Path, out: Path) -> str:
     return str(path.relative_to(out))
 
 
-def _import_section(spec: str) -> Callable[[DemoContext], Any]:
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise LossAtlasError(f"section {spec!r} is not 'package.module:function'; fix SECTIONS")
-    fn: Any = importlib.import_module(module)
-    for part in name.split("."):
-        fn = getattr(fn, part)
-    return fn
-
-
 def run_demo(
     out: str | Path,
     *,
@@ -205,7 +194,7 @@ def run_demo(
             build_model=build_model, train_kwargs=dict(train_kwargs),
         )
         try:
-            _import_section(spec)(ctx)
+            datasets.import_spec(spec, "section")(ctx)
             error = None
         except Exception as exc:  # a failing section must not stop the demo
             error = f"{type(exc).__name__}: {exc}"
