@@ -416,12 +416,20 @@ def _as_pair(out: Any, name: str) -> Pair:
 
 
 def _standardize(X_train: np.ndarray, X_test: np.ndarray, axis: tuple[int, ...]):
-    """Center and scale by the training mean/std over ``axis`` (zero std treated as 1)."""
+    """Center and scale, in place, by the training mean/std over ``axis`` (zero std -> 1)."""
     mean = X_train.mean(axis=axis, keepdims=True, dtype=np.float64)
     std = X_train.std(axis=axis, keepdims=True, dtype=np.float64)
+    return _scale(X_train, X_test, mean, std)
+
+
+def _scale(X_train: np.ndarray, X_test: np.ndarray, mean: np.ndarray, std: np.ndarray):
+    """``(X - mean) / std`` in place for both arrays, a zero ``std`` taken as 1."""
     std = np.where(std < 1e-8, 1.0, std).astype(X_train.dtype)
     mean = mean.astype(X_train.dtype)
-    return (X_train - mean) / std, (X_test - mean) / std
+    for X in (X_train, X_test):
+        X -= mean
+        X /= std
+    return X_train, X_test
 
 
 def _pair(
@@ -429,7 +437,7 @@ def _pair(
 ) -> Pair:
     def make(X, y):
         return ArrayDataset(
-            torch.tensor(X), torch.tensor(y), num_classes=num_classes, name=name,
+            np.ascontiguousarray(X), y, num_classes=num_classes, name=name,
             info={"name": name, **info}, vocab_size=vocab_size,
         )
 
@@ -453,7 +461,7 @@ def _make_digits(*, image: bool = False, test_size: int = 360) -> Pair:
     Xtr, Xte, ytr, yte = train_test_split(
         X, y, test_size=test_size, stratify=y, random_state=0
     )
-    Xtr, Xte = _standardize(Xtr, Xte, axis=(0,))
+    Xtr, Xte = _standardize(Xtr.astype(np.float64), Xte.astype(np.float64), axis=(0,))
     if image:
         Xtr, Xte = Xtr.reshape(-1, 1, 8, 8), Xte.reshape(-1, 1, 8, 8)
     return _pair("digits", Xtr, ytr, Xte, yte, 10, image=bool(image))
@@ -493,7 +501,7 @@ def _make_mnist1d(*, channels: bool = False, **options: Any) -> Pair:
             f"channels, {', '.join(known)}."
         )
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
-    Xtr, ytr, Xte, yte = _mnist1d_arrays(frozen)
+    Xtr, ytr, Xte, yte = (np.array(a) for a in _mnist1d_arrays(frozen))  # never share the cache
     if channels:
         Xtr, Xte = Xtr[:, None, :], Xte[:, None, :]
     return _pair("mnist1d", Xtr, ytr, Xte, yte, 10, channels=bool(channels), **options)
@@ -700,9 +708,14 @@ def _make_cifar(name: str, root, labels: str = "fine") -> Pair:
     folder = _cifar_folder(name, root)
     Xtr, ytr = _cifar_split(folder, train_files, key, name)
     Xte, yte = _cifar_split(folder, [test_file], key, name)
-    # per-channel mean/std of the training pixels in [0, 1]
+    # per-channel mean/std of the training pixels in [0, 1], exact from the 256-bin histograms
+    counts = np.stack([np.bincount(Xtr[:, c].ravel(), minlength=256) for c in range(3)])
+    levels = np.arange(256) / 255.0
+    mean = counts @ levels / counts.sum(1)
+    std = np.sqrt(counts @ levels**2 / counts.sum(1) - mean**2)
+    shape = (1, 3, 1, 1)
     scale = np.float32(1 / 255)
-    Xtr, Xte = _standardize(Xtr * scale, Xte * scale, axis=(0, 2, 3))
+    Xtr, Xte = _scale(Xtr * scale, Xte * scale, mean.reshape(shape), std.reshape(shape))
     classes = None
     if (folder / meta_file).is_file():
         meta = _read_pickle(folder / meta_file, name)
