@@ -138,6 +138,7 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
     assert "[section_ok] wrote ok.txt" in log and "Traceback" in log
     assert "section_fails failed: RuntimeError: boom" in log
     assert "no_such_module:fn failed: LossAtlasError" in log
+    assert "section_retrain failed" not in log and "section_ok failed" not in log
     res = invoke("demo", "--out", out, "--quick", "--epochs", "3", "--section", "section_ok")
     assert res.exit_code == 0, res.output
 
