@@ -712,7 +712,9 @@ def train(
       with ``seed`` (last batch may be smaller). Dropout etc. draw from torch's global RNG,
       forked and seeded with ``seed`` for the call, so the caller's RNG state is untouched.
       The initialization is the caller's: seed it with :func:`seed_everything` (or the zoo's
-      ``seed=``) before building the model.
+      ``seed=``) before building the model. ``deterministic=True`` turns on
+      ``torch.use_deterministic_algorithms(True, warn_only=True)`` for the call (restored after);
+      on CUDA also set ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` before starting Python.
     - ``record``: checkpoint 0 is the initialization; then ``"epoch"`` (after every epoch),
       ``k`` (every k steps, and after the last step) or ``None`` (the final weights only).
       ``train_loss/acc`` (and ``test_loss/acc`` when ``test_data`` is given) of every
