@@ -78,8 +78,8 @@ class ArrayDataset(Dataset):
         info: Mapping[str, Any] | None = None,
         vocab_size: int | None = None,
     ):
-        X = torch.as_tensor(X)
-        y = torch.as_tensor(y)
+        X = torch.as_tensor(np.ascontiguousarray(X) if isinstance(X, np.ndarray) else X)
+        y = torch.as_tensor(np.ascontiguousarray(y) if isinstance(y, np.ndarray) else y)
         if X.is_floating_point():
             X = X.to(torch.float32)
         if y.is_floating_point() or y.dtype == torch.bool or y.ndim != 1:
@@ -437,7 +437,7 @@ def _pair(
 ) -> Pair:
     def make(X, y):
         return ArrayDataset(
-            np.ascontiguousarray(X), y, num_classes=num_classes, name=name,
+            X, y, num_classes=num_classes, name=name,
             info={"name": name, **info}, vocab_size=vocab_size,
         )
 

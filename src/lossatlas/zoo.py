@@ -73,7 +73,8 @@ def build(
     """A new model ``(N, *input_shape) -> (N, num_classes)`` by name or ``"pkg.mod:factory"``.
 
     ``dataset`` (an ``ArrayDataset``) supplies ``input_shape``, ``num_classes`` and
-    ``vocab_size``; ``in_features=d`` means ``input_shape=(d,)``; ``num_classes`` defaults to 10.
+    ``vocab_size``; ``in_features=d`` means ``input_shape=(d,)``; ``num_classes`` defaults to 10
+    and the ResNets' and VGGs' ``input_shape`` to CIFAR's ``(3, 32, 32)``.
     ``seed`` makes the initialization reproducible without touching the global generator.
     ``kw`` are the model's options (``width``, ``depth``, ``shortcut``, ...).
     """
