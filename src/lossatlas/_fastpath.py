@@ -1,0 +1,455 @@
+"""The evaluation engine behind curves and surfaces: loss and accuracy at θ + Σ cᵢdᵢ, fast.
+
+Three ways to evaluate one grid point, the fastest that applies is chosen per run:
+
+* ``"affine"`` (exact first-layer trick): when the network's first parametrized layer is a
+  ``Linear`` / ``Conv1d`` / ``Conv2d`` / ``Embedding`` applied once to the data, its output is
+  affine in its parameters::
+
+      layer(x; W + a·D₁ + b·D₂, c + a·e₁ + b·e₂) = Z₀ + a·Z₁ + b·Z₂,
+      Z₀ = layer(x; W, c),  Z_k = layer(x; D_k, e_k)
+
+  so Z₀, Z₁, Z₂ are computed once per data batch and each grid point replaces that layer's
+  forward by the combination (restored in ``finally``). Exact up to float rounding.
+* ``"inplace"``: a private copy of the model whose parameters are overwritten with
+  ``θ + a·d₁ + b·d₂`` (computed from the center every time) before a plain forward.
+* ``"functional"``: :meth:`Objective.evaluate` at ``params.axpy(θ, c, d)`` (when the model
+  cannot be copied).
+
+The work of one chunk of grid points is the top-level, picklable :func:`evaluate_chunk`, so that
+an executor (a process pool, Ray) can run chunks elsewhere; an engine is built once per process
+and run token and reused for all chunks of that run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lossatlas import params as P
+from lossatlas.errors import LossAtlasError
+from lossatlas.objective import Batch, Objective, _accuracy_count, _bn_modules
+
+__all__ = ["Chunk", "Engine", "evaluate_chunk", "find_affine_first_layer"]
+
+_AFFINE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+FASTPATH_MEMORY = 2 * 2**30  # bytes of precomputed first-layer outputs allowed
+MIN_FAN_IN = 16
+
+
+# -- the private model --------------------------------------------------------------------
+def _call_model(model: nn.Module, obj: Objective, batch: Batch):
+    """model(batch) the way :meth:`Objective._call` does it, on a real module."""
+    if obj._keyed:
+        kwargs = dict(batch.inputs)
+        if obj.loss_name == "model" and batch.targets is not None and obj.target_key:
+            kwargs[obj.target_key] = batch.targets
+        return model(**kwargs)
+    args = batch.inputs if isinstance(batch.inputs, tuple) else (batch.inputs,)
+    return model(*args)
+
+
+def _private_copy(obj: Objective) -> nn.Module | None:
+    """A deep copy of the objective's model on its device, in eval mode, loaded with the
+    objective's fixed parameters and buffers; None when the model cannot be copied."""
+    try:
+        model = copy.deepcopy(obj.model).to(obj.device)
+    except Exception:  # any copy failure means: use the functional path
+        return None
+    model.eval()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in params.items():
+            v.requires_grad_(False)
+            src = obj._fixed.get(k, obj.center.get(k))
+            if src is not None:
+                v.copy_(src)
+        for k, b in model.named_buffers():
+            if k in obj.buffers:
+                b.copy_(obj.buffers[k])
+    return model
+
+
+# -- detection of the affine first layer ---------------------------------------------------
+@dataclass
+class FirstLayer:
+    """The detected first parametrized layer: its name, module and parameter names."""
+
+    name: str
+    module: nn.Module
+    weight: str
+    bias: str | None
+    tied: bool = False  # its parameters are also used under another name
+
+    def apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        """The layer's function at other parameters (linear in (weight, bias))."""
+        m = self.module
+        if isinstance(m, nn.Linear):
+            return F.linear(x, weight, bias)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            return m._conv_forward(x, weight, bias)
+        return F.embedding(x, weight, m.padding_idx)
+
+
+def _trace_first(model: nn.Module, obj: Objective, batch: Batch, train_bn: bool):
+    """Run one forward with hooks; return (first module with own parameters, its call count,
+    its positional inputs and keyword inputs of the first call)."""
+    seen: list[tuple[nn.Module, tuple, dict]] = []
+    counts: dict[int, int] = {}
+    handles = []
+
+    def hook(m, args, kwargs):
+        counts[id(m)] = counts.get(id(m), 0) + 1
+        if not seen:
+            seen.append((m, args, kwargs))
+
+    for m in model.modules():
+        if next(m.parameters(recurse=False), None) is not None:
+            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+    bns = [m for _, m in _bn_modules(model)]
+    try:
+        if train_bn:
+            for m in bns:
+                m.train()
+        with torch.no_grad():
+            _call_model(model, obj, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        for m in bns:
+            m.eval()
+    if not seen:
+        return None, 0, (), {}
+    m, args, kwargs = seen[0]
+    return m, counts[id(m)], args, kwargs
+
+
+def find_affine_first_layer(model: nn.Module, obj: Objective) -> tuple[FirstLayer | None, str]:
+    """The first leaf module with parameters executed in a forward, if the trick applies.
+
+    Conditions: a plain ``Linear`` / ``Conv1d`` / ``Conv2d`` / ``Embedding`` (``max_norm`` None)
+    without hooks, called once per forward with one tensor argument that does not change when
+    every parameter of the model changes (checked by a second traced forward at perturbed
+    parameters) nor between eval and BN-train mode. Returns (layer or None, reason).
+    """
+    batch = obj.batches[0]
+    first, count, args, kwargs = _trace_first(model, obj, batch, train_bn=False)
+    if first is None:
+        return None, "the model has no parameter"
+    if type(first) not in _AFFINE_TYPES:
+        return None, f"the first layer is a {type(first).__name__}, not Linear/Conv/Embedding"
+    if count != 1:
+        return None, "the first layer is called more than once per forward"
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None, "the first layer is not called with one tensor"
+    if first._forward_hooks or first._forward_pre_hooks:
+        return None, "the first layer carries hooks"
+    if isinstance(first, nn.Embedding) and first.max_norm is not None:
+        return None, "Embedding(max_norm=...) is not affine in its weight"
+    x0 = args[0].clone()
+    # does the input depend on the parameters? perturb all of them and look again
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    saved_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    gen = torch.Generator(device="cpu").manual_seed(12345)
+    try:
+        with torch.no_grad():
+            for _, p in model.named_parameters():
+                noise = torch.randn(tuple(p.shape), generator=gen).to(p.device, p.dtype)
+                p.mul_(1.5).add_(noise)
+        second, _, args2, _ = _trace_first(model, obj, batch, train_bn=False)
+        third, _, args3, _ = _trace_first(model, obj, batch, train_bn=True)
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(saved[n])
+            for n, b in model.named_buffers():
+                b.copy_(saved_buffers[n])
+    for other, a in ((second, args2), (third, args3)):
+        if other is not first or not a or not torch.equal(a[0], x0):
+            return None, "the first layer's input depends on parameters or on the BN mode"
+    prefix = next(n for n, m in model.named_modules() if m is first)
+    pre = f"{prefix}." if prefix else ""
+    weight = pre + "weight"
+    bias = pre + "bias" if getattr(first, "bias", None) is not None else None
+    own = {id(first.weight)} | ({id(first.bias)} if bias else set())
+    uses = sum(id(p) in own for _, p in model.named_parameters(remove_duplicate=False))
+    tied = uses > len(own)
+    return FirstLayer(prefix, first, weight, bias, tied), "ok"
+
+
+def _fan_in(m: nn.Module) -> int:
+    """Multiply-adds per output element of the layer (0 for an Embedding lookup)."""
+    if isinstance(m, nn.Linear):
+        return m.in_features
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return m.in_channels // m.groups * math.prod(m.kernel_size)
+    return 0
+
+
+# -- the engine ---------------------------------------------------------------------------
+@dataclass
+class Engine:
+    """Evaluates (loss, accuracy) at θ + Σ cᵢdᵢ for one objective, center and directions.
+
+    Build with :meth:`build`; :meth:`evaluate` takes coefficient rows of shape (n, k).
+    """
+
+    obj: Objective
+    center: P.Point
+    directions: list[P.Point]
+    model: nn.Module | None = None
+    mode: str = "functional"
+    reason: str = ""
+    first: FirstLayer | None = None
+    _slots: list = field(default_factory=list)  # (param tensor, center, [d_k]) to write
+    _Z: list = field(default_factory=list)  # per batch: [Z0, Z1, ...]
+    _buf: list = field(default_factory=list)  # per batch: output buffer
+    _bns: list = field(default_factory=list)
+    _rows: list = field(default_factory=list)  # per batch: (c₀, Z₀ + c₀Z₁) of the last row
+    _rows_buf: list = field(default_factory=list)
+
+    @classmethod
+    def build(cls, obj: Objective, center: Mapping, directions: Sequence[Mapping],
+              fast: bool | str = True) -> Engine:
+        """Prepare the fastest applicable path.
+
+        ``fast=True`` uses the affine trick where it applies and pays: a Linear / Conv layer
+        whose fan-in (inputs per output) is at least :data:`MIN_FAN_IN` (below that its matmul
+        costs less than combining the precomputed outputs; an Embedding lookup always does).
+        ``fast="affine"`` uses it wherever it applies; ``fast=False`` never. The rule is
+        deterministic, so a resumed file is computed exactly like an uninterrupted one."""
+        if fast not in (True, False, "affine"):
+            raise LossAtlasError(f'fast={fast!r} must be True, False or "affine"')
+        center = P.Point({k: center[k].detach().to(obj.device) for k in obj.names})
+        dirs = [P.Point({k: d[k].detach().to(obj.device, center[k].dtype) for k in obj.names})
+                for d in directions]
+        eng = cls(obj, center, dirs)
+        eng.model = _private_copy(obj)
+        if eng.model is None:
+            eng.reason = "the model could not be deep-copied"
+            return eng
+        eng.mode, eng.reason = "inplace", "affine trick not tried (fast=False)"
+        eng._bns = [m for _, m in _bn_modules(eng.model)]
+        params = dict(eng.model.named_parameters())
+        eng._slots = [(params[k], center[k], [d[k] for d in dirs]) for k in obj.names]
+        if fast:
+            first, reason = find_affine_first_layer(eng.model, obj)
+            eng.reason = reason
+            if first is not None and fast is True and _fan_in(first.module) < MIN_FAN_IN:
+                eng.reason = f"the first layer's fan-in is below {MIN_FAN_IN}: its own " \
+                    "forward is cheaper than the trick"
+                first = None
+            if first is not None and eng._precompute(first):
+                eng.first, eng.mode = first, "affine"
+                if not first.tied:
+                    skip = {first.weight, first.bias}
+                    eng._slots = [(params[k], center[k], [d[k] for d in dirs])
+                                  for k in obj.names if k not in skip]
+        return eng
+
+    def _precompute(self, first: FirstLayer) -> bool:
+        """Z₀ (center), Z_k (direction k, its bias component included) for every batch."""
+        obj = self.obj
+        m = first.module
+        inputs = []
+
+        def grab(mod, args):
+            inputs.append(args[0])
+
+        h = m.register_forward_pre_hook(grab)
+        total = 0
+        try:
+            with torch.no_grad():
+                self._write([0.0] * len(self.directions))
+                for b in obj.batches:
+                    inputs.clear()
+                    _call_model(self.model, obj, b)
+                    x = inputs[0]
+                    zs = [first.apply(x, m.weight, getattr(m, "bias", None))]
+                    for d in self.directions:
+                        dw = d.get(first.weight)
+                        if dw is None:
+                            dw = torch.zeros_like(m.weight)
+                        db = None
+                        if first.bias is not None:
+                            db = d.get(first.bias)
+                            if db is None:
+                                db = torch.zeros_like(m.bias)
+                        zs.append(first.apply(x, dw, db))
+                    total += sum(z.numel() * z.element_size() for z in zs) * 4 // 3
+                    if total > FASTPATH_MEMORY:
+                        self._Z, self._buf, self._rows, self._rows_buf = [], [], [], []
+                        self.reason = "the first layer's outputs exceed the memory budget"
+                        return False
+                    self._Z.append(zs)
+                    self._buf.append(torch.empty_like(zs[0]))
+                    if len(zs) == 3:
+                        self._rows_buf.append(torch.empty_like(zs[0]))
+                        self._rows.append((None, None))
+        finally:
+            h.remove()
+        return True
+
+    # -- one point ------------------------------------------------------------------------
+    def _write(self, coeffs: Sequence[float]) -> None:
+        """Parameters of the private model := θ + Σ c_k d_k (from the center, every time)."""
+        for p, c, ds in self._slots:
+            if coeffs and coeffs[0] != 0:
+                torch.add(c, ds[0], alpha=coeffs[0], out=p)
+            else:
+                p.copy_(c)
+            for a, d in zip(coeffs[1:], ds[1:]):
+                if a != 0:
+                    p.add_(d, alpha=a)
+
+    def _combine(self, i: int, coeffs: Sequence[float]) -> torch.Tensor:
+        """Z₀ + c₀Z₁ + c₁Z₂ for batch i. Z₀ + c₀Z₁ is kept while c₀ stays the same (a row of
+        a surface), so a grid point costs one fused add; the same float operations in the same
+        order either way."""
+        zs, out = self._Z[i], self._buf[i]
+        if len(coeffs) == 2 and coeffs[1] != 0:
+            key, base = self._rows[i]
+            if key != coeffs[0]:
+                base = self._rows_buf[i]
+                if coeffs[0] != 0:
+                    torch.add(zs[0], zs[1], alpha=coeffs[0], out=base)
+                else:
+                    base.copy_(zs[0])
+                self._rows[i] = (coeffs[0], base)
+            return torch.add(base, zs[2], alpha=coeffs[1], out=out)
+        if coeffs and coeffs[0] != 0:
+            torch.add(zs[0], zs[1], alpha=coeffs[0], out=out)
+        else:
+            out.copy_(zs[0])
+        for a, z in zip(coeffs[1:], zs[2:]):
+            if a != 0:
+                out.add_(z, alpha=a)
+        return out
+
+    def _recalibrate(self) -> None:
+        """BN running statistics recomputed at the current point: reset, then a train-mode
+        pass over the data with a cumulative average (``momentum=None``), as in Objective."""
+        saved = [m.momentum for m in self._bns]
+        for m in self._bns:
+            if m.track_running_stats:
+                m.reset_running_stats()
+            m.train()
+            m.momentum = None
+        try:
+            for b in self.obj.batches:
+                _call_model(self.model, self.obj, b)
+        finally:
+            for m, mom in zip(self._bns, saved):
+                m.eval()
+                m.momentum = mom
+
+    @torch.no_grad()
+    def evaluate(self, coeffs: np.ndarray, batches: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(loss, accuracy), each of shape (n,), at θ + Σ_k coeffs[i, k] d_k for each row i.
+        ``batches`` limits the data to the first batches (for timing only)."""
+        coeffs = np.asarray(coeffs, dtype=np.float64).reshape(len(coeffs), -1)
+        n = len(coeffs)
+        loss, acc = np.zeros(n), np.zeros(n)
+        obj = self.obj
+        if self.mode == "functional":
+            for i, c in enumerate(coeffs):
+                r = obj.evaluate(P.axpy(self.center, [float(a) for a in c], self.directions))
+                loss[i], acc[i] = r["loss"], r["accuracy"]
+            return loss, acc
+        recal = obj.bn == "recalibrate" and bool(self._bns)
+        model, first = self.model, self.first
+        feeder = _Feeder(self) if first is not None else None
+        if first is not None:
+            first.module.forward = feeder
+        try:
+            for i, row in enumerate(coeffs):
+                c = [float(a) for a in row]
+                self._write(c)
+                if recal:
+                    if feeder is not None:
+                        feeder.start(c)
+                    self._recalibrate()
+                if feeder is not None:
+                    feeder.start(c)
+                total, correct = 0.0, 0.0
+                for b in obj.batches[:batches]:
+                    out = _call_model(model, obj, b)
+                    total += float(obj.loss_fn(out, b.targets)) * b.weight
+                    correct += _accuracy_count(out, b.targets)
+                loss[i], acc[i] = total / obj.n, correct / obj.n
+        finally:
+            if first is not None:
+                del first.module.forward
+        return loss, acc
+
+class _Feeder:
+    """Stands in for the first layer's forward: on its j-th call of a pass it returns
+    Z₀ + Σ c_k Z_k for data batch j (the pass over the batches is in order)."""
+
+    def __init__(self, eng: Engine):
+        self.eng, self.coeffs, self.j = eng, [], 0
+
+    def start(self, coeffs) -> None:
+        self.coeffs, self.j = coeffs, 0
+
+    def __call__(self, *args, **kwargs):
+        out = self.eng._combine(self.j, self.coeffs)
+        self.j += 1
+        return out
+
+
+# -- chunks for executors ----------------------------------------------------------------
+@dataclass
+class Chunk:
+    """One unit of work: the grid points ``index`` (flat indices into the result arrays) with
+    coefficient rows ``coeffs`` (n, k), for ``objective`` at ``center`` + Σ c_k ``directions``."""
+
+    token: str
+    objective: Objective
+    center: Mapping
+    directions: list
+    index: np.ndarray
+    coeffs: np.ndarray
+    fast: bool = True
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def evaluate_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Evaluate one chunk; returns (index, loss, accuracy, engine mode). Top-level and picklable:
+    the engine is built on first use in each process and reused for the run's other chunks."""
+    eng = _ENGINES.get(chunk.token)
+    if eng is None:
+        _ENGINES.clear()
+        eng = Engine.build(chunk.objective, chunk.center, chunk.directions, fast=chunk.fast)
+        _ENGINES[chunk.token] = eng
+    loss, acc = eng.evaluate(chunk.coeffs)
+    return chunk.index, loss, acc, eng.mode
+
+
+def release(token: str) -> None:
+    """Forget the engine of a finished run (frees the private model and first-layer outputs)."""
+    _ENGINES.pop(token, None)
+
+
+def engine_info(token: str) -> dict:
+    eng = _ENGINES.get(token)
+    if eng is None:
+        return {}
+    return {"engine": eng.mode, "engine_reason": eng.reason}
+
+
+def points_per_pass(obj: Objective) -> int:
+    """Grid points per forward pass: 1 on the CPU (batching points with vmap is slower there);
+    on an accelerator this is where a measured choice would go."""
+    return 1
+

@@ -1,0 +1,482 @@
+"""1D curves, 2D surfaces and linear interpolations of the loss (Li et al. 2018).
+
+``curve``:        L(θ + a·d)            for a on a grid                  (Li et al. 2018, Sec. 3)
+``surface``:      L(θ + a·d₁ + b·d₂)    for (a, b) on a grid, loss[i, j] at (x[i], y[j])
+``interpolate``:  L(θ_a + t·(θ_b − θ_a)) for t on a grid (t = 0 is a, t = 1 is b; Goodfellow
+                  et al.'s 1D interpolation as used in Li et al. 2018, Sec. 3)
+
+Every point is computed from the center, θ + Σ cᵢdᵢ, never by walking the grid. The BN policy is
+the Objective's (``keep`` or ``recalibrate``) and is recorded. Loss and accuracy come from the
+engine in :mod:`lossatlas._fastpath` (the exact affine first-layer trick where it applies).
+
+Files (``path=``): one HDF5 file written as the points are computed, one chunk at a time, each
+chunk flushed; the classic keys of Li et al.'s code (``xcoordinates``, ``ycoordinates``,
+``train_loss``, ``train_acc``) plus a ``done`` mask and provenance attributes. A rerun with the
+same arguments resumes (finished points are never recomputed); a rerun with other arguments on
+the same file is refused.
+
+>>> import torch, lossatlas as la
+>>> X, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+>>> net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+>>> obj = la.Objective(net, (X, y))
+>>> d1, d2 = (la.directions.gaussian(net, seed=s) for s in (0, 1))
+>>> s = la.surface(obj, d1, d2, resolution=5, progress=False)
+>>> s.loss.shape, bool(abs(s.loss[2, 2] - obj.loss()) < 1e-6)
+((5, 5), True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from lossatlas import _fastpath, store
+from lossatlas import params as P
+from lossatlas._progress import track
+from lossatlas.errors import LossAtlasError
+from lossatlas.objective import Objective
+
+__all__ = ["Curve", "Interpolation", "Surface", "curve", "interpolate", "surface"]
+
+COSINE_WARNING = 0.1  # |cos(d1, d2)| above which a surface's axes are called far from orthogonal
+
+
+# -- results --------------------------------------------------------------------------------
+@dataclass
+class _Result:
+    meta: dict = field(default_factory=dict)
+    directions: list = field(default_factory=list)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result (classic keys + provenance) to ``path``; ``la.load`` reads it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            _layout(f, self.kind, self._coords(), self.meta, self.directions)
+            f["train_loss"][...] = self.loss
+            f["train_acc"][...] = self.accuracy
+            f["done"][...] = self.done
+        os.replace(tmp, path)
+        return path
+
+    @property
+    def complete(self) -> bool:
+        return bool(np.all(self.done))
+
+
+@store.result("curve")
+@dataclass
+class Curve(_Result):
+    """Loss along one direction: ``x`` (n,), ``loss`` (n,), ``accuracy`` (n,), ``done`` (n,)."""
+
+    x: np.ndarray = None  # type: ignore[assignment]
+    loss: np.ndarray = None  # type: ignore[assignment]
+    accuracy: np.ndarray = None  # type: ignore[assignment]
+    done: np.ndarray = None  # type: ignore[assignment]
+
+    def _coords(self):
+        return [self.x]
+
+
+@store.result("interpolation")
+@dataclass
+class Interpolation(Curve):
+    """Loss on the line θ_a + t(θ_b − θ_a): ``x`` (n,) holds t (0 is a, 1 is b)."""
+
+
+@store.result("surface")
+@dataclass
+class Surface(_Result):
+    """Loss on a plane: ``x`` (nx,), ``y`` (ny,), ``loss[i, j]`` and ``accuracy[i, j]`` at
+    θ + x[i]·d₁ + y[j]·d₂, ``done`` (nx, ny) marks computed points."""
+
+    x: np.ndarray = None  # type: ignore[assignment]
+    y: np.ndarray = None  # type: ignore[assignment]
+    loss: np.ndarray = None  # type: ignore[assignment]
+    accuracy: np.ndarray = None  # type: ignore[assignment]
+    done: np.ndarray = None  # type: ignore[assignment]
+
+    def _coords(self):
+        return [self.x, self.y]
+
+
+_KINDS = {"curve": Curve, "interpolation": Interpolation, "surface": Surface}
+
+
+# -- file layout ----------------------------------------------------------------------------
+def _layout(f: h5py.File, kind: str, coords: Sequence[np.ndarray], meta: Mapping,
+            directions: Sequence[Mapping]) -> None:
+    """Create the file's datasets (NaN / not done) and attributes."""
+    store._stamp(f, kind)
+    shape = tuple(len(c) for c in coords)
+    f.create_dataset("xcoordinates", data=np.asarray(coords[0], dtype=np.float64))
+    if len(coords) > 1:
+        f.create_dataset("ycoordinates", data=np.asarray(coords[1], dtype=np.float64))
+    # contiguous, allocated at creation: later writes touch raw data only (safe on SIGKILL)
+    f.create_dataset("train_loss", data=np.full(shape, np.nan))
+    f.create_dataset("train_acc", data=np.full(shape, np.nan))
+    f.create_dataset("done", data=np.zeros(shape, dtype=bool))
+    store.write_attrs(f, {k: v for k, v in meta.items() if k != "signature"})
+    f.attrs["signature"] = json.dumps(store._jsonable(meta.get("signature", {})), sort_keys=True)
+    if directions:
+        g = f.create_group("directions")
+        for i, d in enumerate(directions):
+            store._write_point(g.create_group(str(i)), P.Point(d, meta=getattr(d, "meta", {})))
+
+
+def _read(f: h5py.File):
+    kind = f.attrs["lossatlas_kind"]
+    kind = kind.decode() if isinstance(kind, bytes) else kind
+    attrs = store.read_attrs(f)
+    for k in ("lossatlas_kind", "torch_version", "created"):
+        attrs.pop(k, None)
+    attrs["signature"] = json.loads(f.attrs["signature"]) if "signature" in f.attrs else {}
+    dirs = []
+    if "directions" in f:
+        g = f["directions"]
+        dirs = [store._read_point(g[str(i)]) for i in range(len(g))]
+    cls = _KINDS[kind]
+    common = dict(loss=f["train_loss"][()], accuracy=f["train_acc"][()], done=f["done"][()],
+                  meta=attrs, directions=dirs)
+    if cls is Surface:
+        return Surface(x=f["xcoordinates"][()], y=f["ycoordinates"][()], **common)
+    return cls(x=f["xcoordinates"][()], **common)
+
+
+for _kind in _KINDS:
+    store.register_loader(_kind, _read)
+
+
+# -- provenance -----------------------------------------------------------------------------
+def data_hash(obj: Objective, limit: int = 2**26) -> str:
+    """A content hash of the objective's data (inputs and targets of every batch). Tensors
+    larger than ``limit`` bytes are hashed on a strided sample plus their shape and sum."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+            flat = t.reshape(-1)
+            if flat.numel() * flat.element_size() > limit:
+                step = flat.numel() * flat.element_size() // limit + 1
+                h.update(str(float(flat.double().sum())).encode())
+                flat = flat[::step].contiguous()
+            h.update(flat.numpy().tobytes() if flat.dtype != torch.bfloat16
+                     else flat.float().numpy().tobytes())
+        elif isinstance(x, Mapping):
+            for k in sorted(x):
+                h.update(str(k).encode())
+                feed(x[k])
+        elif isinstance(x, (tuple, list)):
+            for v in x:
+                feed(v)
+        elif x is not None:
+            h.update(repr(x).encode())
+
+    for b in obj.batches:
+        feed(b.inputs)
+        feed(b.targets)
+    return h.hexdigest()[:16]
+
+
+def _direction_info(d: Mapping) -> dict:
+    meta = dict(getattr(d, "meta", {}) or {})
+    meta.pop("names", None)
+    return {**meta, "hash": P.hash_point(d)}
+
+
+def _check_signature(path: Path, kind: str, signature: dict) -> None:
+    with h5py.File(path, "r") as f:
+        fkind = f.attrs.get("lossatlas_kind")
+        fkind = fkind.decode() if isinstance(fkind, bytes) else fkind
+        old = json.loads(f.attrs["signature"]) if "signature" in f.attrs else None
+    if fkind != kind or old is None:
+        raise LossAtlasError(
+            f"path={str(path)!r} holds a {fkind or 'foreign'} file, not a resumable {kind}; "
+            "pass another path or delete the file"
+        )
+    new = json.loads(json.dumps(store._jsonable(signature), sort_keys=True))
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise LossAtlasError(
+            f"path={str(path)!r} holds a {kind} computed with other arguments (differing: "
+            f"{', '.join(diff)}); pass the same arguments to resume, or another path / delete "
+            "the file to start afresh"
+        )
+
+
+# -- executors ------------------------------------------------------------------------------
+class InProcess:
+    """The default executor: chunks run one after another in this process, lazily."""
+
+    def map(self, fn: Callable, chunks: Iterable) -> Iterable:
+        return map(fn, chunks)
+
+
+# -- the driver -----------------------------------------------------------------------------
+def _grid(span, n: int, name: str) -> np.ndarray:
+    try:
+        lo, hi = (float(v) for v in span)
+    except (TypeError, ValueError):
+        raise LossAtlasError(f"{name}={span!r} must be a (low, high) pair of numbers") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
+        raise LossAtlasError(f"{name}={span!r} must be finite with low <= high")
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise LossAtlasError(f"the number of points along {name} must be a positive int, got {n!r}")
+    return np.linspace(lo, hi, int(n))
+
+
+def _prepare_direction(obj: Objective, d: Mapping, name: str) -> P.Point:
+    if not isinstance(obj, Objective):
+        raise LossAtlasError(f"obj must be a lossatlas.Objective, got {type(obj).__name__}")
+    if not isinstance(d, Mapping):
+        raise LossAtlasError(f"{name} must be a direction (name -> tensor mapping)")
+    missing = [k for k in obj.names if k not in d]
+    extra = [k for k in d if k not in obj.center]
+    if missing or extra:
+        raise LossAtlasError(
+            f"{name} does not cover the objective's parameters (missing {missing[:3]}, extra "
+            f"{extra[:3]}); build it with la.directions.gaussian(model, names=obj.names)"
+        )
+    out = P.Point({k: d[k] for k in obj.names}, meta=getattr(d, "meta", {}))
+    for k, v in out.items():
+        if v.shape != obj.center[k].shape:
+            raise LossAtlasError(f"{name}[{k!r}] has shape {tuple(v.shape)}, the parameter "
+                                 f"{tuple(obj.center[k].shape)}")
+    return out
+
+
+def _prepare_center(obj: Objective, center) -> P.Point:
+    if not isinstance(obj, Objective):
+        raise LossAtlasError(f"obj must be a lossatlas.Objective, got {type(obj).__name__}")
+    if center is None:
+        return obj.center
+    return _prepare_direction(obj, center, "center")
+
+
+def _run(
+    kind: str,
+    obj: Objective,
+    center: P.Point,
+    directions: list[P.Point],
+    coords: list[np.ndarray],
+    extra_meta: dict,
+    path,
+    chunk_size: int | None,
+    executor,
+    fast: bool | str,
+    callback: Callable[[int, int], Any] | None,
+    progress: bool,
+    store_directions: bool,
+):
+    if not isinstance(obj, Objective):
+        raise LossAtlasError(f"obj must be a lossatlas.Objective, got {type(obj).__name__}")
+    shape = tuple(len(c) for c in coords)
+    desc = obj.describe()
+    signature = {
+        "kind": kind,
+        "coordinates": [c.tolist() for c in coords],
+        "center_hash": P.hash_point(center),
+        "direction_hashes": [P.hash_point(d) for d in directions],
+        "bn": obj.bn,
+        "loss": obj.loss_name,
+        "num_samples": obj.num_samples,
+        "data_hash": data_hash(obj),
+    }
+    meta = {
+        **extra_meta,
+        "center_hash": signature["center_hash"],
+        "directions_info": [_direction_info(d) for d in directions],
+        "bn": obj.bn,
+        "loss": obj.loss_name,
+        "num_samples": obj.num_samples,
+        "batch_size": desc["batch_size"],
+        "num_params": desc["num_params"],
+        "model_class": desc["model_class"],
+        "data_hash": signature["data_hash"],
+        "num_classes": obj.num_classes,
+        "resolution": list(shape),
+        "span": [[float(c[0]), float(c[-1])] for c in coords],
+        "signature": signature,
+    }
+    stored = list(directions) if store_directions else []
+    cls = _KINDS[kind]
+    arrays = {"loss": np.full(shape, np.nan), "accuracy": np.full(shape, np.nan),
+              "done": np.zeros(shape, dtype=bool)}
+    f = None
+    if path is not None:
+        path = Path(path)
+        if path.exists():
+            _check_signature(path, kind, signature)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            with h5py.File(tmp, "w") as g:
+                _layout(g, kind, coords, meta, stored)
+            os.replace(tmp, path)
+        f = h5py.File(path, "r+")
+        arrays = {"loss": f["train_loss"][()], "accuracy": f["train_acc"][()],
+                  "done": f["done"][()]}
+    try:
+        todo = np.flatnonzero(~arrays["done"].reshape(-1))
+        size = chunk_size or (shape[-1] if len(shape) > 1 else max(1, min(16, shape[0] // 4)))
+        grids = np.meshgrid(*coords, indexing="ij")
+        flat = np.stack([g.reshape(-1) for g in grids], axis=1)  # (N, k)
+        token = uuid.uuid4().hex
+        chunks = (
+            _fastpath.Chunk(token, obj, center, directions, idx, flat[idx], fast)
+            for idx in (todo[i:i + size] for i in range(0, len(todo), size))
+        )
+        n_chunks = (len(todo) + size - 1) // size
+        executor = executor or InProcess()
+        results = executor.map(_fastpath.evaluate_chunk, chunks)
+        engines = set()
+        shown = track(results, f"{kind} ({len(todo)} points)", total=n_chunks,
+                      disable=None if progress else True)
+        for finished, (idx, loss, acc, mode) in enumerate(shown, start=1):
+            engines.add(mode)
+            for name, vals in (("loss", loss), ("accuracy", acc)):
+                arrays[name].reshape(-1)[idx] = vals
+            arrays["done"].reshape(-1)[idx] = True
+            if f is not None:
+                f["train_loss"][...] = arrays["loss"]
+                f["train_acc"][...] = arrays["accuracy"]
+                f["done"][...] = arrays["done"]
+                f.flush()
+            if callback is not None:
+                callback(finished, n_chunks)
+        if engines:
+            meta["engine"] = sorted(engines)[0] if len(engines) == 1 else sorted(engines)
+            if f is not None:
+                store.write_attrs(f, {"engine": meta["engine"]})
+        _fastpath.release(token)
+    finally:
+        if f is not None:
+            f.close()
+    if path is not None:
+        with h5py.File(path, "r") as g:
+            return _read(g)
+    return cls(meta=meta, directions=stored, **dict(zip(("x", "y"), coords)), **arrays)
+
+
+def _check_orthogonal(d1: P.Point, d2: P.Point, orthogonalize: bool):
+    cos = P.cosine(d1, d2)
+    if orthogonalize:
+        d2o = P.gram_schmidt([d1, d2])[1]
+        d2o.meta = {**dict(getattr(d2, "meta", {}) or {}), "orthogonalized_against_d1": True}
+        return d2o, cos
+    if abs(cos) > COSINE_WARNING:
+        warnings.warn(
+            f"the two directions are far from orthogonal (cos = {cos:.3f}); the plot's axes are "
+            "skewed. Pass orthogonalize=True to use the part of d2 orthogonal to d1",
+            stacklevel=3,
+        )
+    return d2, cos
+
+
+def curve(
+    obj: Objective,
+    d: Mapping[str, torch.Tensor],
+    span: tuple[float, float] = (-1.0, 1.0),
+    points: int = 41,
+    center: Mapping[str, torch.Tensor] | None = None,
+    path: str | os.PathLike | None = None,
+    *,
+    chunk_size: int | None = None,
+    executor=None,
+    fast: bool | str = True,
+    callback: Callable[[int, int], Any] | None = None,
+    progress: bool = True,
+    store_directions: bool = True,
+) -> Curve:
+    """Loss and accuracy at θ + a·d for ``points`` values of a evenly spaced over ``span``
+    (Li et al. 2018, Sec. 3). ``center`` defaults to the objective's parameters. With ``path``
+    the result is written as it is computed and a rerun resumes. ``executor`` is any object
+    with ``map(fn, chunks)`` (default: in-process); ``callback(done, total)`` runs after each
+    chunk. Returns a :class:`Curve`: ``x`` (points,), ``loss``, ``accuracy``."""
+    center = _prepare_center(obj, center)
+    d = _prepare_direction(obj, d, "d")
+    x = _grid(span, points, "span")
+    return _run("curve", obj, center, [d], [x], {}, path, chunk_size, executor, fast,
+                callback, progress, store_directions)
+
+
+def surface(
+    obj: Objective,
+    d1: Mapping[str, torch.Tensor],
+    d2: Mapping[str, torch.Tensor],
+    span: tuple[float, float] = (-1.0, 1.0),
+    resolution: int = 51,
+    *,
+    xspan: tuple[float, float] | None = None,
+    yspan: tuple[float, float] | None = None,
+    xres: int | None = None,
+    yres: int | None = None,
+    center: Mapping[str, torch.Tensor] | None = None,
+    path: str | os.PathLike | None = None,
+    orthogonalize: bool = False,
+    chunk_size: int | None = None,
+    executor=None,
+    fast: bool | str = True,
+    callback: Callable[[int, int], Any] | None = None,
+    progress: bool = True,
+    store_directions: bool = True,
+) -> Surface:
+    """Loss and accuracy at θ + a·d₁ + b·d₂ on a grid (Li et al. 2018, Sec. 3 and 4).
+
+    ``x = linspace(*xspan, xres)``, ``y = linspace(*yspan, yres)`` (both default to ``span``
+    and ``resolution``); ``loss[i, j]`` is at ``(x[i], y[j])``. Warns when |cos(d₁, d₂)| >
+    0.1; ``orthogonalize=True`` replaces d₂ by its part orthogonal to d₁ (same norm). Written
+    to ``path`` row chunk by row chunk (``chunk_size`` points) and resumable; ``executor``,
+    ``callback``: as in :func:`curve`."""
+    center = _prepare_center(obj, center)
+    d1 = _prepare_direction(obj, d1, "d1")
+    d2 = _prepare_direction(obj, d2, "d2")
+    d2, cos = _check_orthogonal(d1, d2, orthogonalize)
+    x = _grid(xspan if xspan is not None else span, xres or resolution, "xspan")
+    y = _grid(yspan if yspan is not None else span, yres or resolution, "yspan")
+    extra = {"cosine": cos, "orthogonalized": bool(orthogonalize)}
+    return _run("surface", obj, center, [d1, d2], [x, y], extra, path, chunk_size, executor,
+                fast, callback, progress, store_directions)
+
+
+def interpolate(
+    obj: Objective,
+    a: Mapping[str, torch.Tensor],
+    b: Mapping[str, torch.Tensor],
+    span: tuple[float, float] = (-0.5, 1.5),
+    points: int = 41,
+    path: str | os.PathLike | None = None,
+    *,
+    chunk_size: int | None = None,
+    executor=None,
+    fast: bool | str = True,
+    callback: Callable[[int, int], Any] | None = None,
+    progress: bool = True,
+    store_directions: bool = True,
+) -> Interpolation:
+    """Loss and accuracy at θ_a + t·(θ_b − θ_a) for t evenly spaced over ``span`` (t = 0 is
+    ``a``, t = 1 is ``b``; spans beyond [0, 1] extrapolate). BN statistics follow the
+    objective's policy (``keep``: the objective model's buffers at every t)."""
+    from lossatlas.directions import between
+
+    a = _prepare_direction(obj, a, "a")
+    b = _prepare_direction(obj, b, "b")
+    d = between(a, b)
+    t = _grid(span, points, "span")
+    return _run("interpolation", obj, a, [d], [t], {"a_hash": P.hash_point(a),
+                "b_hash": P.hash_point(b)}, path, chunk_size, executor, fast, callback,
+                progress, store_directions)
