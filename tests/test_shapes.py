@@ -127,3 +127,12 @@ def test_bad_input():
         la.shapes.stationary_points(np.zeros((3, 3)))
     with pytest.raises(LossAtlasError, match="tol"):
         la.shapes.extrema(X, tol=-1)
+
+
+def test_center_in_a_flat_basin_counts_as_in_the_basin():
+    # the independent-checkpoint curve of a trained MLP: a wide flat basin around the center,
+    # its exact minimum elsewhere, a barrier at 0.5 and a second basin at 1
+    y = (0.01 + 0.002 * (XW + 0.4) ** 2 + 0.1 * np.exp(-(((XW - 0.5) / 0.15) ** 2))
+         + 0.05 * np.maximum(XW - 1, 0) ** 2)
+    s = la.shapes.classify(XW, y)
+    assert s.kind == "w-basin" and s.center_at == "min" and s.minima[0] != 0.0

@@ -29,7 +29,9 @@ from lossatlas.training import Run, train
 __all__ = ["DEFAULTS", "SECTIONS", "DemoContext", "DemoResult", "SectionResult", "run_demo"]
 
 #: ``"package.module:function"`` strings, run in order after training; each takes a DemoContext.
-SECTIONS: list[str] = []
+SECTIONS: list[str] = [
+    "lossatlas.cli.shapes:demo_panel",
+]
 
 #: The default model, data and training recipe.
 DEFAULTS: dict[str, Any] = {

@@ -71,7 +71,7 @@ def _batch_grad(obj, point: Mapping, batch) -> tuple[float, P.Point]:
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in point.items()}
     loss = obj.batch_loss(leaves, batch, obj.buffers)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    return float(loss), P.Point({k: (g if g is not None else torch.zeros_like(v)).detach()
+    return float(loss.detach()), P.Point({k: (g if g is not None else torch.zeros_like(v)).detach()
                                  for (k, v), g in zip(leaves.items(), grads)})
 
 

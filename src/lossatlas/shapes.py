@@ -35,6 +35,9 @@ Robustness (our choice; the paper counts on clean 41-point curves):
   from third differences (:func:`noise_level`; ≈ 0 on smooth curves). Defaults: 0.5% of the
   clipped curve's range and 6 σ̂. An extremum shallower than tol cannot split a basin. Plateaus
   (runs of equal values) count as one point.
+* The center "sits at" an extremum when it lies between that extremum's neighbours and its
+  loss is within max(tol, 5% of the wall on its side) of the extremum's value: a trained model
+  in a wide flat basin is in the basin even when the line's exact minimum is elsewhere.
 * Flat curves (range ≤ ``flat_tol`` · max(1, |mean y|)) are "other" with ``flat=True``.
 
 >>> import numpy as np, lossatlas as la
@@ -304,16 +307,30 @@ def classify(
     minima = [float(x[e.index]) for e in ext if e.kind == "min"]
     maxima = [float(x[e.index]) for e in ext if e.kind == "max"]
     seq = [e.kind for e in ext]
-    at = "outside"
-    if inside:
-        at = "slope"
-        for e in ext:
-            if e.lo <= ci <= e.hi or (tol == 0 and e.index == ci):
-                at = e.kind
-                break
+    at = _center_at(ext, yc, ci, tol) if inside else "outside"
     kind, reason = _name(seq, at, yc, ci, inside, tol)
     return Shape(kind, minima=minima, maxima=maxima, center_at=at, tol=tol, reason=reason,
                  **common)
+
+
+def _center_at(ext: list[Extremum], y: np.ndarray, ci: int, tol: float) -> str:
+    """Which extremum the center sits at: the one whose stretch between its neighbouring
+    extrema (or the ends) holds the center, when the center's loss is within max(tol, 5% of
+    the wall on the center's side) of the extremum's value (the wall: |y_e − y_neighbour|);
+    else "slope"."""
+    if not ext:
+        return "slope"
+    bounds = [0] + [e.index for e in ext] + [len(y) - 1]
+    for j, e in enumerate(ext):
+        left, right = bounds[j], bounds[j + 2]
+        if e.lo <= ci <= e.hi:
+            return e.kind
+        if not left <= ci <= right:
+            continue
+        wall = abs(y[e.index] - y[left if ci < e.index else right])
+        if abs(y[ci] - y[e.index]) <= max(tol, 0.05 * wall):
+            return e.kind
+    return "slope"
 
 
 def _name(seq: list[str], at: str, y: np.ndarray, ci: int, inside: bool,

@@ -1,0 +1,187 @@
+"""``lossatlas mine`` and ``lossatlas shapes`` (Li, Li, Zhan 2024), plus the demo's panel of the
+five curve types.
+
+    lossatlas mine w-peak --checkpoint runs/mlp-digits-seed0 --index 1 --out wpeak.h5
+    lossatlas mine vvv-basin --checkpoint runs/mlp-digits-seed0 --gamma 0.1 --alpha 0
+    lossatlas shapes curve1.h5 curve2.h5 --num-classes 10
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lossatlas.cli import app
+from lossatlas.cli._common import (
+    BatchSizeOpt,
+    CheckpointOpt,
+    DataArgOpt,
+    DataOpt,
+    DepthOpt,
+    DeviceOpt,
+    IndexOpt,
+    ModelArgOpt,
+    ModelOpt,
+    SeedOpt,
+    WidthOpt,
+    model_options,
+    parse_options,
+    setup,
+)
+from lossatlas.errors import LossAtlasError
+
+ALGORITHMS = ("w-peak", "vvv-basin")
+
+
+@app.command()
+def mine(
+    algorithm: Annotated[str, typer.Argument(help="w-peak (Algorithm 1) or vvv-basin (2).")],
+    model: ModelOpt = "mlp",
+    data: DataOpt = "digits",
+    checkpoint: CheckpointOpt = None,
+    index: IndexOpt = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 10,
+    lr: Annotated[float, typer.Option(help="Learning rate η (plain SGD).")] = 0.1,
+    alpha: Annotated[float | None, typer.Option(
+        help="w-peak: the final α of the 0→α ramp (1); vvv-basin: λ ∈ [0.5 ± α] (0).")] = None,
+    gamma: Annotated[float, typer.Option(help="vvv-basin: weight γ of the midpoint loss.")] = 0.1,
+    seed: SeedOpt = 0,
+    batch_size: BatchSizeOpt = 128,
+    points: Annotated[int, typer.Option(help="Points of the curve drawn along ε.")] = 41,
+    profile: Annotated[bool, typer.Option(
+        help="Also compute |cos| with N.E.1-10 and P.E.10-1 (Hessian eigenvectors).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Result file (.h5).")] = None,
+    width: WidthOpt = None,
+    depth: DepthOpt = None,
+    model_arg: ModelArgOpt = None,
+    data_arg: DataArgOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Mine a direction ε around the checkpoint whose curve is a w-peak or a vvv-basin.
+
+    Writes the result (ε, history, settings) to --out, its curve θ + λε to OUT.png with the
+    classifier's verdict, and with --profile the cosine profile to OUT-cosine.png. Use the
+    result as a direction with --direction mined:OUT.
+    """
+    import lossatlas as la
+    from lossatlas.plot import shapes as plot
+
+    if algorithm not in ALGORITHMS:
+        raise LossAtlasError(f"ALGORITHM {algorithm!r} is unknown; use w-peak or vvv-basin")
+    net, train_set, _ = setup(model, data, checkpoint=checkpoint, index=index, seed=seed,
+                              model_opts=model_options(width, depth, model_arg),
+                              data_opts=parse_options(data_arg, "--data-arg"), device=device)
+    obj = la.Objective(net, train_set, batch_size=batch_size)
+    if algorithm == "w-peak":
+        res = la.mining.mine_w_peak(obj, epochs=epochs, lr=lr, seed=seed,
+                                    alpha_max=1.0 if alpha is None else alpha)
+    else:
+        res = la.mining.mine_vvv_basin(obj, epochs=epochs, lr=lr, seed=seed, gamma=gamma,
+                                       alpha=0.0 if alpha is None else alpha)
+    out = Path(out) if out is not None else Path(f"mined-{algorithm}-seed{seed}.h5")
+    res.save(out)
+    span = tuple(res.direction.meta.get("span", (-1.0, 1.0)))
+    c = la.curve(obj, res.direction, span=span, points=points)
+    log_c = _log_c(obj)
+    shape = la.shapes.classify(c.x, c.loss, log_c=log_c)
+    plot.overlay([c], [f"Mine ({algorithm})"], log_c=log_c, markers=res.direction.meta.get("markers", [0.0]),
+                 title=f"{algorithm} → {shape.kind}", path=out.with_suffix(".png"))
+    typer.echo(f"{out}: curve {shape.kind} ({shape.pattern or 'monotone'}, {shape.stationary} "
+               f"stationary points), figure {out.with_suffix('.png')}")
+    if profile:
+        prof = la.mining.cosine_profile(res.direction, obj, k=10)
+        path = out.with_name(out.stem + "-cosine.png")
+        plot.cosine_bars(prof, title=f"|cos| of the mined {algorithm} direction", path=path)
+        typer.echo("  " + " ".join(f"{lab}:{v:.3f}" for lab, v in zip(prof.labels,
+                                                                     prof.values)))
+
+
+def _log_c(obj) -> float | None:
+    try:
+        c = obj.num_classes
+    except Exception:
+        return None
+    return math.log(c) if c and c > 1 else None
+
+
+@app.command()
+def shapes(
+    files: Annotated[list[Path], typer.Argument(help="Curve result files (.h5).")],
+    num_classes: Annotated[int | None, typer.Option(
+        help="C: the curve is clipped at the random-guess loss log C.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the curves overlaid here.")] = None,
+) -> None:
+    """Name the type of each saved curve (v-basin, v-side, w-basin, w-peak, vvv-basin, other)
+    with its evidence: stationary points, minima, maxima, where the center sits."""
+    import lossatlas as la
+
+    log_c = math.log(num_classes) if num_classes else None
+    curves, labels = [], []
+    for f in files:
+        res = la.load(f)
+        if not hasattr(res, "x") or not hasattr(res, "loss"):
+            raise LossAtlasError(f"{f} holds a {type(res).__name__}, not a curve; pass files "
+                                 "written by `lossatlas curve` or la.curve(...).save")
+        s = la.shapes.classify(res.x, res.loss, log_c=log_c)
+        above = f", above log C on {s.above_log_c}" if s.above_log_c else ""
+        typer.echo(f"{f}: {s.kind} [{s.stationary}] extrema {s.pattern or 'none'} "
+                   f"minima {_fmt(s.minima)} maxima {_fmt(s.maxima)} center at {s.center_at}"
+                   f"{above} ({s.reason})")
+        curves.append(res)
+        labels.append(Path(f).stem)
+    if plot is not None:
+        from lossatlas.plot import shapes as plots
+
+        plots.overlay(curves, labels, log_c=log_c, path=plot)
+
+
+def _fmt(xs) -> str:
+    return "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"
+
+
+# -- demo -----------------------------------------------------------------------------------
+def demo_panel(ctx) -> None:
+    """The five curve types of the demo run (Li, Li, Zhan 2024, Fig. 1): Gaussian directions
+    (v-basin), toward the final checkpoint from epoch 1 (v-side), toward an independently
+    trained model (10 epochs, 5 when quick) on [−1, 2] (w-basin), Algorithm 1 at epoch 1 with η = 1 and batches of 32 (w-peak), Algorithm 2 at the
+    final model (vvv-basin). Writes curve_types.png."""
+    import lossatlas as la
+    from lossatlas.plot import shapes as plot
+
+    quick = ctx.quick
+    pts = 21 if quick else 41
+    obj = la.Objective(ctx.model, ctx.train, batch_size=256)
+    log_c = _log_c(obj)
+    final = obj.center
+    early = ctx.run.checkpoints[1]
+    kw = dict(points=pts, progress=False)
+    panel, labels, markers = {}, {}, {}
+    gs = [la.directions.gaussian(final, norm="filter", seed=s) for s in range(2 if quick else 3)]
+    panel["Gaussian"] = [la.curve(obj, d, **kw) for d in gs]
+    labels["Gaussian"] = [f"Gau. s{s}" for s in range(len(gs))]
+    side = la.directions.toward(early, final)
+    panel["to final (E=1)"] = [la.curve(obj, side, center=early, span=(-1, 1.5), **kw)]
+    markers["to final (E=1)"] = (0.0, 1.0)
+    other = ctx.build_model(ctx.seed + 1)  # an independent model, a short recipe (speed)
+    la.train(other, ctx.train, **{**ctx.train_kwargs, "epochs": 5 if quick else 10,
+                                  "seed": ctx.seed + 1, "progress": False})
+    indep = la.directions.independent(final, la.params.of(other, names=obj.names))
+    panel["independent"] = [la.curve(obj, indep, span=(-1, 2), **kw)]
+    markers["independent"] = (0.0, 1.0)
+    small = la.Objective(ctx.model, ctx.train, batch_size=32)  # mining: many small steps
+    wp = la.mining.mine_w_peak(small, epochs=2 if quick else 5, lr=1.0, center=early,
+                               progress=False)
+    panel["Algo. 1 (E=1)"] = [la.curve(obj, wp.direction, center=early, **kw)]
+    vvv = la.mining.mine_vvv_basin(small, epochs=2 if quick else 5, gamma=0.1,
+                                   progress=False)
+    panel["Algo. 2"] = [la.curve(obj, vvv.direction, span=(-1, 2), **kw)]
+    markers["Algo. 2"] = (0.0, 1.0)
+    path = Path(ctx.out) / "curve_types.png"
+    plot.types_panel(panel, labels, log_c=log_c, markers=markers, path=path)
+    for name, curves in panel.items():
+        s = la.shapes.classify(curves[0].x, curves[0].loss, log_c=log_c)
+        ctx.log(f"  {name}: {s.kind} [{s.stationary}] ({s.pattern or 'monotone'})")
+    ctx.log(f"curve types: {path}")
