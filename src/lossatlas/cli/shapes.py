@@ -87,7 +87,8 @@ def mine(
     c = la.curve(obj, res.direction, span=span, points=points)
     log_c = _log_c(obj)
     shape = la.shapes.classify(c.x, c.loss, log_c=log_c)
-    plot.overlay([c], [f"Mine ({algorithm})"], log_c=log_c, markers=res.direction.meta.get("markers", [0.0]),
+    marks = res.direction.meta.get("markers", [0.0])
+    plot.overlay([c], [f"Mine ({algorithm})"], log_c=log_c, markers=marks,
                  title=f"{algorithm} → {shape.kind}", path=out.with_suffix(".png"))
     typer.echo(f"{out}: curve {shape.kind} ({shape.pattern or 'monotone'}, {shape.stationary} "
                f"stationary points), figure {out.with_suffix('.png')}")
@@ -146,8 +147,9 @@ def _fmt(xs) -> str:
 def demo_panel(ctx) -> None:
     """The five curve types of the demo run (Li, Li, Zhan 2024, Fig. 1): Gaussian directions
     (v-basin), toward the final checkpoint from epoch 1 (v-side), toward an independently
-    trained model (10 epochs, 5 when quick) on [−1, 2] (w-basin), Algorithm 1 at epoch 1 with η = 1 and batches of 32 (w-peak), Algorithm 2 at the
-    final model (vvv-basin). Writes curve_types.png."""
+    trained model (10 epochs, 5 when quick) on [−1, 2] (w-basin), Algorithm 1 at epoch 1 with
+    η = 1 and batches of 32 (w-peak), Algorithm 2 at the final model (vvv-basin). Writes
+    curve_types.png."""
     import lossatlas as la
     from lossatlas.plot import shapes as plot
 

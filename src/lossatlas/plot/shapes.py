@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from lossatlas import shapes  # noqa: E402
+from lossatlas import shapes
 
 __all__ = ["angle_histograms", "cosine_bars", "descent_curves", "overlay", "pair_surface",
            "types_panel"]
