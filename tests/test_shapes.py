@@ -112,8 +112,11 @@ def test_chaos_above_log_c_is_ignored_and_reported():
 
 
 def test_peak_without_turning_points_and_outside_center():
-    s = la.shapes.classify(X, -(X**2))
-    assert s.kind == "other" and "widen" in s.reason
+    s = la.shapes.classify(X, -(X**2))               # falls on both sides: a truncated w-peak
+    assert s.kind == "w-peak" and "widen" in s.reason
+    x = np.linspace(-1, 0.45, 30)                     # right minimum (0.5) beyond the end
+    s = la.shapes.classify(x, (x**2 - 0.25) ** 2)
+    assert s.kind == "w-peak" and s.pattern == "min,max" and s.center_at == "max"
     s = la.shapes.classify(np.linspace(1, 2, 11), np.linspace(1, 2, 11) ** 2)
     assert s.kind == "other" and s.center_at == "outside"
 

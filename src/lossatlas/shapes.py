@@ -13,12 +13,13 @@ name five types:
 * **w-basin**: minimum, maximum, minimum (three stationary points) with the center at one of the
   two minima (the direction to an independent checkpoint, λ ∈ [−1, 2]: the barrier of linear
   mode connectivity between two basins).
-* **w-peak**: minimum, maximum, minimum with the center at the maximum: the loss first falls on
-  both sides of the center, then rises (N.E. directions, Algorithm 1).
+* **w-peak**: the center at the only maximum: the loss falls on both sides of the center, then
+  rises again (minimum, maximum, minimum; N.E. directions, Algorithm 1). A minimum may lie at
+  an end of the span (the paper's N.E. curves "only show a short loss decreasing trend on both
+  sides"); ``reason`` says so.
 * **vvv-basin**: three minima with two maxima between them (five stationary points) and the
   center at one of the minima (Algorithm 2: θ, the midpoint and φ are three basins).
-* **other**: anything else (flat curves, chaotic ones, a single peak without the turning points
-  inside the span, ...).
+* **other**: anything else (flat curves, chaotic ones, ...).
 
 Stationary points follow App. A.3 exactly: interior t with (y_t − y_{t+1})(y_t − y_{t−1}) > 0;
 the endpoints are never counted. "Perfect v-basin curves have 1 stationary point, and perfect
@@ -32,9 +33,9 @@ Robustness (our choice; the paper counts on clean 41-point curves):
 * Noise: extrema are simplified by *persistence*: the adjacent minimum/maximum pair with the
   smallest height difference is removed while that difference is below the tolerance
   tol = max(``prominence`` · (max y − min y), ``noise`` · σ̂), with σ̂ the noise level estimated
-  from third differences (:func:`noise_level`; ≈ 0 on smooth curves). Defaults: 0.5% of the
-  clipped curve's range and 6 σ̂. An extremum shallower than tol cannot split a basin. Plateaus
-  (runs of equal values) count as one point.
+  from third differences (:func:`noise_level`; ≈ 0 on smooth curves). Defaults: 0.01% of the
+  clipped curve's range (float round-off) and 6 σ̂. An extremum shallower than tol cannot
+  split a basin. Plateaus (runs of equal values) count as one point.
 * The center "sits at" an extremum when it lies between that extremum's neighbours and its
   loss is within max(tol, 5% of the wall on its side) of the extremum's value: a trained model
   in a wide flat basin is in the basin even when the line's exact minimum is elsewhere.
@@ -258,7 +259,7 @@ def classify(
     y: Sequence[float] | np.ndarray,
     num_classes: int | None = None,
     log_c: float | None = None,
-    prominence: float = 0.005,
+    prominence: float = 1e-4,
     noise: float = 6.0,
     flat_tol: float = 1e-6,
     center: float = 0.0,
@@ -346,15 +347,15 @@ def _name(seq: list[str], at: str, y: np.ndarray, ci: int, inside: bool,
         if abs(y[-1] - y[0]) > tol and ci not in (0, len(y) - 1):
             return "v-side", "monotone over the span: the minimum lies at or beyond an end"
         return "other", "no extremum and no monotone trend beyond the tolerance"
-    if seq == ["min", "max", "min"]:
-        if at == "max":
+    if seq.count("max") == 1 and at == "max" and len(seq) <= 3 and "max,max" not in pattern:
+        if seq == ["min", "max", "min"]:
             return "w-peak", "minimum, maximum, minimum with the center at the peak"
+        return "w-peak", (f"extrema {pattern}: the loss falls on both sides of the center, a "
+                          "minimum lies at an end of the span (widen it to see the rise)")
+    if seq == ["min", "max", "min"]:
         if at == "min":
             return "w-basin", "minimum, maximum, minimum with the center in a basin"
         return "other", "a w shape but the center is on a slope"
     if seq == ["min", "max", "min", "max", "min"] and at == "min":
         return "vvv-basin", "three minima with the center in one of them"
-    if seq == ["max"] and at == "max":
-        return "other", ("a peak at the center with no turning point inside the span; widen "
-                         "the span to see whether it is a w-peak")
     return "other", f"extrema {pattern} with the center at the {at}"
