@@ -4,6 +4,7 @@ five curve types.
     lossatlas mine w-peak --checkpoint runs/mlp-digits-seed0 --index 1 --out wpeak.h5
     lossatlas mine vvv-basin --checkpoint runs/mlp-digits-seed0 --gamma 0.1 --alpha 0
     lossatlas shapes curve1.h5 curve2.h5 --num-classes 10
+    lossatlas curves -D gaussian:filter:seed=0 -D eigen:SA:1 -D independent:runs/b -c runs/a
 """
 
 from __future__ import annotations
@@ -98,6 +99,61 @@ def mine(
         plot.cosine_bars(prof, title=f"|cos| of the mined {algorithm} direction", path=path)
         typer.echo("  " + " ".join(f"{lab}:{v:.3f}" for lab, v in zip(prof.labels,
                                                                      prof.values)))
+
+
+@app.command()
+def curves(
+    direction: Annotated[list[str], typer.Option(
+        "--direction", "-D", help="Direction spec, repeatable: gaussian:filter:seed=3, "
+        "gradient, gradient:batch, checkpoint:PATH, independent:PATH, eigen:SA:1, eigen:LA:2, "
+        "mined:FILE.")],
+    model: ModelOpt = "mlp",
+    data: DataOpt = "digits",
+    checkpoint: CheckpointOpt = None,
+    index: IndexOpt = None,
+    span: Annotated[str | None, typer.Option(
+        help="λ range LO,HI (default: each direction's own, e.g. -1,2 for independent).")] = None,
+    points: Annotated[int, typer.Option(help="Points per curve (the paper: 41).")] = 41,
+    seed: SeedOpt = 0,
+    batch_size: BatchSizeOpt = 512,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Figure (.png).")] = Path("curves.png"),
+    width: WidthOpt = None,
+    depth: DepthOpt = None,
+    model_arg: ModelArgOpt = None,
+    data_arg: DataArgOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Overlaid 1D curves θ + λε along several directions, each with its stationary-point count
+    in the legend ("[1]") and its curve type; each curve is also saved next to --out."""
+    import lossatlas as la
+    from lossatlas.directions.spec import parse_directions
+    from lossatlas.plot import shapes as plot
+
+    net, train_set, _ = setup(model, data, checkpoint=checkpoint, index=index, seed=seed,
+                              model_opts=model_options(width, depth, model_arg),
+                              data_opts=parse_options(data_arg, "--data-arg"), device=device)
+    obj = la.Objective(net, train_set, batch_size=batch_size)
+    fixed = None
+    if span is not None:
+        try:
+            lo, hi = (float(v) for v in span.split(","))
+        except ValueError:
+            raise LossAtlasError(f"--span {span!r} is not LO,HI; write e.g. --span=-1,2") from None
+        fixed = (lo, hi)
+    log_c = _log_c(obj)
+    results, labels = [], []
+    for spec, d in zip(direction, parse_directions(direction, obj, model=net)):
+        c = la.curve(obj, d, span=fixed or tuple(d.meta.get("span", (-1.0, 1.0))), points=points)
+        s = la.shapes.classify(c.x, c.loss, log_c=log_c)
+        label = str(d.meta.get("label", spec))
+        path = out.with_name(f"{out.stem}-{len(results)}.h5")
+        c.save(path)
+        typer.echo(f"{spec}: {s.kind} [{s.stationary}] ({s.pattern or 'monotone'}) -> {path}")
+        results.append(c)
+        labels.append(f"{label} {s.kind}")
+    plot.overlay(results, labels, log_c=log_c, markers=(0.0,), title=f"{model} on {data}",
+                 path=out)
+    typer.echo(f"figure: {out}")
 
 
 def _log_c(obj) -> float | None:
