@@ -1,0 +1,106 @@
+"""``lossatlas sweep FILE.toml``: a load x temperature phase-diagram sweep, local or on Ray;
+``lossatlas phases RESULTS``: the per-cell table, phases and figures of a sweep folder."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lossatlas.cli import app
+from lossatlas.cli._common import OutOpt
+from lossatlas.errors import LossAtlasError
+
+_COLUMNS = ("test_acc", "train_loss", "hessian_max", "hessian_trace", "mc", "cka", "l2")
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def print_table(result, console: Console | None = None) -> None:
+    """The per-cell table: the two control values, the metrics and the phase."""
+    console = console or Console()
+    spec = result.spec
+    table = Table(title=f"sweep {spec.name}: {len(result.cells)} cells")
+    table.add_column(spec.load.label)
+    table.add_column(spec.temperature.label)
+    for c in _COLUMNS:
+        table.add_column(c, justify="right")
+    table.add_column("phase")
+    for row in result.cells:
+        table.add_row(str(row["load"]), str(row["temperature"]),
+                      *(_fmt(row.get(c)) for c in _COLUMNS), _fmt(row.get("phase")))
+    console.print(table)
+
+
+def write_figures(result, out: Path) -> list[Path]:
+    """``phases.png`` (every metric + phase map) and ``mc_curves.png`` under ``out``."""
+    import matplotlib.pyplot as plt
+
+    from lossatlas.plot import phases as P
+
+    written = []
+    if any(row["n_models"] for row in result.cells):
+        plt.close(P.phase_diagram(result, out / "phases.png"))
+        written.append(out / "phases.png")
+    if result.curves():
+        plt.close(P.mc_curves(result, out / "mc_curves.png"))
+        written.append(out / "mc_curves.png")
+    return written
+
+
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="Sweep description (.toml); see examples/.")],
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Run on Ray: auto (this machine's cluster), ADDRESS, or local.")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", help="Local worker processes (1: in this process).")] = 1,
+    out: OutOpt = None,
+    plot: Annotated[bool, typer.Option(help="Write phases.png and mc_curves.png.")] = True,
+):
+    """Train and measure every cell of a load x temperature grid; resumes where it stopped."""
+    from lossatlas import sweep as S
+    from lossatlas.executors import make_executor
+
+    spec = S.load_spec(file)
+    if workers < 1:
+        raise LossAtlasError(f"--workers {workers} must be at least 1; pass --workers 2.")
+    target = Path(out or spec.out or Path("sweeps") / spec.name)
+    with make_executor(ray=ray, workers=workers,
+                       threads=spec.measure.get("threads", 1)) as executor:
+        typer.echo(f"sweep {spec.name}: {len(spec.load.values)} x "
+                   f"{len(spec.temperature.values)} cells x {len(spec.seeds)} seeds "
+                   f"-> {target} ({type(executor).__name__}, {executor.workers} workers)")
+        result = S.run(spec, target, executor=executor)
+    print_table(result)
+    if plot:
+        for p in write_figures(result, target):
+            typer.echo(f"wrote {p}")
+    typer.echo(f"wrote {target / S.RESULTS} and {target / S.CELLS}")
+
+
+@app.command()
+def phases(
+    results: Annotated[Path, typer.Argument(help="A sweep folder (or its results.jsonl).")],
+    out: OutOpt = None,
+    plot: Annotated[bool, typer.Option(help="Write phases.png and mc_curves.png.")] = True,
+):
+    """Per-cell metrics and phase labels of a finished (or partial) sweep, with figures."""
+    from lossatlas import sweep as S
+
+    result = S.load_results(results)
+    print_table(result)
+    target = Path(out or result.out)
+    target.mkdir(parents=True, exist_ok=True)
+    result.to_csv(target / S.CELLS)
+    if plot:
+        for p in write_figures(result, target):
+            typer.echo(f"wrote {p}")

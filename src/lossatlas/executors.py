@@ -1,0 +1,279 @@
+"""Where independent jobs run: in this process, in worker processes, or on a Ray cluster.
+
+Every executor offers the same two calls over a top-level (picklable) ``fn`` and an iterable
+of ``items``:
+
+- ``as_completed(fn, items)`` yields ``(item, fn(item))`` pairs as the jobs finish;
+- ``map(fn, items)`` yields the results alone, in completion order. This is the interface of
+  ``la.surface(..., executor=)``, ``la.curve`` and ``la.interpolate``, whose chunks carry their own
+  grid indices, so the order does not matter there.
+
+``items`` is consumed lazily, with at most ``prefetch`` jobs in flight, so a large surface's
+chunks are not all built at once. The driver (the caller) alone writes files: workers only
+return values. Every job runs with ``threads`` torch threads (1 by default), in every executor,
+so a job computes the same floats wherever it runs: a Ray run equals the local run bit for bit.
+
+>>> ex = LocalExecutor()
+>>> sorted(ex.map(abs, [-2, 1, -3]))
+[1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from itertools import islice
+from typing import Any
+
+import torch
+
+from lossatlas.errors import LossAtlasError
+
+__all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "make_executor",
+           "run_job", "threads"]
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` (``None``: leave it), restored after."""
+    if n is None:
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def run_job(fn: Callable, item: Any, n_threads: int | None = 1) -> Any:
+    """``fn(item)`` with ``n_threads`` torch threads; what every executor runs for one job."""
+    with threads(n_threads):
+        return fn(item)
+
+
+def _check_threads(n: int | None) -> int | None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise LossAtlasError(f"threads={n!r} must be a positive integer or None; pass threads=1.")
+    return n
+
+
+class Executor:
+    """Base class: subclasses implement :meth:`as_completed`; :meth:`map` drops the items."""
+
+    threads: int | None = 1
+
+    def as_completed(self, fn: Callable, items: Iterable) -> Iterator[tuple[Any, Any]]:
+        raise NotImplementedError
+
+    def map(self, fn: Callable, items: Iterable) -> Iterator[Any]:
+        """The results of ``fn`` over ``items``, in completion order."""
+        for _, result in self.as_completed(fn, items):
+            yield result
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def close(self) -> None:
+        """Release workers (a no-op for executors that hold none)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> dict:
+        return {"executor": type(self).__name__, "workers": self.workers,
+                "threads": self.threads}
+
+
+class LocalExecutor(Executor):
+    """Jobs one after another in this process, in order (the default)."""
+
+    def __init__(self, threads: int | None = 1):
+        self.threads = _check_threads(threads)
+
+    def as_completed(self, fn: Callable, items: Iterable) -> Iterator[tuple[Any, Any]]:
+        for item in items:
+            yield item, run_job(fn, item, self.threads)
+
+
+def _init_worker(n_threads: int | None) -> None:
+    if n_threads is not None:
+        torch.set_num_threads(n_threads)
+    os.environ.setdefault("LOSSATLAS_QUIET", "1")  # no progress bars from inside workers
+
+
+def _default_context() -> mp.context.BaseContext:
+    # forkserver: workers fork from a clean server (no OpenMP state inherited), cheaply.
+    if sys.platform.startswith("linux"):
+        ctx = mp.get_context("forkserver")
+        # imported once in the server, so each worker starts without re-importing torch
+        ctx.set_forkserver_preload(["torch", "lossatlas.sweep"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+class ProcessExecutor(Executor):
+    """Jobs in ``workers`` separate processes (default: every core), ``threads`` torch threads
+    each. ``fn`` and the items must be picklable (``fn`` a module-level function). The pool
+    starts on first use and stays up until :meth:`close` (or the ``with`` block ends)."""
+
+    def __init__(self, workers: int | None = None, threads: int | None = 1,
+                 prefetch: int | None = None, context: str | None = None):
+        n = (os.cpu_count() or 1) if workers is None else workers
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise LossAtlasError(f"workers={workers!r} must be a positive integer; pass workers=2.")
+        self._workers = n
+        self.threads = _check_threads(threads)
+        self.prefetch = prefetch or 2 * n
+        self._context = mp.get_context(context) if context else _default_context()
+        self._pool: futures.ProcessPoolExecutor | None = None
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    def _get_pool(self) -> futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = futures.ProcessPoolExecutor(
+                self._workers, mp_context=self._context, initializer=_init_worker,
+                initargs=(self.threads,),
+            )
+        return self._pool
+
+    def as_completed(self, fn: Callable, items: Iterable) -> Iterator[tuple[Any, Any]]:
+        pool = self._get_pool()
+        it = iter(items)
+        pending: dict[futures.Future, Any] = {}
+
+        def submit(k: int) -> None:
+            for item in islice(it, k):
+                pending[pool.submit(run_job, fn, item, self.threads)] = item
+
+        submit(self.prefetch)
+        try:
+            while pending:
+                done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+                for fut in done:
+                    item = pending.pop(fut)
+                    yield item, fut.result()
+                submit(len(done))
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise LossAtlasError(
+            "--ray / RayExecutor needs Ray; install the extra: pip install 'lossatlas[ray]' "
+            "-c constraints.txt"
+        ) from None
+    return ray
+
+
+class RayExecutor(Executor):
+    """Jobs as Ray tasks on a cluster; the driver (this process) alone writes files.
+
+    ``address``: ``"auto"`` (the cluster this machine belongs to, e.g. after ``ray start
+    --head``), ``"ray://host:10001"`` / ``"host:6379"`` (a given cluster), or ``"local"`` (start
+    a private one-machine cluster with ``num_cpus`` CPUs). If Ray is already initialized in
+    this process it is used as is. A task that fails (worker crash or exception) is retried up
+    to ``max_retries`` times. Each task asks for ``num_cpus_per_task`` CPUs and runs with
+    ``threads`` torch threads, so results equal those of :class:`LocalExecutor`.
+    """
+
+    def __init__(self, address: str | None = "auto", *, max_retries: int = 3,
+                 threads: int | None = 1, num_cpus: int | None = None,
+                 num_cpus_per_task: float = 1, prefetch: int | None = None,
+                 **init_kwargs: Any):
+        self.ray = _import_ray()
+        self.threads = _check_threads(threads)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise LossAtlasError(f"max_retries={max_retries!r} must be an integer >= 0.")
+        self.max_retries = max_retries
+        self.num_cpus_per_task = num_cpus_per_task
+        self._owns = False
+        if not self.ray.is_initialized():
+            kw = {"include_dashboard": False, "log_to_driver": False, **init_kwargs}
+            kw.setdefault("runtime_env", {"env_vars": {"LOSSATLAS_QUIET": "1"}})
+            try:
+                if address in (None, "local"):
+                    self.ray.init(num_cpus=num_cpus, **kw)
+                else:
+                    self.ray.init(address=address, **kw)
+            except ConnectionError as exc:
+                raise LossAtlasError(
+                    f"address={address!r}: no Ray cluster answered ({str(exc).splitlines()[0]}); "
+                    "start one with `ray start --head` or pass --ray local"
+                ) from None
+            self._owns = True
+        self.address = address
+        self.prefetch = prefetch or max(2, 2 * self.workers)
+        self._remote = self.ray.remote(run_job)
+
+    @property
+    def workers(self) -> int:
+        try:
+            return max(1, int(self.ray.cluster_resources().get("CPU", 1) // self.num_cpus_per_task))
+        except Exception:  # cluster_resources can fail while the cluster shuts down
+            return 1
+
+    def as_completed(self, fn: Callable, items: Iterable) -> Iterator[tuple[Any, Any]]:
+        ray = self.ray
+        task = self._remote.options(max_retries=self.max_retries, retry_exceptions=True,
+                                    num_cpus=self.num_cpus_per_task)
+        fn_ref = ray.put(fn)
+        it = iter(items)
+        pending: dict[Any, Any] = {}
+
+        def submit(k: int) -> None:
+            for item in islice(it, k):
+                pending[task.remote(fn_ref, item, self.threads)] = item
+
+        submit(self.prefetch)
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    item = pending.pop(ref)
+                    yield item, ray.get(ref)
+                submit(len(done))
+        finally:
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+
+    def close(self) -> None:
+        if self._owns and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._owns = False
+
+    def describe(self) -> dict:
+        return {**super().describe(), "address": self.address, "max_retries": self.max_retries}
+
+
+def make_executor(ray: str | None = None, workers: int | None = None,
+                  threads: int | None = 1) -> Executor:
+    """The executor the CLI options ask for: ``--ray ADDRESS`` -> :class:`RayExecutor`;
+    ``--workers N`` with N > 1 -> :class:`ProcessExecutor`; otherwise :class:`LocalExecutor`."""
+    if ray:
+        return RayExecutor(ray, threads=threads)
+    if workers is None or workers == 1:
+        return LocalExecutor(threads=threads)
+    return ProcessExecutor(workers, threads=threads)

@@ -1,0 +1,694 @@
+"""Load x temperature phase-diagram sweeps (Yang et al. 2021, Sect. 3 and App. B).
+
+A sweep is a grid of *cells*: one value of a load-like parameter (model width, training-set
+size, label noise) times one value of a temperature-like parameter (batch size, learning rate,
+weight decay), with the other settings fixed. Each cell trains one model per seed and
+measures, as the paper does:
+
+- per model: test accuracy, train loss and train error (percent), and the Hessian's top
+  eigenvalue ``hessian_max`` and trace ``hessian_trace`` of the train loss on **one batch of 200
+  random training samples** (App. B: "one batch of 200 random samples can already give stable
+  results");
+- per pair of seeds: mode connectivity ``mc`` on the train error in percent along a trained
+  Bezier curve (Eq. 4), linear CKA ``cka`` of the softmax outputs on 640 mixup samples (Eq. 3,
+  App. A.1) and the parameter distance ``l2``.
+
+A sweep is described in a TOML file::
+
+    name = "digits"
+    seeds = [0, 1]
+    [data]              # la.datasets.load(name, train_size=, label_noise=, seed=)
+    name = "digits"
+    [model]             # la.zoo.build(name, dataset=train, seed=<seed>, **rest)
+    name = "mlp"
+    [train]             # la.train(model, train, seed=<seed>, **rest)
+    epochs = 10
+    lr = 0.05
+    [load]              # x axis; param: width | depth | train_size | label_noise | model.X | data.X
+    param = "width"
+    values = [4, 8, 16, 32, 64]
+    [temperature]       # y axis; param: batch_size | lr | weight_decay | train.X
+    param = "batch_size"
+    values = [16, 32, 64, 128]
+    [measure]           # optional; the defaults are the paper's (see MEASURE_DEFAULTS)
+    hessian_samples = 200
+    [measure.connect]   # keyword arguments of la.connect.train_curve (epochs, lr, bends, ...)
+    epochs = 2
+
+Results go to ``OUT/results.jsonl``, one JSON line per finished job (a model, or a pair of
+seeds), appended and flushed as each job finishes; every line carries the hash of the job's
+configuration, so a rerun skips what is done and resumes where it stopped. The trained weights
+go to ``OUT/models/<hash>.pt`` (so connectivity and similarity can be recomputed later), the
+resolved sweep to ``OUT/sweep.json`` and the per-cell table to ``OUT/cells.csv``. Only the
+driver writes files: the jobs (local, in worker processes or on Ray) return values.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import functools
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+import torch
+
+from lossatlas import __version__
+from lossatlas._progress import track
+from lossatlas.errors import LossAtlasError
+
+__all__ = [
+    "ALIASES",
+    "MEASURE_DEFAULTS",
+    "METRICS",
+    "Cell",
+    "SweepResult",
+    "SweepSpec",
+    "cells",
+    "load_results",
+    "load_spec",
+    "run",
+]
+
+#: Short names of the control parameters -> the section and key they set.
+ALIASES: dict[str, str] = {
+    "width": "model.width",
+    "depth": "model.depth",
+    "train_size": "data.train_size",
+    "label_noise": "data.label_noise",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "learning_rate": "train.lr",
+    "weight_decay": "train.weight_decay",
+    "momentum": "train.momentum",
+    "epochs": "train.epochs",
+}
+#: Temperature parameters where a *larger* value means a *colder* run (batch size is inverse
+#: temperature); the phase plots put the hottest row at the top, as the paper's figures do.
+INVERSE_TEMPERATURE = {"train.batch_size"}
+
+#: The measurement settings and their defaults (the paper's, except the short curve training).
+MEASURE_DEFAULTS: dict[str, Any] = {
+    "hessian": True,            # λ_max and trace per model
+    "hessian_samples": 200,     # one batch of this many random training samples (App. B)
+    "connect": {},              # kwargs of la.connect.train_curve; {} = its defaults
+    "connect_points": 5,        # t values where the curve's train error is evaluated
+    "mc": True,
+    "cka": True,
+    "cka_samples": 640,         # mixup samples, λ ~ Beta(16, 16) (App. A.1)
+    "l2": True,
+    "threads": 1,               # torch threads per job (results do not depend on the executor)
+}
+
+#: Per-model and per-pair metrics of the cell table (means over seeds / pairs; ``*_std`` too).
+MODEL_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss", "train_error",
+                 "hessian_max", "hessian_trace")
+PAIR_METRICS = ("mc", "mc_linear", "cka", "l2")
+METRICS = MODEL_METRICS + PAIR_METRICS
+
+RESULTS = "results.jsonl"
+MODELS = "models"
+SPEC = "sweep.json"
+CELLS = "cells.csv"
+
+
+# -- the spec ------------------------------------------------------------------------------
+@dataclass
+class Axis:
+    """One control axis: ``param`` is ``"section.key"`` (after :data:`ALIASES`)."""
+
+    param: str
+    values: list
+    label: str
+
+    @property
+    def section(self) -> str:
+        return self.param.split(".", 1)[0]
+
+    @property
+    def key(self) -> str:
+        return self.param.split(".", 1)[1]
+
+
+@dataclass
+class SweepSpec:
+    """A resolved sweep: base settings, the two axes, the seeds and the measurements."""
+
+    name: str
+    data: dict
+    model: dict
+    train: dict
+    load: Axis
+    temperature: Axis
+    seeds: list[int]
+    measure: dict = field(default_factory=lambda: dict(MEASURE_DEFAULTS))
+    out: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "data": self.data, "model": self.model, "train": self.train,
+            "load": vars(self.load), "temperature": vars(self.temperature),
+            "seeds": self.seeds, "measure": self.measure, "out": self.out,
+        }
+
+    @property
+    def hot_first(self) -> bool:
+        """True when larger temperature values are hotter (lr, weight decay)."""
+        return self.temperature.param not in INVERSE_TEMPERATURE
+
+
+def _param(raw: Any, what: str) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise LossAtlasError(f"[{what}] param={raw!r} must name a setting, e.g. 'width'.")
+    full = ALIASES.get(raw, raw)
+    if "." not in full or full.split(".", 1)[0] not in ("data", "model", "train"):
+        raise LossAtlasError(
+            f"[{what}] param={raw!r} is unknown; use one of {', '.join(ALIASES)} or "
+            "'data.KEY' / 'model.KEY' / 'train.KEY'."
+        )
+    return full
+
+
+def _axis(raw: Any, what: str) -> Axis:
+    if not isinstance(raw, Mapping) or "param" not in raw or "values" not in raw:
+        raise LossAtlasError(
+            f"the sweep needs a [{what}] table with param and values, e.g. "
+            f"param = 'width' and values = [8, 16, 32]."
+        )
+    values = list(raw["values"])
+    if not values or len(set(map(repr, values))) != len(values):
+        raise LossAtlasError(
+            f"[{what}] values={values!r} must be a non-empty list without repeats."
+        )
+    param = _param(raw["param"], what)
+    return Axis(param, values, str(raw.get("label", param.split(".", 1)[1])))
+
+
+def _section(raw: Mapping, name: str, required: bool) -> dict:
+    sec = raw.get(name, {})
+    if not isinstance(sec, Mapping):
+        raise LossAtlasError(f"[{name}] must be a table of settings, got {type(sec).__name__}.")
+    sec = dict(sec)
+    if required and "name" not in sec:
+        raise LossAtlasError(f"[{name}] needs a name, e.g. name = 'digits' / 'mlp'.")
+    return sec
+
+
+def load_spec(source: str | os.PathLike | Mapping) -> SweepSpec:
+    """Read a sweep from a TOML file (or an already parsed mapping) and check it."""
+    if isinstance(source, Mapping):
+        raw = dict(source)
+        default_name = "sweep"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise LossAtlasError(f"FILE={str(path)!r} does not exist; pass a sweep .toml file.")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise LossAtlasError(f"FILE={str(path)!r} is not valid TOML ({exc}); fix it.") from None
+        default_name = path.stem
+    known = {"name", "seeds", "data", "model", "train", "load", "temperature", "measure", "out"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise LossAtlasError(
+            f"the sweep has unknown entries {unknown}; use only {sorted(known)}."
+        )
+    seeds = list(raw.get("seeds", [0, 1]))
+    if (not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise LossAtlasError(
+            f"seeds={seeds!r} must be distinct non-negative integers, e.g. [0, 1]."
+        )
+    measure = dict(MEASURE_DEFAULTS)
+    extra = _section(raw, "measure", False)
+    bad = sorted(set(extra) - set(MEASURE_DEFAULTS))
+    if bad:
+        raise LossAtlasError(f"[measure] has unknown keys {bad}; use {sorted(MEASURE_DEFAULTS)}.")
+    measure.update(extra)
+    load, temp = _axis(raw.get("load"), "load"), _axis(raw.get("temperature"), "temperature")
+    if load.param == temp.param:
+        raise LossAtlasError("[load] and [temperature] vary the same setting; pick two different.")
+    spec = SweepSpec(
+        name=str(raw.get("name", default_name)),
+        data=_section(raw, "data", True), model=_section(raw, "model", True),
+        train=_section(raw, "train", False), load=load, temperature=temp,
+        seeds=seeds, measure=measure, out=raw.get("out"),
+    )
+    for sec in ("data", "model", "train"):
+        if "seed" in getattr(spec, sec) and sec != "data":
+            raise LossAtlasError(f"[{sec}] must not set seed; list the seeds in seeds = [...].")
+    return spec
+
+
+# -- cells and jobs ------------------------------------------------------------------------
+def _hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Cell:
+    """One (load, temperature) point of the grid with its fully resolved settings."""
+
+    load: Any
+    temperature: Any
+    i: int                       # index along the load axis
+    j: int                       # index along the temperature axis
+    config: dict                 # {"data": ..., "model": ..., "train": ...}
+    measure: dict
+
+    @property
+    def key(self) -> str:
+        return _hash({"config": self.config, "measure": self.measure})
+
+    def train_key(self, seed: int) -> str:
+        """Identifies one trained model: the settings and the seed (not the measurements)."""
+        return _hash({"config": self.config, "seed": seed, "version": 1})
+
+    def model_key(self, seed: int) -> str:
+        keep = {k: self.measure[k] for k in ("hessian", "hessian_samples")}
+        return _hash({"train": self.train_key(seed), "measure": keep, "job": "model"})
+
+    def pair_key(self, a: int, b: int) -> str:
+        keep = {k: self.measure[k] for k in
+                ("connect", "connect_points", "mc", "cka", "cka_samples", "l2")}
+        return _hash({"a": self.train_key(a), "b": self.train_key(b), "measure": keep,
+                      "job": "pair"})
+
+
+def cells(spec: SweepSpec) -> list[Cell]:
+    """Every cell of the grid, load-major."""
+    out = []
+    for i, lv in enumerate(spec.load.values):
+        for j, tv in enumerate(spec.temperature.values):
+            config = {"data": copy.deepcopy(spec.data), "model": copy.deepcopy(spec.model),
+                      "train": copy.deepcopy(spec.train)}
+            config[spec.load.section][spec.load.key] = lv
+            config[spec.temperature.section][spec.temperature.key] = tv
+            out.append(Cell(lv, tv, i, j, config, dict(spec.measure)))
+    return out
+
+
+# -- what a job does (runs anywhere: must not write files) ---------------------------------
+@functools.lru_cache(maxsize=4)
+def _data_cached(text: str):
+    from lossatlas import datasets
+
+    kw = json.loads(text)
+    name = kw.pop("name")
+    return datasets.load(name, **kw)
+
+
+def _data(cfg: Mapping):
+    return _data_cached(json.dumps(dict(cfg), sort_keys=True))
+
+
+def _build(config: Mapping, train, seed: int) -> torch.nn.Module:
+    from lossatlas import zoo
+
+    kw = dict(config["model"])
+    name = kw.pop("name")
+    return zoo.build(name, dataset=train, seed=seed, **kw)
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _hessian_batch(train, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    X, y = train.tensors
+    g = torch.Generator().manual_seed(10_000 + seed)
+    idx = torch.randperm(len(y), generator=g)[: min(int(n), len(y))]
+    return X[idx], y[idx]
+
+
+def _hessian(model: torch.nn.Module, train, measure: Mapping, seed: int) -> dict:
+    """λ_max and trace of the train loss on one batch of ``hessian_samples`` samples."""
+    from lossatlas import hessian
+    from lossatlas.objective import Objective
+
+    batch = _hessian_batch(train, measure["hessian_samples"], seed)
+    obj = Objective(model, batch, check=False)
+    top = float(np.max(np.asarray(hessian.eigs(obj, k=1, which="LA", seed=seed).values)))
+    tr = float(hessian.trace(obj, seed=seed))
+    return {"hessian_max": top, "hessian_trace": tr}
+
+
+def model_job(job: Mapping) -> dict:
+    """Train the model of one (cell, seed) and measure it; returns metrics and its state.
+
+    ``job``: ``config`` (data/model/train settings), ``measure``, ``seed``.
+    """
+    from lossatlas.training import train as train_model
+
+    config, measure, seed = job["config"], job["measure"], int(job["seed"])
+    t0 = time.perf_counter()
+    train, test = _data(config["data"])
+    model = _build(config, train, seed)
+    run = train_model(model, train, **config["train"], seed=seed, record=None, out=None,
+                      test_data=test, progress=False)
+    last = run.manifest[-1]
+    metrics = {
+        "train_loss": last.get("train_loss"),
+        "train_acc": 100.0 * last["train_acc"] if last.get("train_acc") is not None else None,
+        "test_loss": last.get("test_loss"),
+        "test_acc": 100.0 * last["test_acc"] if last.get("test_acc") is not None else None,
+    }
+    if metrics["train_acc"] is not None:
+        metrics["train_error"] = 100.0 - metrics["train_acc"]
+    errors = {}
+    if measure.get("hessian"):
+        try:
+            metrics.update(_hessian(model, train, measure, seed))
+        except Exception as exc:  # a diverged model: record why, keep the cell
+            errors["hessian"] = f"{type(exc).__name__}: {exc}"
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {
+        "metrics": {k: _finite(v) for k, v in metrics.items()},
+        "stopped_reason": run.stopped_reason, "errors": errors, "state": state,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _connectivity(model_a, model_b, train, measure: Mapping, seed: int) -> dict:
+    """mc on the train error (percent) along a trained Bezier curve, and along the line."""
+    from lossatlas import connect
+
+    out = connect.mode_connectivity_between(
+        model_a, model_b, train, points=int(measure["connect_points"]), seed=seed,
+        **dict(measure.get("connect") or {}),
+    )
+    return out
+
+
+def _similarity(model_a, model_b, train, measure: Mapping, seed: int) -> dict:
+    from lossatlas import similarity
+
+    out: dict[str, float] = {}
+    if measure.get("cka"):
+        out["cka"] = float(similarity.model_cka(model_a, model_b, train,
+                                                samples=int(measure["cka_samples"]), seed=seed))
+    return out
+
+
+def _l2(model_a, model_b) -> float:
+    """‖θ − θ′‖₂ over the trainable parameters (the paper's Fig. 2g)."""
+    from lossatlas import params as P
+
+    return float(P.norm(P.of(model_a) - P.of(model_b)))
+
+
+def pair_job(job: Mapping) -> dict:
+    """Connectivity and similarity of the models of two seeds of one cell.
+
+    ``job``: ``config``, ``measure``, ``seeds`` (a, b) and ``states`` (their state dicts).
+    """
+    config, measure = job["config"], job["measure"]
+    a, b = (int(s) for s in job["seeds"])
+    t0 = time.perf_counter()
+    train, _ = _data(config["data"])
+    models = []
+    for s, state in zip((a, b), job["states"]):
+        m = _build(config, train, s)
+        m.load_state_dict(state)
+        models.append(m)
+    seed = 1000 * a + b
+    metrics: dict[str, Any] = {}
+    curve: dict[str, Any] = {}
+    errors = {}
+    if measure.get("mc"):
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(30_000 + seed)
+                found = _connectivity(models[0], models[1], train, measure, seed)
+            curve = {k: found[k] for k in ("t", "values", "linear") if k in found}
+            metrics.update({k: found[k] for k in ("mc", "mc_linear", "t_star") if k in found})
+        except Exception as exc:
+            errors["mc"] = f"{type(exc).__name__}: {exc}"
+    if measure.get("cka"):
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(40_000 + seed)
+                metrics.update(_similarity(models[0], models[1], train, measure, seed))
+        except Exception as exc:
+            errors["cka"] = f"{type(exc).__name__}: {exc}"
+    if measure.get("l2"):
+        metrics["l2"] = _l2(models[0], models[1])
+    return {"metrics": {k: _finite(v) for k, v in metrics.items()},
+            "curve": {k: [_finite(x) for x in v] for k, v in curve.items()},
+            "errors": errors, "seconds": time.perf_counter() - t0}
+
+
+# -- the driver ----------------------------------------------------------------------------
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    if not path.is_file():
+        return rows
+    with path.open() as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash: that job is redone
+                continue
+    return rows
+
+
+def _append(path: Path, row: Mapping) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(state), tmp)
+    os.replace(tmp, path)
+
+
+def _cell_fields(spec: SweepSpec, cell: Cell) -> dict:
+    return {"cell": cell.key, "load_param": spec.load.param, "load": cell.load,
+            "temperature_param": spec.temperature.param, "temperature": cell.temperature,
+            "i": cell.i, "j": cell.j}
+
+
+def run(
+    spec: SweepSpec | str | os.PathLike | Mapping,
+    out: str | os.PathLike | None = None,
+    *,
+    executor=None,
+    progress: bool = True,
+) -> SweepResult:
+    """Run (or resume) a sweep; returns its :class:`SweepResult`.
+
+    ``out`` defaults to the spec's ``out`` or ``sweeps/<name>``. ``executor``: any object with
+    ``as_completed(fn, items)`` (see :mod:`lossatlas.executors`); default in-process. Jobs whose
+    hash is already in ``OUT/results.jsonl`` are skipped. First the models (one job per cell and
+    seed), then the pairs of seeds of every cell.
+    """
+    from lossatlas.executors import LocalExecutor
+
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
+    out = Path(out or spec.out or Path("sweeps") / spec.name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SPEC).write_text(json.dumps(spec.to_dict(), indent=2, default=str))
+    results = out / RESULTS
+    done = {r.get("key") for r in _read_rows(results)}
+    executor = executor or LocalExecutor(threads=spec.measure.get("threads", 1))
+    grid = cells(spec)
+    disable = None if progress else True
+
+    # 1. models: one job per (cell, seed)
+    todo = []
+    for cell in grid:
+        for s in spec.seeds:
+            key = cell.model_key(s)
+            if key in done and (out / MODELS / f"{cell.train_key(s)}.pt").is_file():
+                continue
+            todo.append({"key": key, "cell": cell, "seed": s})
+    items = ({"config": t["cell"].config, "measure": t["cell"].measure, "seed": t["seed"],
+              "_task": t} for t in todo)
+    for item, res in track(executor.as_completed(model_job, items),
+                           f"sweep {spec.name}: models", total=len(todo), disable=disable):
+        t = item["_task"]
+        cell, s = t["cell"], t["seed"]
+        file = out / MODELS / f"{cell.train_key(s)}.pt"
+        _save_state(file, res["state"])  # the weights first: a row implies its model file
+        _append(results, {
+            "kind": "model", "key": t["key"], **_cell_fields(spec, cell), "seed": s,
+            "metrics": res["metrics"], "errors": res["errors"],
+            "stopped_reason": res["stopped_reason"], "model_file": str(file.relative_to(out)),
+            "seconds": res["seconds"], "version": __version__,
+        })
+
+    # 2. pairs of seeds in every cell
+    pairs = []
+    if any(spec.measure.get(k) for k in ("mc", "cka", "l2")):
+        for cell in grid:
+            for a, b in itertools.combinations(spec.seeds, 2):
+                key = cell.pair_key(a, b)
+                if key not in done:
+                    pairs.append({"key": key, "cell": cell, "seeds": (a, b)})
+
+    def pair_items() -> Iterable[dict]:
+        for t in pairs:
+            cell = t["cell"]
+            states = [torch.load(out / MODELS / f"{cell.train_key(s)}.pt", weights_only=True)
+                      for s in t["seeds"]]
+            yield {"config": cell.config, "measure": cell.measure, "seeds": t["seeds"],
+                   "states": states, "_task": t}
+
+    for item, res in track(executor.as_completed(pair_job, pair_items()),
+                           f"sweep {spec.name}: pairs", total=len(pairs), disable=disable):
+        t = item["_task"]
+        _append(results, {
+            "kind": "pair", "key": t["key"], **_cell_fields(spec, t["cell"]),
+            "seeds": list(t["seeds"]), "metrics": res["metrics"], "curve": res["curve"],
+            "errors": res["errors"], "seconds": res["seconds"], "version": __version__,
+        })
+    result = load_results(out, spec)
+    result.to_csv(out / CELLS)
+    return result
+
+
+# -- reading results back ------------------------------------------------------------------
+def _nan(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _summary(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.array([v for v in values if not math.isnan(v)], dtype=float)
+    if not len(arr):
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+@dataclass
+class SweepResult:
+    """A sweep's results: the raw ``rows`` (one per job) and the per-cell table ``cells``.
+
+    ``cells`` is a list of dicts, one per (load, temperature) cell in grid order, with
+    ``load``, ``temperature``, ``i``, ``j``, every metric of :data:`METRICS` (means over
+    seeds or pairs; NaN where missing) with its ``*_std``, ``n_models``, ``n_pairs`` and
+    ``phase`` (when :mod:`lossatlas.taxonomy` could label it).
+    """
+
+    spec: SweepSpec
+    rows: list[dict]
+    cells: list[dict]
+    out: Path | None = None
+    phases: list[Any] = field(default_factory=list)
+
+    @property
+    def load_values(self) -> list:
+        return list(self.spec.load.values)
+
+    @property
+    def temperature_values(self) -> list:
+        return list(self.spec.temperature.values)
+
+    def grid(self, metric: str) -> np.ndarray:
+        """``metric`` as an array (n_temperature, n_load): ``[j, i]`` is temperature j, load i."""
+        arr = np.full((len(self.temperature_values), len(self.load_values)), np.nan, dtype=object
+                      if metric == "phase" else float)
+        if metric == "phase":
+            arr[:] = None
+        for c in self.cells:
+            arr[c["j"], c["i"]] = c.get(metric, np.nan if metric != "phase" else None)
+        return arr
+
+    def curves(self) -> list[dict]:
+        """The pair rows that carry an mc curve: ``i``, ``j``, ``seeds``, ``t``, ``values``."""
+        out = []
+        for r in self.rows:
+            if r.get("kind") == "pair" and r.get("curve", {}).get("t"):
+                out.append({"i": r["i"], "j": r["j"], "seeds": r["seeds"], **r["curve"],
+                            "mc": r["metrics"].get("mc")})
+        return out
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        keys: list[str] = []
+        for c in self.cells:
+            keys += [k for k in c if k not in keys]
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for c in self.cells:
+                w.writerow({k: (str(v) if k == "phase_evidence" else v) for k, v in c.items()})
+        os.replace(tmp, path)
+        return path
+
+
+def _phase_labels(cells_: list[dict]) -> list[Any]:
+    """Labels from :mod:`lossatlas.taxonomy` (empty if it is not available)."""
+    try:
+        from lossatlas import taxonomy
+    except ImportError:
+        return []
+    return list(taxonomy.classify_table(cells_))
+
+
+def aggregate(spec: SweepSpec, rows: Sequence[Mapping]) -> list[dict]:
+    """The per-cell table from job rows (rows of other configurations are ignored)."""
+    table = []
+    by_key = {}
+    for r in rows:
+        by_key[r.get("key")] = r
+    for cell in cells(spec):
+        models = [by_key[k] for k in (cell.model_key(s) for s in spec.seeds) if k in by_key]
+        pairs = [by_key[k] for k in (cell.pair_key(a, b) for a, b in
+                                     itertools.combinations(spec.seeds, 2)) if k in by_key]
+        row: dict[str, Any] = {"load_param": spec.load.param, "load": cell.load,
+                               "temperature_param": spec.temperature.param,
+                               "temperature": cell.temperature, "i": cell.i, "j": cell.j,
+                               "n_models": len(models), "n_pairs": len(pairs)}
+        for names, source in ((MODEL_METRICS, models), (PAIR_METRICS, pairs)):
+            for m in names:
+                mean, std = _summary([_nan(r["metrics"].get(m)) for r in source])
+                row[m], row[f"{m}_std"] = mean, std
+        table.append(row)
+    return table
+
+
+def load_results(out: str | os.PathLike, spec: SweepSpec | None = None) -> SweepResult:
+    """Read a sweep folder (``OUT/results.jsonl`` + ``OUT/sweep.json``) into a SweepResult,
+    with the phase of every cell when :mod:`lossatlas.taxonomy` can label it."""
+    out = Path(out)
+    if out.is_file():
+        out = out.parent
+    if spec is None:
+        if not (out / SPEC).is_file():
+            raise LossAtlasError(
+                f"RESULTS={str(out)!r} holds no {SPEC}; pass the folder a sweep wrote."
+            )
+        spec = load_spec({k: v for k, v in json.loads((out / SPEC).read_text()).items()})
+    rows = _read_rows(out / RESULTS)
+    table = aggregate(spec, rows)
+    phases = _phase_labels(table) if any(c["n_models"] for c in table) else []
+    for c, p in zip(table, phases):
+        c["phase"] = getattr(p, "label", p)
+        if hasattr(p, "evidence"):
+            c["phase_evidence"] = p.evidence
+    return SweepResult(spec=spec, rows=rows, cells=table, out=out, phases=phases)

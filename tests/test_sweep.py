@@ -1,0 +1,166 @@
+"""Sweeps: TOML parsing, the grid, resume by job hash, aggregation and the phase plots."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import lossatlas as la
+from lossatlas import sweep as S
+from lossatlas.errors import LossAtlasError
+
+TOML = """
+name = "tiny"
+seeds = [0, 1]
+[data]
+name = "digits"
+train_size = 200
+[model]
+name = "mlp"
+[train]
+epochs = 2
+lr = 0.05
+[load]
+param = "width"
+values = [4, 16]
+[temperature]
+param = "batch_size"
+values = [32, 128]
+[measure]
+hessian = false
+mc = false
+cka = false
+"""
+
+
+@pytest.fixture()
+def spec(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TOML)
+    return S.load_spec(path)
+
+
+def test_spec_and_cells(spec):
+    assert spec.load.param == "model.width" and spec.temperature.param == "train.batch_size"
+    assert not spec.hot_first  # batch size is inverse temperature
+    grid = S.cells(spec)
+    assert [(c.load, c.temperature) for c in grid] == [(4, 32), (4, 128), (16, 32), (16, 128)]
+    assert grid[1].config["model"] == {"name": "mlp", "width": 4}
+    assert grid[1].config["train"]["batch_size"] == 128
+    assert len({c.key for c in grid}) == 4
+    # the model's key ignores pair-only measurement settings; the pair's key follows them
+    raw = spec.to_dict()
+    raw["measure"] = {**spec.measure, "cka_samples": 64}
+    other = S.load_spec(raw)
+    a, b = grid[0], S.cells(other)[0]
+    assert a.model_key(0) == b.model_key(0) and a.train_key(0) == b.train_key(0)
+    assert a.pair_key(0, 1) != b.pair_key(0, 1)
+
+
+@pytest.mark.parametrize("patch, match", [
+    ({"load": {"param": "colour", "values": [1]}}, "unknown"),
+    ({"load": {"param": "width", "values": []}}, "non-empty"),
+    ({"temperature": {"param": "width", "values": [1, 2]}}, "same setting"),
+    ({"seeds": [0, 0]}, "distinct"),
+    ({"measure": {"hesian": True}}, "unknown keys"),
+    ({"model": {"width": 3}}, "needs a name"),
+    ({"bogus": 1}, "unknown entries"),
+])
+def test_bad_specs(spec, patch, match):
+    raw = spec.to_dict()
+    raw.update(patch)
+    with pytest.raises(LossAtlasError, match=match):
+        S.load_spec(raw)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(LossAtlasError, match="does not exist"):
+        S.load_spec(tmp_path / "nope.toml")
+
+
+def test_run_resume_and_table(spec, tmp_path):
+    out = tmp_path / "out"
+    res = S.run(spec, out, progress=False)
+    rows = [json.loads(line) for line in (out / S.RESULTS).read_text().splitlines()]
+    models = [r for r in rows if r["kind"] == "model"]
+    assert len(models) == 8 and len({r["key"] for r in models}) == 8
+    # only l2 asked among the pair metrics: one pair per cell
+    pairs = [r for r in rows if r["kind"] == "pair"]
+    assert len(pairs) == 4
+    # each model row is reproduced by training the same config directly
+    cell = S.cells(spec)[3]
+    train, test = la.datasets.load("digits", train_size=200)
+    model = la.zoo.build("mlp", dataset=train, seed=1, width=16)
+    run = la.train(model, train, epochs=2, lr=0.05, batch_size=128, seed=1, record=None,
+                   test_data=test, progress=False)
+    row = next(r for r in models if r["key"] == cell.model_key(1))
+    assert row["metrics"]["train_loss"] == pytest.approx(run.manifest[-1]["train_loss"], abs=1e-6)
+    assert row["metrics"]["test_acc"] == pytest.approx(100 * run.manifest[-1]["test_acc"])
+    assert row["metrics"]["train_error"] == pytest.approx(100 - row["metrics"]["train_acc"])
+    saved = torch.load(out / row["model_file"], weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    # the cell table is the mean over seeds
+    c = res.cells[3]
+    vals = [r["metrics"]["test_acc"] for r in models if r["cell"] == cell.key]
+    assert c["test_acc"] == pytest.approx(np.mean(vals)) and c["n_models"] == 2
+    assert res.grid("test_acc")[1, 1] == c["test_acc"]  # [temperature j, load i]
+    # l2 of the pair equals the norm of the difference of the saved weights
+    prow = next(r for r in pairs if r["cell"] == cell.key)
+    w = [torch.load(out / "models" / f"{cell.train_key(s)}.pt", weights_only=True)
+         for s in (0, 1)]
+    diff = math.sqrt(sum(float(((w[0][k] - w[1][k]) ** 2).sum()) for k in w[0]))
+    assert prow["metrics"]["l2"] == pytest.approx(diff, rel=1e-5)
+    # a rerun does nothing; a lost line is redone (and only that one)
+    S.run(spec, out, progress=False)
+    assert len((out / S.RESULTS).read_text().splitlines()) == 12
+    lines = (out / S.RESULTS).read_text().splitlines()
+    (out / S.RESULTS).write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20] + "\n")
+    again = S.run(spec, out, progress=False)
+    redone = [json.loads(x) for x in (out / S.RESULTS).read_text().splitlines()[12:]]
+    assert len(redone) == 1 and redone[0]["key"] == json.loads(lines[-1])["key"]
+    assert again.cells == S.load_results(out).cells
+    assert (out / S.CELLS).is_file()
+
+
+def test_hessian_on_a_200_sample_batch():
+    """λ_max and trace come from the batch the sweep says, compared with the full Hessian."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    train = la.datasets.ArrayDataset(torch.randn(300, 10), torch.randint(0, 3, (300,)))
+    got = S._hessian(model, train, {"hessian_samples": 200}, seed=3)
+    X, y = S._hessian_batch(train, 200, 3)
+    assert len(y) == 200
+    params = dict(model.named_parameters())
+    names = list(params)
+
+    def loss(*flat):
+        out = torch.func.functional_call(model, dict(zip(names, flat)), (X,))
+        return torch.nn.functional.cross_entropy(out, y)
+
+    blocks = torch.autograd.functional.hessian(loss, tuple(p.detach() for p in params.values()))
+    sizes = [p.numel() for p in params.values()]
+    H = torch.cat([torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(len(names))],
+                             1) for i in range(len(names))], 0)
+    assert got["hessian_max"] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-3)
+    assert got["hessian_trace"] == pytest.approx(float(torch.trace(H)), rel=0.3)
+
+
+def test_plots(spec, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from lossatlas.plot import phases as P
+
+    res = S.run(spec, tmp_path / "out", progress=False)
+    for c, label in zip(res.cells, ["I", "II", "III", "IV-B"]):
+        c["phase"] = label
+    fig = P.phase_diagram(res, tmp_path / "p.png")
+    # batch size is inverse temperature: the hottest row (smallest batch) is drawn on top
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["32", "128"]
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    plt.close(fig)
+    with pytest.raises(LossAtlasError, match="mc = true"):
+        P.mc_curves(res)
