@@ -35,13 +35,40 @@ from torch import nn
 
 from lossatlas import params as P
 from lossatlas.errors import LossAtlasError
-from lossatlas.objective import Batch, Objective, _accuracy_count, _bn_modules
+from lossatlas.objective import LOSSES, Batch, Objective, _accuracy_count, _bn_modules
 
 __all__ = ["Chunk", "Engine", "evaluate_chunk", "find_affine_first_layer"]
 
 _AFFINE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 FASTPATH_MEMORY = 2 * 2**30  # bytes of precomputed first-layer outputs allowed
 MIN_FAN_IN = 16
+
+
+# -- loss and accuracy in one pass ---------------------------------------------------------
+def _plain_class_targets(obj: Objective) -> bool:
+    """True when every batch has (N, C) logits-style targets: 1-D int64 labels, none ignored,
+    and the loss is the built-in cross-entropy (then :func:`_ce_and_correct` applies)."""
+    if obj.loss_fn is not LOSSES["cross_entropy"] or obj._keyed:
+        return False
+    for b in obj.batches:
+        t = b.targets
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point():
+            return False
+        if b.weight != t.shape[0]:  # some targets carry the ignore index
+            return False
+    return True
+
+
+def _ce_and_correct(logits: torch.Tensor, target: torch.Tensor, target_col: torch.Tensor):
+    """(mean cross-entropy, number correct) of (N, C) logits in one pass:
+    CE = mean_n [m_n + log Σ_c exp(z_nc − m_n) − z_{n,y_n}], m_n = max_c z_nc, and the argmax
+    from the same max (first index among ties, as ``argmax``). The same value as
+    ``F.cross_entropy`` up to float rounding, about 4x faster on the CPU for few classes
+    (``log_softmax`` over a short last dimension is slow there)."""
+    m, idx = logits.max(1)
+    lse = (logits - m.unsqueeze(1)).exp_().sum(1).log_().add_(m)
+    loss = (lse - logits.gather(1, target_col).squeeze(1)).mean()
+    return float(loss), float((idx == target).sum())
 
 
 # -- the private model --------------------------------------------------------------------
@@ -214,6 +241,7 @@ class Engine:
     _bns: list = field(default_factory=list)
     _rows: list = field(default_factory=list)  # per batch: (c₀, Z₀ + c₀Z₁) of the last row
     _rows_buf: list = field(default_factory=list)
+    _cols: list | None = None  # per batch: targets as a column, for the one-pass CE
 
     @classmethod
     def build(cls, obj: Objective, center: Mapping, directions: Sequence[Mapping],
@@ -237,6 +265,8 @@ class Engine:
             return eng
         eng.mode, eng.reason = "inplace", "affine trick not tried (fast=False)"
         eng._bns = [m for _, m in _bn_modules(eng.model)]
+        if _plain_class_targets(obj):
+            eng._cols = [b.targets.unsqueeze(1) for b in obj.batches]
         params = dict(eng.model.named_parameters())
         eng._slots = [(params[k], center[k], [d[k] for d in dirs]) for k in obj.names]
         if fast:
@@ -380,10 +410,16 @@ class Engine:
                 if feeder is not None:
                     feeder.start(c)
                 total, correct = 0.0, 0.0
-                for b in obj.batches[:batches]:
+                for j, b in enumerate(obj.batches[:batches]):
                     out = _call_model(model, obj, b)
-                    total += float(obj.loss_fn(out, b.targets)) * b.weight
-                    correct += _accuracy_count(out, b.targets)
+                    if self._cols is not None and isinstance(out, torch.Tensor) and \
+                            out.dim() == 2:
+                        lb, cb = _ce_and_correct(out, b.targets, self._cols[j])
+                    else:
+                        lb, cb = float(obj.loss_fn(out, b.targets)), _accuracy_count(
+                            out, b.targets)
+                    total += lb * b.weight
+                    correct += cb
                 loss[i], acc[i] = total / obj.n, correct / obj.n
         finally:
             if first is not None:

@@ -1,0 +1,271 @@
+"""``lossatlas curve``, ``surface``, ``interpolate`` and ``plot`` (Li et al. 2018), plus the
+demo's landscape section.
+
+    lossatlas curve --checkpoint runs/mlp-digits-seed0 --direction gaussian:filter:seed=0
+    lossatlas surface --checkpoint runs/mlp-digits-seed0 --resolution 51 --out surface.h5
+    lossatlas interpolate --checkpoint runs/a --to runs/b --span -0.5 1.5
+    lossatlas plot surface.h5 --kind all
+
+Results go to one HDF5 file each (rerun the same command to resume an interrupted surface);
+a figure is written next to it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lossatlas.cli import app
+from lossatlas.cli._common import (
+    BatchSizeOpt,
+    CheckpointOpt,
+    DataArgOpt,
+    DataOpt,
+    DepthOpt,
+    DeviceOpt,
+    IndexOpt,
+    ModelArgOpt,
+    ModelOpt,
+    SeedOpt,
+    WidthOpt,
+    model_options,
+    parse_options,
+    setup,
+)
+from lossatlas.errors import LossAtlasError
+
+SpanOpt = Annotated[tuple[float, float], typer.Option(help="Coefficient range LOW HIGH.")]
+BnOpt = Annotated[str, typer.Option(help="BatchNorm statistics: keep or recalibrate.")]
+SplitOpt = Annotated[str, typer.Option(help="Data split the loss is averaged over: train, test.")]
+OutFileOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Result file (.h5).")]
+PlotKinds = ("contour", "contourf", "heatmap", "surface3d", "html", "vtp")
+
+
+def _objective(model, data, checkpoint, index, seed, width, depth, model_arg, data_arg, device,
+               batch_size, bn, split):
+    import lossatlas as la
+
+    if split not in ("train", "test"):
+        raise LossAtlasError(f"--split {split!r} is unknown; use train or test")
+    net, train_set, test_set = setup(
+        model, data, checkpoint=checkpoint, index=index, seed=seed,
+        model_opts=model_options(width, depth, model_arg),
+        data_opts=parse_options(data_arg, "--data-arg"), device=device)
+    obj = la.Objective(net, train_set if split == "train" else test_set,
+                       batch_size=batch_size, bn=bn)
+    return net, obj
+
+
+def _figures(result, out: Path, kinds: list[str], log: bool = False) -> list[Path]:
+    from lossatlas import plot
+
+    written = []
+    if result.kind in ("curve", "interpolation"):
+        p = out.with_suffix(".png")
+        plot.plot_curve(result, p, log=log)
+        written.append(p)
+        if "html" in kinds:
+            written.append(plot.to_html(result, out.with_suffix(".html"), log=log))
+        return written
+    for k in kinds:
+        if k == "html":
+            written.append(plot.to_html(result, out.with_suffix(".html"), log=log))
+        elif k == "vtp":
+            written.append(plot.to_vtp(result, out.with_suffix(".vtp"), log=log))
+        else:
+            p = out.with_name(f"{out.stem}-{k}.png")
+            plot.plot_surface(result, k, p, log=log)
+            written.append(p)
+    return written
+
+
+def _report(result, path: Path, figures: list[Path]) -> None:
+    import numpy as np
+
+    loss = np.asarray(result.loss)
+    typer.echo(f"{result.kind}: {int(np.sum(result.done))}/{result.done.size} points, loss "
+               f"{np.nanmin(loss):.4g} .. {np.nanmax(loss):.4g} (engine "
+               f"{result.meta.get('engine', '-')}) -> {path}")
+    for f in figures:
+        typer.echo(f"  figure: {f}")
+
+
+@app.command()
+def curve(
+    model: ModelOpt = "mlp",
+    data: DataOpt = "digits",
+    checkpoint: CheckpointOpt = None,
+    index: IndexOpt = None,
+    direction: Annotated[str, typer.Option(
+        help="Direction spec (gaussian[:NORM][:seed=S], gradient, eigen:SA:1, ...).")
+    ] = "gaussian:filter:seed=0",
+    span: SpanOpt = (-1.0, 1.0),
+    points: Annotated[int, typer.Option(help="Points along the curve.")] = 41,
+    bn: BnOpt = "keep",
+    split: SplitOpt = "train",
+    batch_size: BatchSizeOpt = 1024,
+    log: Annotated[bool, typer.Option(help="Log-scale loss axis in the figure.")] = False,
+    out: OutFileOpt = None,
+    seed: SeedOpt = 0,
+    width: WidthOpt = None,
+    depth: DepthOpt = None,
+    model_arg: ModelArgOpt = None,
+    data_arg: DataArgOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """1D curve L(θ + a·d) along one direction, to OUT (.h5) and OUT.png."""
+    import lossatlas as la
+    from lossatlas.directions import parse_direction
+
+    net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
+                          data_arg, device, batch_size, bn, split)
+    d = parse_direction(direction, obj, model=net)
+    out = Path(out or "curve.h5")
+    res = la.curve(obj, d, span=span, points=points, path=out)
+    _report(res, out, _figures(res, out, [], log=log))
+
+
+@app.command()
+def surface(
+    model: ModelOpt = "mlp",
+    data: DataOpt = "digits",
+    checkpoint: CheckpointOpt = None,
+    index: IndexOpt = None,
+    x_direction: Annotated[str, typer.Option(help="Direction spec of the x axis.")
+                           ] = "gaussian:filter:seed=0",
+    y_direction: Annotated[str, typer.Option(help="Direction spec of the y axis.")
+                           ] = "gaussian:filter:seed=1",
+    span: SpanOpt = (-1.0, 1.0),
+    resolution: Annotated[int, typer.Option(help="Points per axis.")] = 51,
+    xspan: Annotated[tuple[float, float] | None, typer.Option(help="x range (default span).")
+                     ] = None,
+    yspan: Annotated[tuple[float, float] | None, typer.Option(help="y range (default span).")
+                     ] = None,
+    xres: Annotated[int | None, typer.Option(help="Points along x.")] = None,
+    yres: Annotated[int | None, typer.Option(help="Points along y.")] = None,
+    orthogonalize: Annotated[bool, typer.Option(
+        help="Use the part of the y direction orthogonal to the x direction.")] = False,
+    bn: BnOpt = "keep",
+    split: SplitOpt = "train",
+    batch_size: BatchSizeOpt = 1024,
+    plot: Annotated[list[str] | None, typer.Option(
+        help=f"Figures to write (repeatable): {', '.join(PlotKinds)}.")] = None,
+    log: Annotated[bool, typer.Option(help="Plot log10 of the loss.")] = False,
+    out: OutFileOpt = None,
+    seed: SeedOpt = 0,
+    width: WidthOpt = None,
+    depth: DepthOpt = None,
+    model_arg: ModelArgOpt = None,
+    data_arg: DataArgOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """2D surface L(θ + a·d₁ + b·d₂) on a grid, written as computed to OUT (.h5); rerun the
+    same command to resume. Figures: OUT-contour.png and OUT.html by default."""
+    import lossatlas as la
+    from lossatlas.directions import parse_directions
+
+    kinds = list(plot) if plot else ["contour", "html"]
+    bad = [k for k in kinds if k not in PlotKinds]
+    if bad:
+        raise LossAtlasError(f"--plot {bad[0]!r} is unknown; use {', '.join(PlotKinds)}")
+    net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
+                          data_arg, device, batch_size, bn, split)
+    d1, d2 = parse_directions([x_direction, y_direction], obj, model=net)
+    out = Path(out or "surface.h5")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = la.surface(obj, d1, d2, span=span, resolution=resolution, xspan=xspan,
+                         yspan=yspan, xres=xres, yres=yres, orthogonalize=orthogonalize,
+                         path=out)
+    for w in caught:
+        typer.secho(f"warning: {w.message}", err=True, fg="yellow")
+    _report(res, out, _figures(res, out, kinds, log=log))
+
+
+@app.command()
+def interpolate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c",
+                                             help="Weights a (t = 0): .pt file or run folder.")],
+    to: Annotated[Path, typer.Option(help="Weights b (t = 1): .pt file or run folder.")],
+    index: IndexOpt = None,
+    to_index: Annotated[int | None, typer.Option(help="Checkpoint index in --to's run.")
+                        ] = None,
+    model: ModelOpt = "mlp",
+    data: DataOpt = "digits",
+    span: SpanOpt = (-0.5, 1.5),
+    points: Annotated[int, typer.Option(help="Points along the line.")] = 41,
+    bn: BnOpt = "keep",
+    split: SplitOpt = "train",
+    batch_size: BatchSizeOpt = 1024,
+    log: Annotated[bool, typer.Option(help="Log-scale loss axis in the figure.")] = False,
+    out: OutFileOpt = None,
+    seed: SeedOpt = 0,
+    width: WidthOpt = None,
+    depth: DepthOpt = None,
+    model_arg: ModelArgOpt = None,
+    data_arg: DataArgOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Linear interpolation L(θ_a + t(θ_b − θ_a)) between two sets of weights (BN statistics
+    of a, or recalibrated with --bn recalibrate)."""
+    import lossatlas as la
+    from lossatlas.directions import load_point
+
+    _, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
+                        data_arg, device, batch_size, bn, split)
+    b = load_point(to, obj.names, to_index)
+    out = Path(out or "interpolation.h5")
+    res = la.interpolate(obj, obj.center, b, span=span, points=points, path=out)
+    _report(res, out, _figures(res, out, [], log=log))
+
+
+@app.command(name="plot")
+def plot_cmd(
+    file: Annotated[Path, typer.Argument(help="A curve, interpolation or surface file (.h5).")],
+    kind: Annotated[list[str] | None, typer.Option(
+        help=f"Surface figures (repeatable): {', '.join(PlotKinds)} or all.")] = None,
+    log: Annotated[bool, typer.Option(help="Log scale / log10 of the loss.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                                             help="Figure base name (default: FILE).")] = None,
+) -> None:
+    """Draw a saved landscape file, choosing the figure by the result's kind."""
+    import lossatlas as la
+
+    res = la.load(file)
+    if getattr(res, "kind", None) not in ("curve", "interpolation", "surface"):
+        raise LossAtlasError(f"FILE {str(file)!r} holds a {getattr(res, 'kind', '?')} result; "
+                             "lossatlas plot draws curves, interpolations and surfaces")
+    kinds = list(kind) if kind else ["contour", "contourf", "heatmap", "surface3d", "html"]
+    if "all" in kinds:
+        kinds = list(PlotKinds)
+    bad = [k for k in kinds if k not in PlotKinds]
+    if bad:
+        raise LossAtlasError(f"--kind {bad[0]!r} is unknown; use {', '.join(PlotKinds)} or all")
+    figs = _figures(res, Path(out or file), kinds, log=log)
+    for f in figs:
+        typer.echo(str(f))
+
+
+def demo_landscape(ctx) -> None:
+    """Demo section: a 1D curve and a 2D surface (filter-normalized Gaussian directions, Li et
+    al. 2018) of the trained default model on its training data."""
+    import lossatlas as la
+
+    out = Path(ctx.out) / "landscape"
+    out.mkdir(parents=True, exist_ok=True)
+    obj = la.Objective(ctx.model, ctx.train, batch_size=None)
+    d1 = la.directions.gaussian(ctx.model, seed=ctx.seed)
+    d2 = la.directions.gaussian(ctx.model, seed=ctx.seed + 1)
+    c = la.curve(obj, d1, points=21 if ctx.quick else 51, path=out / "curve.h5")
+    la.plot.plot_curve(c, out / "curve.png")
+    n = 11 if ctx.quick else 41
+    s = la.surface(obj, d1, d2, resolution=n, path=out / "surface.h5", orthogonalize=True)
+    la.plot.plot_surface(s, "contour", out / "surface-contour.png")
+    la.plot.plot_surface(s, "surface3d", out / "surface-3d.png")
+    la.plot.to_html(s, out / "surface.html")
+    la.plot.to_vtp(s, out / "surface.vtp")
+    ctx.log(f"landscape: curve min loss {c.loss.min():.4f}, surface {n}x{n} loss "
+            f"{s.loss.min():.4f}..{s.loss.max():.4f} (engine {s.meta.get('engine')}) -> {out}")

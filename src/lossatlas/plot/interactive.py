@@ -1,0 +1,49 @@
+"""An interactive 3D surface as one self-contained HTML file (plotly; plotly.js is inlined, so
+the file opens without a network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lossatlas.errors import LossAtlasError
+
+__all__ = ["to_html"]
+
+
+def to_html(result, path: str | os.PathLike, *, log: bool = False, metric: str = "loss",
+            title: str | None = None) -> Path:
+    """Write ``result`` (a surface, or a curve as a line) as a self-contained HTML page.
+
+    The surface's z is ``loss[i, j]`` at ``(x[i], y[j])`` (plotly wants z[row=y, col=x], so
+    the array is transposed); points not computed yet are gaps. Returns the path.
+    """
+    import plotly.graph_objects as go
+
+    if metric not in ("loss", "accuracy"):
+        raise LossAtlasError(f'metric={metric!r} must be "loss" or "accuracy"')
+    z = np.array(getattr(result, metric), dtype=float)
+    if getattr(result, "done", None) is not None:
+        z[~np.asarray(result.done, dtype=bool)] = np.nan
+    if log:
+        z = np.log10(np.clip(z, 1e-12, None))
+    label = f"log10 {metric}" if log else metric
+    kind = getattr(result, "kind", None)
+    if kind == "surface":
+        trace = go.Surface(x=np.asarray(result.x), y=np.asarray(result.y), z=z.T,
+                           colorscale="Viridis", colorbar={"title": label})
+        layout = {"scene": {"xaxis_title": "a (d1)", "yaxis_title": "b (d2)",
+                            "zaxis_title": label}}
+    elif kind in ("curve", "interpolation"):
+        trace = go.Scatter(x=np.asarray(result.x), y=z, mode="lines+markers", name=label)
+        layout = {"xaxis_title": "t" if kind == "interpolation" else "a", "yaxis_title": label}
+    else:
+        raise LossAtlasError(f"cannot draw a result of kind {kind!r}; pass a curve or surface")
+    fig = go.Figure(trace)
+    fig.update_layout(title=title or f"lossatlas {kind}", **layout)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
