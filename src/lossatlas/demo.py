@@ -31,6 +31,7 @@ __all__ = ["DEFAULTS", "SECTIONS", "DemoContext", "DemoResult", "SectionResult",
 #: ``"package.module:function"`` strings, run in order after training; each takes a DemoContext.
 SECTIONS: list[str] = [
     "lossatlas.cli.shapes:demo_panel",
+    "lossatlas.cli.landscape:demo_landscape",
 ]
 
 #: The default model, data and training recipe.

@@ -261,7 +261,7 @@ def demo_landscape(ctx) -> None:
     d2 = la.directions.gaussian(ctx.model, seed=ctx.seed + 1)
     c = la.curve(obj, d1, points=21 if ctx.quick else 51, path=out / "curve.h5")
     la.plot.plot_curve(c, out / "curve.png")
-    n = 11 if ctx.quick else 41
+    n = 11 if ctx.quick else 31
     s = la.surface(obj, d1, d2, resolution=n, path=out / "surface.h5", orthogonalize=True)
     la.plot.plot_surface(s, "contour", out / "surface-contour.png")
     la.plot.plot_surface(s, "surface3d", out / "surface-3d.png")
