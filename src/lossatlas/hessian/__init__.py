@@ -1,0 +1,36 @@
+"""The Hessian of the loss: extreme eigenpairs, trace, density, and the second-order view.
+
+Every function takes an :class:`~lossatlas.Objective` and optionally ``params=`` (names or glob
+patterns: the block of the Hessian over those parameters, the others held fixed) and
+``point=`` (default: the objective's center). Products are of the exact full-data mean loss
+(see :mod:`lossatlas.hessian.operator`).
+
+>>> import torch, lossatlas as la
+>>> X, y = torch.randn(50, 3), torch.randint(0, 2, (50,))
+>>> obj = la.Objective(torch.nn.Linear(3, 2), (X, y))
+>>> spec = la.hessian.eigs(obj, k=1, which="LA")
+>>> bool(spec.residuals[0] < 1e-3 * abs(spec.values[0]))
+True
+"""
+
+from lossatlas.hessian.arpack import Spectrum, eigs
+from lossatlas.hessian.operator import HessianOperator, hvp, resolve_params
+from lossatlas.hessian.power import power
+from lossatlas.hessian.slq import Density, broaden, density
+from lossatlas.hessian.trace import TraceEstimate, trace, trace_estimate, trace_of
+
+__all__ = [
+    "Density",
+    "HessianOperator",
+    "Spectrum",
+    "TraceEstimate",
+    "broaden",
+    "density",
+    "eigs",
+    "hvp",
+    "power",
+    "resolve_params",
+    "trace",
+    "trace_estimate",
+    "trace_of",
+]
