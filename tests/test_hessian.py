@@ -196,3 +196,32 @@ def test_bad_input():
         la.hessian.trace(obj, method="magic")
     with pytest.raises(LossAtlasError, match="steps="):
         la.hessian.density(obj, steps=1)
+
+
+def test_second_order_is_exact_on_a_quadratic_loss():
+    """For mse on a linear map the loss is exactly quadratic: δL = λb + ½λ²a is the true change,
+    and every local piece lies on the true curve."""
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    model = nn.Linear(4, 2).double()
+    obj = la.Objective(model, (X, y), loss="mse", batch_size=7)
+    dist = la.hessian.delta_distribution(obj, lambdas=(0.001, 0.01, 0.5), samples=12, sigma=0.7)
+    assert dist.predicted.shape == dist.true.shape == (3, 12)
+    np.testing.assert_allclose(dist.predicted, dist.true, rtol=1e-8, atol=1e-12)
+    eps = la.hessian.second_order.gaussian(obj, 1.0, seed=5)
+    a, b = la.hessian.quadratic_coefficients(obj, [eps])
+    H = 2 * torch.kron(torch.eye(2, dtype=torch.float64), torch.cat(
+        [X, torch.ones(30, 1, dtype=torch.float64)], 1).T @ torch.cat(
+        [X, torch.ones(30, 1, dtype=torch.float64)], 1) / 60)
+    e = torch.cat([torch.cat([eps["weight"][i], eps["bias"][i:i + 1]]) for i in range(2)])
+    assert abs(a[0] - float(e @ H @ e)) < 1e-9
+    assert abs(b[0] - float(la.params.dot(eps, obj.grad()))) < 1e-10
+    path = la.hessian.local_quadratics(obj, eps, lambdas=[-1.0, -0.5, 0.0], points=9)
+    for k in range(3):
+        x, q = path.piece(k, points=5)
+        np.testing.assert_allclose(q, obj.loss_batch([la.params.axpy(obj.center, [xi], [eps])
+                                                      for xi in x]), rtol=1e-8)
+    theta0 = {k: v + 1.0 for k, v in obj.center.items()}
+    m = la.hessian.mli(obj, theta0, lambdas=[-1.0, 0.0], points=5)
+    assert m.kind == "MLI" and abs(m.loss[0] - obj.loss(theta0)) < 1e-10

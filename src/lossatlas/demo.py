@@ -32,6 +32,7 @@ __all__ = ["DEFAULTS", "SECTIONS", "DemoContext", "DemoResult", "SectionResult",
 SECTIONS: list[str] = [
     "lossatlas.cli.shapes:demo_panel",
     "lossatlas.cli.landscape:demo_landscape",
+    "lossatlas.cli.hessian:demo_section",
 ]
 
 #: The default model, data and training recipe.

@@ -16,20 +16,39 @@ True
 from lossatlas.hessian.arpack import Spectrum, eigs
 from lossatlas.hessian.operator import HessianOperator, hvp, resolve_params
 from lossatlas.hessian.power import power
+from lossatlas.hessian.second_order import (
+    DeltaDistribution,
+    QuadraticPath,
+    delta_distribution,
+    gmi,
+    local_quadratics,
+    mli,
+    quadratic_coefficients,
+)
 from lossatlas.hessian.slq import Density, broaden, density
+from lossatlas.hessian.summary import HessianSummary, summarize
 from lossatlas.hessian.trace import TraceEstimate, trace, trace_estimate, trace_of
 
 __all__ = [
+    "DeltaDistribution",
     "Density",
     "HessianOperator",
+    "HessianSummary",
+    "QuadraticPath",
     "Spectrum",
     "TraceEstimate",
     "broaden",
+    "delta_distribution",
     "density",
     "eigs",
+    "gmi",
     "hvp",
+    "local_quadratics",
+    "mli",
     "power",
+    "quadratic_coefficients",
     "resolve_params",
+    "summarize",
     "trace",
     "trace_estimate",
     "trace_of",

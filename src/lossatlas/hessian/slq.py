@@ -10,8 +10,9 @@ vectors of Gaussian-broadened nodes,
 
 evaluated on ``grid`` (``bins`` points over ``[θ_min − pad, θ_max + pad]``, pad = 1 % of the
 range plus 3σ) and renormalized so that the trapezoid integral over the grid is exactly 1.
-``sigma`` defaults to 1e-3 of the spectral range; PyHessian uses ``σ² = 1e-5`` absolute
-(``sigma=10**-2.5``), which is too wide for small curvature and too narrow for large.
+``sigma`` defaults to the spectral range divided by the number of steps (about the spacing of
+the Ritz values, so the curve is smooth without hiding the edges); PyHessian uses ``σ² = 1e-5``
+absolute (``sigma=10**-2.5``), which is too wide for small curvature and too narrow for large.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def broaden(nodes: np.ndarray, weights: np.ndarray, sigma: float | None = None,
     lo, hi = float(nodes.min()), float(nodes.max())
     span = max(hi - lo, 1e-12 * max(abs(hi), 1.0), 1e-30)
     if sigma is None:
-        sigma = 1e-3 * span
+        sigma = span / nodes.shape[-1]
     if sigma <= 0:
         raise LossAtlasError(f"sigma={sigma!r} must be positive")
     pad = 0.01 * span + 3 * sigma

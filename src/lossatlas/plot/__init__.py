@@ -7,3 +7,4 @@ from lossatlas.plot.landscape import plot_curve as plot_curve
 from lossatlas.plot.landscape import plot_result as plot_result
 from lossatlas.plot.landscape import plot_surface as plot_surface
 from lossatlas.plot.vtp import to_vtp as to_vtp
+from lossatlas.plot import hessian as hessian
