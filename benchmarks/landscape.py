@@ -9,9 +9,9 @@ For each workload a 2D surface θ + a·d₁ + b·d₂ on an n×n grid is compute
                       walks the grid with in-place adds),
 * ``in-place loop``   for each point: write θ + a·d₁ + b·d₂ into the model, forward, loss.
 
-Repetitions are interleaved and medians reported. ``disagree`` is the largest relative
-difference of a method's losses from the in-place loop's (lossatlas on the same grid;
-loss-landscapes on its own grid, which is shifted by one step in y).
+Repetitions are interleaved (the order rotates every repetition) and medians reported.
+``disagree`` is the largest relative difference of a method's losses from the in-place loop's
+(lossatlas on the same grid; loss-landscapes on its own zigzag grid, re-indexed).
 
 Usage: ``python benchmarks/landscape.py [--quick] [--reps 3] [--only digits,cifar,...]``
 """
@@ -131,8 +131,11 @@ def bench(name, model, X, y, bn, n, reps):
     if bn == "keep":
         methods["loss-landscapes"] = lambda: loss_landscapes_plane(model, X, y, theta, d1, d2, n)
         methods["in-place loop"] = lambda: inplace_loop(model, X, y, theta, d1, d2, xs, xs)
-    for _ in range(reps):
-        for key, fn in methods.items():
+    order = list(methods)
+    for rep in range(reps):
+        # rotate the order every repetition: no method always runs first or after another
+        for key in order[rep % len(order):] + order[:rep % len(order)]:
+            fn = methods[key]
             t = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -153,7 +156,7 @@ def bench(name, model, X, y, bn, n, reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller grids")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", default="", help="comma-separated substrings of workload names")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = ap.parse_args()

@@ -347,3 +347,19 @@ def test_bad_arguments():
         la.curve(obj, {"1.weight": d["1.weight"]})
     with pytest.raises(LossAtlasError, match="obj must be"):
         la.curve(net, d)
+
+
+def test_several_points_per_pass_agree_with_one():
+    """The accelerator path (vmap over stacked points) gives the same values; on the CPU the
+    engine keeps one point per pass without measuring."""
+    net, X, y = problem(bn=True)
+    obj = la.Objective(net, (X, y), batch_size=50)
+    d1, d2 = (la.directions.gaussian(net, seed=s, ignore=None) for s in (0, 1))
+    eng = _fastpath.Engine.build(obj, obj.center, [d1, d2], fast=False)
+    assert eng.measure_per_pass() == 1
+    coeffs = np.random.RandomState(0).randn(7, 2)
+    loss1, acc1 = eng.evaluate(coeffs)
+    eng.per_pass = 3
+    loss3, acc3 = eng.evaluate(coeffs)
+    np.testing.assert_allclose(loss3, loss1, rtol=1e-5)
+    np.testing.assert_array_equal(acc3, acc1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -242,6 +243,7 @@ class Engine:
     _rows: list = field(default_factory=list)  # per batch: (c₀, Z₀ + c₀Z₁) of the last row
     _rows_buf: list = field(default_factory=list)
     _cols: list | None = None  # per batch: targets as a column, for the one-pass CE
+    per_pass: int = 1  # grid points per forward (vmap), chosen by measure_per_pass
 
     @classmethod
     def build(cls, obj: Objective, center: Mapping, directions: Sequence[Mapping],
@@ -395,6 +397,8 @@ class Engine:
                 loss[i], acc[i] = r["loss"], r["accuracy"]
             return loss, acc
         recal = obj.bn == "recalibrate" and bool(self._bns)
+        if self.per_pass > 1 and not recal and self.first is None:
+            return self._evaluate_vmap(coeffs, batches)
         model, first = self.model, self.first
         feeder = _Feeder(self) if first is not None else None
         if first is not None:
@@ -425,6 +429,72 @@ class Engine:
             if first is not None:
                 del first.module.forward
         return loss, acc
+
+    # -- several grid points per pass (accelerators) ----------------------------------------
+    def _evaluate_vmap(self, coeffs: np.ndarray, batches: int | None = None):
+        """``per_pass`` grid points per forward with ``torch.vmap`` over stacked parameters
+        θ + c₀d₁ + c₁d₂ (each built from the center), BN statistics kept."""
+        from torch.func import functional_call, vmap
+
+        obj, k = self.obj, self.per_pass
+        n = len(coeffs)
+        loss, acc = np.zeros(n), np.zeros(n)
+        fixed = {**obj._fixed, **obj.buffers}
+        names = list(obj.names)
+
+        def one(params, inputs):
+            return functional_call(self.model, {**fixed, **params}, inputs)
+
+        for s0 in range(0, n, k):
+            rows = torch.as_tensor(coeffs[s0:s0 + k], dtype=torch.float64)
+            stacked = {}
+            for name in names:
+                c = self.center[name]
+                shape = (len(rows),) + (1,) * c.dim()
+                acc_t = c.unsqueeze(0).expand(len(rows), *c.shape).clone()
+                for col, d in enumerate(self.directions):
+                    alpha = rows[:, col].to(c.device, c.dtype).reshape(shape)
+                    acc_t.add_(alpha * d[name].unsqueeze(0))
+                stacked[name] = acc_t
+            total = np.zeros(len(rows))
+            correct = np.zeros(len(rows))
+            for b in obj.batches[:batches]:
+                args = b.inputs if isinstance(b.inputs, tuple) else (b.inputs,)
+                outs = vmap(one, in_dims=(0, None))(stacked, args)
+                for i in range(len(rows)):
+                    out = outs[i]
+                    total[i] += float(obj.loss_fn(out, b.targets)) * b.weight
+                    correct[i] += _accuracy_count(out, b.targets)
+            loss[s0:s0 + k], acc[s0:s0 + k] = total / obj.n, correct / obj.n
+        return loss, acc
+
+    def measure_per_pass(self, candidates=(1, 2, 4, 8, 16, 32), points: int = 32) -> int:
+        """On an accelerator, time ``points`` grid points on the first batch with each number
+        of points per pass and keep the fastest (small models are launch-bound there). The CPU
+        keeps 1 without measuring: batching points with vmap is slower there."""
+        obj = self.obj
+        if obj.device.type == "cpu" or self.mode != "inplace" or obj.bn != "keep" or \
+                obj._keyed:
+            return self.per_pass
+        pts = np.full((points, len(self.directions)), 0.25)
+        best, best_t = 1, math.inf
+        sync = torch.cuda.synchronize if obj.device.type == "cuda" else (lambda: None)
+        for k in candidates:
+            self.per_pass = k
+            try:
+                self.evaluate(pts[:k], batches=1)  # warm-up
+                sync()
+                t = time.perf_counter()
+                self.evaluate(pts, batches=1)
+                sync()
+                dt = time.perf_counter() - t
+            except (RuntimeError, torch.cuda.OutOfMemoryError):
+                break  # out of memory or not vmappable: keep the best so far
+            if dt < best_t:
+                best, best_t = k, dt
+        self.per_pass = best
+        return best
+
 
 class _Feeder:
     """Stands in for the first layer's forward: on its j-th call of a pass it returns
@@ -467,6 +537,7 @@ def evaluate_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, st
     if eng is None:
         _ENGINES.clear()
         eng = Engine.build(chunk.objective, chunk.center, chunk.directions, fast=chunk.fast)
+        eng.measure_per_pass()
         _ENGINES[chunk.token] = eng
     loss, acc = eng.evaluate(chunk.coeffs)
     return chunk.index, loss, acc, eng.mode
@@ -482,10 +553,3 @@ def engine_info(token: str) -> dict:
     if eng is None:
         return {}
     return {"engine": eng.mode, "engine_reason": eng.reason}
-
-
-def points_per_pass(obj: Objective) -> int:
-    """Grid points per forward pass: 1 on the CPU (batching points with vmap is slower there);
-    on an accelerator this is where a measured choice would go."""
-    return 1
-

@@ -330,12 +330,12 @@ def _run(
         f = h5py.File(path, "r+")
         arrays = {"loss": f["train_loss"][()], "accuracy": f["train_acc"][()],
                   "done": f["done"][()]}
+    token = uuid.uuid4().hex
     try:
         todo = np.flatnonzero(~arrays["done"].reshape(-1))
         size = chunk_size or (shape[-1] if len(shape) > 1 else max(1, min(16, shape[0] // 4)))
         grids = np.meshgrid(*coords, indexing="ij")
         flat = np.stack([g.reshape(-1) for g in grids], axis=1)  # (N, k)
-        token = uuid.uuid4().hex
         chunks = (
             _fastpath.Chunk(token, obj, center, directions, idx, flat[idx], fast)
             for idx in (todo[i:i + size] for i in range(0, len(todo), size))
@@ -362,8 +362,8 @@ def _run(
             meta["engine"] = sorted(engines)[0] if len(engines) == 1 else sorted(engines)
             if f is not None:
                 store.write_attrs(f, {"engine": meta["engine"]})
-        _fastpath.release(token)
     finally:
+        _fastpath.release(token)
         if f is not None:
             f.close()
     if path is not None:

@@ -99,6 +99,8 @@ def _levels(z: np.ndarray, n: int = 30) -> np.ndarray:
     lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
         hi = lo + 1e-12
+    if lo > 0 and hi / lo > 20:  # a deep basin: geometric levels keep its floor visible
+        return np.geomspace(lo, hi, n)
     return np.linspace(lo, hi, n)
 
 
