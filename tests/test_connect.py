@@ -1,0 +1,185 @@
+"""la.connect: Bezier points by hand, the untrained curve is the line, mc and t* on synthetic
+curves, curve training lowers the midpoint loss and never moves the ends, BN recalibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lossatlas as la
+from lossatlas.errors import LossAtlasError
+
+C = la.connect
+
+
+def _pts(seed: int, n: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return [la.params.Point(w=torch.randn(3, 2, generator=g), b=torch.randn(2, generator=g))
+            for _ in range(n)]
+
+
+def test_bezier_hand_formula_quadratic_and_cubic():
+    a, m, b = _pts(0)
+    t = 0.3
+    got = C.bezier([a, m, b], t)
+    for k in a:
+        want = (1 - t) ** 2 * a[k] + 2 * (1 - t) * t * m[k] + t ** 2 * b[k]
+        assert torch.allclose(got[k], want, atol=1e-6)
+    p = _pts(1, 4)
+    got = C.bezier(p, 0.8)
+    want = 0.2 ** 3 * p[0]["w"] + 3 * 0.2 ** 2 * 0.8 * p[1]["w"] + 3 * 0.2 * 0.64 * p[2]["w"] \
+        + 0.8 ** 3 * p[3]["w"]
+    assert torch.allclose(got["w"], want, atol=1e-6)
+    # tensors and arrays of t
+    xs = [torch.tensor([0.0]), torch.tensor([4.0]), torch.tensor([2.0])]
+    out = C.bezier(xs, np.array([0.0, 0.5, 1.0]))
+    assert [float(x) for x in out] == [0.0, 2.5, 2.0]
+    assert C.bezier([a, m, b], 0.0)["w"].equal(a["w"]) and C.bezier([a, m, b], 1.0)["w"].equal(
+        b["w"])
+    assert np.isclose(C.bernstein(5, 0.37).sum(), 1.0)
+
+
+def test_untrained_bends_make_the_straight_line():
+    a, _, b = _pts(2)
+    for bends in (1, 2, 3):
+        ctrl = [a, *C.initial_bends(a, b, bends), b]
+        if bends == 1:
+            assert torch.allclose(ctrl[1]["w"], 0.5 * (a["w"] + b["w"]))
+        for t in np.linspace(0, 1, 9):
+            got = C.bezier(ctrl, t)
+            for k in a:
+                assert torch.allclose(got[k], a[k] + t * (b[k] - a[k]), atol=1e-6)
+
+
+def test_bad_input():
+    with pytest.raises(LossAtlasError, match="2\\+ control points"):
+        C.bezier(_pts(0, 1), 0.5)
+    with pytest.raises(LossAtlasError, match="bends"):
+        C.initial_bends(*_pts(0, 2), bends=0)
+    with pytest.raises(LossAtlasError, match="both ends"):
+        C.mode_connectivity([0.0, 0.5], [1.0, 2.0])
+    with pytest.raises(LossAtlasError, match="same length"):
+        C.mode_connectivity([0.0, 1.0], [1.0])
+
+
+@pytest.mark.parametrize("values,mc,t_star", [
+    ([0, 10, 30, 10, 0], -30.0, 0.5),     # a barrier: poorly connected
+    ([50, 30, 20, 30, 50], 30.0, 0.5),    # convex: the ends are not minima
+    ([0, 0, 0, 0, 0], 0.0, 0.25),         # flat: well connected (first of equal maxima)
+    ([0, 40, 10, 0, 0], -40.0, 0.25),     # off-centre barrier
+    ([2, 1, 9, 1, 4], -6.0, 0.5),         # unequal ends: ref = 3
+    ([10, 2, 3, -1, 6], 9.0, 0.75),       # the largest |deviation| is a dip
+])
+def test_mode_connectivity_sign_and_t_star(values, mc, t_star):
+    t = np.linspace(0, 1, len(values))
+    got = C.mode_connectivity(t, values)
+    assert got.mc == pytest.approx(mc) and got.t_star == pytest.approx(t_star)
+    # order of t does not matter
+    got2 = C.mode_connectivity(t[::-1], values[::-1])
+    assert got2 == got
+
+
+def test_garipov_schedule():
+    assert C.garipov_lr(0.01, 0.0) == 0.01 and C.garipov_lr(0.01, 0.5) == 0.01
+    assert C.garipov_lr(0.01, 0.7) == pytest.approx(0.01 * (1 - 0.5 * 0.99))
+    assert C.garipov_lr(0.01, 0.9) == pytest.approx(1e-4) and C.garipov_lr(0.01, 1.0) == 1e-4
+
+
+# -- a tiny problem with two minima -----------------------------------------------------------
+def _toy():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(256, 2, generator=g)
+    y = ((X[:, 0] * X[:, 1] > 0).long() + 2 * (X.norm(dim=1) > 1.2).long())  # 4 classes
+    return X, y
+
+
+def _net(seed: int, bn: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(2, 32)] + ([nn.BatchNorm1d(32)] if bn else []) + [
+        nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)]
+    return nn.Sequential(*layers)
+
+
+def _fit(model: nn.Module, X, y, steps: int = 300) -> nn.Module:
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    return model
+
+
+@pytest.fixture(scope="module")
+def minima():
+    X, y = _toy()
+    return X, y, _fit(_net(1), X, y), _fit(_net(2), X, y)
+
+
+def test_train_curve_lowers_the_midpoint_and_keeps_the_ends(minima):
+    X, y, ma, mb = minima
+    obj = la.Objective(ma, (X, y))
+    a, b = la.params.of(ma), la.params.of(mb)
+    a0, b0 = a.clone(), b.clone()
+    r = C.train_curve(obj, a, b, epochs=40, batch_size=64, lr=0.05, points=5, metric="loss",
+                      seed=0, progress=False)
+    # the ends are untouched, in the inputs, the models and the stored control points
+    for k in a:
+        assert torch.equal(a[k], a0[k]) and torch.equal(b[k], b0[k])
+        assert torch.equal(r.control[0][k], a0[k]) and torch.equal(r.control[-1][k], b0[k])
+        assert torch.equal(dict(ma.named_parameters())[k].detach(), a0[k])
+    assert r.loss[0] == pytest.approx(obj.loss(a), rel=1e-6)
+    assert r.loss[-1] == pytest.approx(obj.loss(b), rel=1e-6)
+    # the linear path has a barrier; the trained curve is lower in the middle
+    assert r.linear_loss[2] > max(r.loss[0], r.loss[-1]) + 0.1
+    assert r.loss[2] < 0.5 * r.linear_loss[2]
+    assert r.mc > r.linear_mc and r.linear_mc < 0
+    assert r.mc == pytest.approx(C.mode_connectivity(r.t, r.loss).mc)
+    assert r.history[-1] < r.history[0]
+    # error in percent is stored too
+    assert r.error[0] == pytest.approx(100 * (1 - obj.evaluate(a)["accuracy"]))
+
+
+def test_zero_epochs_is_the_line_and_results_save(minima, tmp_path):
+    X, y, ma, mb = minima
+    r = C.train_curve(ma, ma, mb, (X, y), epochs=0, points=[0.0, 0.3, 0.5, 1.0])
+    np.testing.assert_allclose(r.loss, r.linear_loss, rtol=1e-5)
+    np.testing.assert_array_equal(r.error, r.linear_error)
+    assert r.mc == pytest.approx(r.linear_mc, abs=1e-9)
+    r.save(tmp_path / "c.h5")
+    back = la.load(tmp_path / "c.h5")
+    np.testing.assert_array_equal(back.loss, r.loss)
+    assert back.mc == r.mc and len(back.control) == 3 and back.settings["bends"] == 1
+    d = C.mode_connectivity_between(ma, mb, (X, y), points=3, epochs=0)
+    assert set(d) >= {"t", "values", "linear", "mc", "t_star", "mc_linear"}
+    assert d["t"] == [0.0, 0.5, 1.0]
+
+
+def test_curve_training_is_deterministic(minima):
+    X, y, ma, mb = minima
+    r1 = C.train_curve(ma, ma, mb, (X, y), epochs=2, seed=3, points=3, linear=False)
+    r2 = C.train_curve(ma, ma, mb, (X, y), epochs=2, seed=3, points=3, linear=False)
+    for k in r1.control[1]:
+        assert torch.equal(r1.control[1][k], r2.control[1][k])
+    assert r1.linear is None
+
+
+def test_batchnorm_recalibrated_at_every_t_and_model_untouched():
+    X, y = _toy()
+    ma, mb = _fit(_net(1, bn=True), X, y, 100), _fit(_net(2, bn=True), X, y, 100)
+    ma.eval()
+    bufs = {k: v.clone() for k, v in ma.named_buffers()}
+    obj = la.Objective(ma, (X, y), batch_size=100)
+    r = C.train_curve(obj, ma, mb, epochs=3, batch_size=64, points=3, seed=0)
+    for k, v in ma.named_buffers():
+        assert torch.equal(v, bufs[k])
+    assert not ma.training
+    # each t is evaluated with statistics recomputed at gamma(t)
+    for i, t in enumerate(r.t):
+        p = r.point(float(t))
+        ev = obj.evaluate(p, obj.recalibrate(p))
+        assert r.loss[i] == pytest.approx(ev["loss"], rel=1e-6)
+    # at t = 1 recalibrated statistics differ from mb's running ones, so keep != recalibrate
+    assert r.loss[-1] != pytest.approx(obj.evaluate(la.params.of(mb))["loss"], rel=1e-6)
