@@ -23,6 +23,7 @@ and run token and reused for all chunks of that run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -244,6 +245,7 @@ class Engine:
     _rows_buf: list = field(default_factory=list)
     _cols: list | None = None  # per batch: targets as a column, for the one-pass CE
     per_pass: int = 1  # grid points per forward (vmap), chosen by measure_per_pass
+    _last_bn: tuple | None = None  # (last BN module of a forward, its calls per forward)
 
     @classmethod
     def build(cls, obj: Objective, center: Mapping, directions: Sequence[Mapping],
@@ -269,6 +271,8 @@ class Engine:
         eng._bns = [m for _, m in _bn_modules(eng.model)]
         if _plain_class_targets(obj):
             eng._cols = [b.targets.unsqueeze(1) for b in obj.batches]
+        if obj.bn == "recalibrate" and eng._bns:
+            eng._find_last_bn()
         params = dict(eng.model.named_parameters())
         eng._slots = [(params[k], center[k], [d[k] for d in dirs]) for k in obj.names]
         if fast:
@@ -367,20 +371,53 @@ class Engine:
 
     def _recalibrate(self) -> None:
         """BN running statistics recomputed at the current point: reset, then a train-mode
-        pass over the data with a cumulative average (``momentum=None``), as in Objective."""
+        pass over the data with a cumulative average (``momentum=None``), as in Objective.
+        Each pass stops right after the last BatchNorm call (the layers after it cannot change
+        any statistic), which is exact and saves the network's tail."""
         saved = [m.momentum for m in self._bns]
         for m in self._bns:
             if m.track_running_stats:
                 m.reset_running_stats()
             m.train()
             m.momentum = None
+        stop = self._tail_stop()
         try:
             for b in self.obj.batches:
-                _call_model(self.model, self.obj, b)
+                stop.calls = 0
+                with contextlib.suppress(_StopPass):
+                    _call_model(self.model, self.obj, b)
         finally:
+            stop.remove()
             for m, mom in zip(self._bns, saved):
                 m.eval()
                 m.momentum = mom
+
+    def _tail_stop(self) -> _TailStop:
+        """A hook that ends a recalibration pass after the last BN call of a forward."""
+        module, count = self._last_bn
+        return _TailStop(module, count)
+
+    def _find_last_bn(self) -> None:
+        """Trace one BN-train-mode forward (at build time, the model's own layers in place)
+        to find the last BN module called and how often it runs per forward."""
+        order: list[nn.Module] = []
+        hs = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in self._bns]
+        saved = {n: b.detach().clone() for n, b in self.model.named_buffers()}
+        try:
+            for m in self._bns:
+                m.train()
+            with torch.no_grad():
+                _call_model(self.model, self.obj, self.obj.batches[0])
+        finally:
+            for h in hs:
+                h.remove()
+            for m in self._bns:
+                m.eval()
+            with torch.no_grad():
+                for n, b in self.model.named_buffers():
+                    b.copy_(saved[n])
+        last = order[-1]
+        self._last_bn = (last, sum(m is last for m in order))
 
     @torch.no_grad()
     def evaluate(self, coeffs: np.ndarray, batches: int | None = None
@@ -494,6 +531,27 @@ class Engine:
                 best, best_t = k, dt
         self.per_pass = best
         return best
+
+
+class _StopPass(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by :class:`_TailStop` to end a recalibration pass early."""
+
+
+class _TailStop:
+    """Forward hook on the last BN module: raises :class:`_StopPass` after its ``count``-th
+    call of a pass (``calls`` is reset by the caller before each batch)."""
+
+    def __init__(self, module: nn.Module, count: int):
+        self.count, self.calls = count, 0
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.calls += 1
+        if self.calls >= self.count:
+            raise _StopPass
+
+    def remove(self) -> None:
+        self.handle.remove()
 
 
 class _Feeder:
