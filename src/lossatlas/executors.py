@@ -111,12 +111,18 @@ def _init_worker(n_threads: int | None) -> None:
     os.environ.setdefault("LOSSATLAS_QUIET", "1")  # no progress bars from inside workers
 
 
+#: Modules the fork server imports once, so that workers forked from it start warm.
+PRELOAD = ["torch", "sklearn.datasets", "lossatlas.sweep", "lossatlas.training",
+           "lossatlas.datasets", "lossatlas.zoo", "lossatlas.objective", "lossatlas.hessian",
+           "lossatlas.similarity", "lossatlas.connect", "lossatlas._fastpath"]
+
+
 def _default_context() -> mp.context.BaseContext:
     # forkserver: workers fork from a clean server (no OpenMP state inherited), cheaply.
     if sys.platform.startswith("linux"):
         ctx = mp.get_context("forkserver")
         # imported once in the server, so each worker starts without re-importing torch
-        ctx.set_forkserver_preload(["torch", "lossatlas.sweep"])
+        ctx.set_forkserver_preload(PRELOAD)
         return ctx
     return mp.get_context("spawn")
 

@@ -34,6 +34,8 @@ A sweep is described in a TOML file::
     hessian_samples = 200
     [measure.connect]   # keyword arguments of la.connect.train_curve (epochs, lr, bends, ...)
     epochs = 2
+    [phases]            # optional: la.taxonomy.Thresholds overrides (train_loss, mc, cka, ...)
+    cka = 0.9
 
 Results go to ``OUT/results.jsonl``, one JSON line per finished job (a model, or a pair of
 seeds), appended and flushed as each job finishes; every line carries the hash of the job's
@@ -153,12 +155,14 @@ class SweepSpec:
     seeds: list[int]
     measure: dict = field(default_factory=lambda: dict(MEASURE_DEFAULTS))
     out: str | None = None
+    phases: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "name": self.name, "data": self.data, "model": self.model, "train": self.train,
             "load": vars(self.load), "temperature": vars(self.temperature),
             "seeds": self.seeds, "measure": self.measure, "out": self.out,
+            "phases": self.phases,
         }
 
     @property
@@ -218,7 +222,8 @@ def load_spec(source: str | os.PathLike | Mapping) -> SweepSpec:
         except tomllib.TOMLDecodeError as exc:
             raise LossAtlasError(f"FILE={str(path)!r} is not valid TOML ({exc}); fix it.") from None
         default_name = path.stem
-    known = {"name", "seeds", "data", "model", "train", "load", "temperature", "measure", "out"}
+    known = {"name", "seeds", "data", "model", "train", "load", "temperature", "measure", "out",
+             "phases"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise LossAtlasError(
@@ -244,6 +249,7 @@ def load_spec(source: str | os.PathLike | Mapping) -> SweepSpec:
         data=_section(raw, "data", True), model=_section(raw, "model", True),
         train=_section(raw, "train", False), load=load, temperature=temp,
         seeds=seeds, measure=measure, out=raw.get("out"),
+        phases=_section(raw, "phases", False),
     )
     for sec in ("data", "model", "train"):
         if "seed" in getattr(spec, sec) and sec != "data":
@@ -408,9 +414,9 @@ def _similarity(model_a, model_b, train, measure: Mapping, seed: int) -> dict:
 
 def _l2(model_a, model_b) -> float:
     """‖θ − θ′‖₂ over the trainable parameters (the paper's Fig. 2g)."""
-    from lossatlas import params as P
+    from lossatlas import similarity
 
-    return float(P.norm(P.of(model_a) - P.of(model_b)))
+    return float(similarity.l2_distance(model_a, model_b))
 
 
 def pair_job(job: Mapping) -> dict:
@@ -641,13 +647,12 @@ class SweepResult:
         return path
 
 
-def _phase_labels(cells_: list[dict]) -> list[Any]:
-    """Labels from :mod:`lossatlas.taxonomy` (empty if it is not available)."""
-    try:
-        from lossatlas import taxonomy
-    except ImportError:
-        return []
-    return list(taxonomy.classify_table(cells_))
+def _phase_labels(cells_: list[dict], thresholds: Mapping) -> list[Any]:
+    """Phases from :func:`lossatlas.taxonomy.classify_table`; ``thresholds`` (the sweep's
+    ``[phases]`` table) override its defaults."""
+    from lossatlas import taxonomy
+
+    return list(taxonomy.classify_table(cells_, **dict(thresholds)))
 
 
 def aggregate(spec: SweepSpec, rows: Sequence[Mapping]) -> list[dict]:
@@ -686,7 +691,7 @@ def load_results(out: str | os.PathLike, spec: SweepSpec | None = None) -> Sweep
         spec = load_spec({k: v for k, v in json.loads((out / SPEC).read_text()).items()})
     rows = _read_rows(out / RESULTS)
     table = aggregate(spec, rows)
-    phases = _phase_labels(table) if any(c["n_models"] for c in table) else []
+    phases = (_phase_labels(table, spec.phases) if any(c["n_models"] for c in table) else [])
     for c, p in zip(table, phases):
         c["phase"] = getattr(p, "label", p)
         if hasattr(p, "evidence"):

@@ -1,0 +1,92 @@
+"""Sweep speed: two worker processes against one process, on the same small sweep.
+
+The sweep (digits, MLP, widths 32 and 128 x batch sizes 16 and 64 x 2 seeds, 20 epochs, Hessian
+λ_max and trace, and the seed-pair metrics unless --no-pairs) is run from scratch in a fresh
+folder by
+
+* ``1 process``   ``LocalExecutor`` (jobs one after another here, 1 torch thread each),
+* ``1 proc, 2 threads``  ``LocalExecutor(threads=2)`` (one job at a time, two intra-op threads),
+* ``2 workers``   ``ProcessExecutor(2)`` (two worker processes, 1 thread each; pool start-up
+                  included in the time).
+
+Repetitions are interleaved and medians reported; ``speed-up`` is the 1-process median over
+each method's median. ``disagree`` is the largest absolute difference of any per-cell metric
+from the 1-process run (0 means bit-identical tables).
+
+Usage: ``python benchmarks/sweep.py [--reps 3] [--epochs 20] [--no-pairs]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("LOSSATLAS_QUIET", "1")
+
+from lossatlas import sweep as S
+from lossatlas.executors import LocalExecutor, ProcessExecutor
+
+
+def spec(epochs: int, pairs: bool) -> dict:
+    return {
+        "name": "bench", "seeds": [0, 1],
+        "data": {"name": "digits"},
+        "model": {"name": "mlp"},
+        "train": {"epochs": epochs, "lr": 0.05},
+        "load": {"param": "width", "values": [32, 128]},
+        "temperature": {"param": "batch_size", "values": [16, 64]},
+        "measure": {"mc": pairs, "cka": pairs, "l2": pairs, "connect": {"epochs": 2}},
+    }
+
+
+def disagreement(a: S.SweepResult, b: S.SweepResult) -> float:
+    worst = 0.0
+    for ca, cb in zip(a.cells, b.cells):
+        for m in S.METRICS:
+            x, y = ca.get(m, math.nan), cb.get(m, math.nan)
+            if math.isnan(x) and math.isnan(y):
+                continue
+            worst = max(worst, abs(x - y) if not (math.isnan(x) or math.isnan(y)) else math.inf)
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--no-pairs", action="store_true", help="models only (no mc / CKA / l2)")
+    args = ap.parse_args()
+    sp = spec(args.epochs, not args.no_pairs)
+    methods = {
+        "1 process": lambda: LocalExecutor(),
+        "1 proc, 2 threads": lambda: LocalExecutor(threads=2),
+        "2 workers": lambda: ProcessExecutor(2),
+    }
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    results: dict[str, S.SweepResult] = {}
+    S.run(sp, tempfile.mkdtemp(prefix="la-bench-"), progress=False)  # warm caches (data)
+    for _ in range(args.reps):
+        for name, make in methods.items():
+            out = tempfile.mkdtemp(prefix="la-bench-")
+            t0 = time.perf_counter()
+            with make() as ex:
+                results[name] = S.run(sp, out, executor=ex, progress=False)
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["1 process"])
+    jobs = len(S.cells(S.load_spec(sp))) * (2 if args.no_pairs else 3)  # models (+ pairs)
+    print(f"sweep: 2 widths x 2 batch sizes x 2 seeds, {args.epochs} epochs, {jobs} jobs, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'method':<20}{'median s':>10}{'runs s':>26}{'speed-up':>10}{'disagree':>10}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        runs = ", ".join(f"{t:.1f}" for t in ts)
+        dis = disagreement(results["1 process"], results[name])
+        print(f"{name:<20}{med:>10.2f}{runs:>26}{base / med:>10.2f}{dis:>10.2g}")
+
+
+if __name__ == "__main__":
+    main()
