@@ -261,3 +261,49 @@ def test_sources_run_folder_slices_and_errors(tmp_path):
     obj = la.Objective(nn.Linear(4, 2), (X, y))
     with pytest.raises(LossAtlasError, match="other parameters"):
         la.trajectory.project(obj, a, run)
+
+
+def test_figure_draws_the_path_and_marks(tmp_path):
+    from lossatlas.plot import trajectory as TP
+
+    net, X, y, run = tiny_run(epochs=5)
+    run.manifest[3]["lr"] = 0.02  # pretend the learning rate dropped at checkpoint 3
+    obj = la.Objective(net, (X, y))
+    plane = la.trajectory.pca(run, method="ding2023", center=0, progress=False)
+    traj = la.trajectory.project(obj, plane, run, progress=False)
+    s = la.trajectory.surface(obj, plane, traj, resolution=5, progress=False)
+    fig = TP.plot_trajectory(s, traj, plane, tmp_path / "t.png", log=True)
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    np.testing.assert_allclose(lines["checkpoints"].get_xdata(), traj.x)
+    np.testing.assert_allclose(lines["lr change"].get_xdata(), traj.x[[3, 4]])
+    assert list(lines["center"].get_xdata()) == [0] and lines["center"].get_color() == "red"
+    r = plane.explained_variance_ratio
+    assert f"{100 * r[0]:.1f} %" in ax.get_xlabel() and f"{100 * r[1]:.1f} %" in ax.get_ylabel()
+    assert (tmp_path / "t.png").stat().st_size > 0
+    TP.plot_fit([traj], ["ding"], tmp_path / "f.png")
+    assert (tmp_path / "f.png").exists()
+
+
+def test_cli_trajectory(tmp_path):
+    from typer.testing import CliRunner
+
+    from lossatlas.cli import app
+
+    train, _ = la.datasets.load("digits", train_size=150)
+    net = la.zoo.build("mlp", dataset=train, width=8, seed=0)
+    la.train(net, train, epochs=4, batch_size=50, seed=0, progress=False, out=tmp_path / "run")
+    out = tmp_path / "traj"
+    r = CliRunner().invoke(app, ["trajectory", str(tmp_path / "run"), "--method", "li2018",
+                                 "--slice", "0:5", "--center", "-1", "--resolution", "5",
+                                 "--compare", "1", "--width", "8", "--data-arg",
+                                 "train_size=150", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "fitting error" in r.output and "explained variance" in r.output
+    for f in ("plane.h5", "path.h5", "surface.h5", "trajectory.png", "fit.png",
+              "comparison.png", "random-0.h5"):
+        assert (out / f).exists(), f
+    plane = la.load(out / "plane.h5")
+    assert plane.method == "li2018" and plane.center_index == 4
+    r = CliRunner().invoke(app, ["trajectory", str(tmp_path / "run"), "--method", "pca"])
+    assert r.exit_code != 0

@@ -8,3 +8,4 @@ from lossatlas.plot.landscape import plot_result as plot_result
 from lossatlas.plot.landscape import plot_surface as plot_surface
 from lossatlas.plot.vtp import to_vtp as to_vtp
 from lossatlas.plot import hessian as hessian
+from lossatlas.plot import trajectory as trajectory
