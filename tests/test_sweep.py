@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -37,11 +38,18 @@ cka = false
 """
 
 
-@pytest.fixture()
-def spec(tmp_path):
-    path = tmp_path / "tiny.toml"
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "tiny.toml"
     path.write_text(TOML)
     return S.load_spec(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(spec, tmp_path_factory):
+    """The tiny sweep, run once: (its folder, its result)."""
+    out = tmp_path_factory.mktemp("tiny") / "out"
+    return out, S.run(spec, out, progress=False)
 
 
 def test_spec_and_cells(spec):
@@ -82,9 +90,10 @@ def test_missing_file(tmp_path):
         S.load_spec(tmp_path / "nope.toml")
 
 
-def test_run_resume_and_table(spec, tmp_path):
+def test_run_resume_and_table(spec, tiny, tmp_path):
     out = tmp_path / "out"
-    res = S.run(spec, out, progress=False)
+    shutil.copytree(tiny[0], out)
+    res = tiny[1]
     rows = [json.loads(line) for line in (out / S.RESULTS).read_text().splitlines()]
     models = [r for r in rows if r["kind"] == "model"]
     assert len(models) == 8 and len({r["key"] for r in models}) == 8
@@ -149,12 +158,14 @@ def test_hessian_on_a_200_sample_batch():
     assert got["hessian_trace"] == pytest.approx(float(torch.trace(H)), rel=0.3)
 
 
-def test_plots(spec, tmp_path):
+def test_plots(tiny, tmp_path):
+    import copy
+
     import matplotlib.pyplot as plt
 
     from lossatlas.plot import phases as P
 
-    res = S.run(spec, tmp_path / "out", progress=False)
+    res = copy.deepcopy(tiny[1])
     for c, label in zip(res.cells, ["I", "II", "III", "IV-B"]):
         c["phase"] = label
     fig = P.phase_diagram(res, tmp_path / "p.png")
@@ -164,3 +175,50 @@ def test_plots(spec, tmp_path):
     plt.close(fig)
     with pytest.raises(LossAtlasError, match="mc = true"):
         P.mc_curves(res)
+
+
+def test_pair_metrics_are_the_measurement_functions(tmp_path):
+    """mc, CKA and ℓ2 of a pair row equal la.connect / la.similarity on the saved models, and
+    the phase is la.taxonomy's label of the cell row."""
+    raw = {"name": "pair", "seeds": [0, 1], "data": {"name": "digits", "train_size": 120},
+           "model": {"name": "mlp", "width": 8}, "train": {"epochs": 2, "lr": 0.05},
+           "load": {"param": "width", "values": [8]},
+           "temperature": {"param": "batch_size", "values": [32]},
+           "measure": {"hessian": False, "connect": {"epochs": 1}, "cka_samples": 64}}
+    res = S.run(raw, tmp_path / "o", progress=False)
+    cell = S.cells(S.load_spec(raw))[0]
+    row = next(r for r in res.rows if r["kind"] == "pair")
+    assert not row["errors"]
+    train, _ = la.datasets.load("digits", train_size=120)
+    models = []
+    for s in (0, 1):
+        m = la.zoo.build("mlp", dataset=train, width=8)
+        m.load_state_dict(torch.load(tmp_path / "o" / "models" / f"{cell.train_key(s)}.pt",
+                                     weights_only=True))
+        models.append(m)
+    mc = la.connect.mode_connectivity(row["curve"]["t"], row["curve"]["values"])
+    assert row["metrics"]["mc"] == pytest.approx(mc.mc)
+    assert row["curve"]["t"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    direct = la.connect.mode_connectivity_between(models[0], models[1], train, points=5,
+                                                  seed=1, epochs=1)
+    assert direct["values"] == pytest.approx(row["curve"]["values"])
+    cka = la.similarity.model_cka(models[0], models[1], train, m=64, seed=1)
+    assert row["metrics"]["cka"] == pytest.approx(cka)
+    assert row["metrics"]["l2"] == pytest.approx(la.similarity.l2_distance(*models))
+    assert res.cells[0]["phase"] == la.taxonomy.classify(res.cells[0]).label
+    assert res.cells[0]["phase"] in la.taxonomy.LABELS
+
+
+def test_cli_sweep_and_phases(tmp_path):
+    from typer.testing import CliRunner
+
+    from lossatlas.cli import app
+
+    (tmp_path / "s.toml").write_text(TOML.replace("values = [4, 16]", "values = [4]"))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["sweep", str(tmp_path / "s.toml"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "phases.png").is_file() and (out / S.CELLS).is_file()
+    assert len((out / S.RESULTS).read_text().splitlines()) == 6  # 2 cells x (2 models + 1 pair)
+    r = CliRunner().invoke(app, ["phases", str(out), "--no-plot"])
+    assert r.exit_code == 0 and "sweep tiny" in r.output

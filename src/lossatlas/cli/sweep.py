@@ -26,7 +26,7 @@ def _fmt(v) -> str:
 
 def print_table(result, console: Console | None = None) -> None:
     """The per-cell table: the two control values, the metrics and the phase."""
-    console = console or Console()
+    console = console or Console(width=None if Console().is_terminal else 160)
     spec = result.spec
     table = Table(title=f"sweep {spec.name}: {len(result.cells)} cells")
     table.add_column(spec.load.label)

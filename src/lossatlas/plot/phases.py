@@ -102,7 +102,10 @@ def heatmap(result, metric: str, ax=None, path: str | os.PathLike | None = None,
     if annotate:
         for (r, c), v in np.ndenumerate(data):
             if np.isfinite(v):
-                ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=6, color="0.4")
+                red, green, blue, _ = im.cmap(im.norm(v))
+                dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
+                ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=6,
+                        color="white" if dark else "black")
     _axes_labels(ax, result, order)
     ax.set_title(TITLES.get(metric, metric), fontsize=9)
     return _finish(fig, path) if own else fig
@@ -198,6 +201,7 @@ def mc_curves(result, path: str | os.PathLike | None = None, seeds_pair: int = 0
     spec = result.spec
     fig.supxlabel(f"load: {spec.load.label}  (x in each panel: t along the curve)", fontsize=9)
     fig.supylabel(f"temperature: {spec.temperature.label}  /  train error (%)", fontsize=9)
-    fig.suptitle(f"mode-connectivity curves, sweep {spec.name}", fontsize=10)
+    fig.suptitle(f"mode-connectivity curves, sweep {spec.name} (solid: trained Bezier curve, "
+                 "dashed: straight line)", fontsize=10)
     fig.tight_layout()
     return _finish(fig, path)
