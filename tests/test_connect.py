@@ -14,6 +14,15 @@ from lossatlas.errors import LossAtlasError
 C = la.connect
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is faster than two on shared cores (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _pts(seed: int, n: int = 3):
     g = torch.Generator().manual_seed(seed)
     return [la.params.Point(w=torch.randn(3, 2, generator=g), b=torch.randn(2, generator=g))
@@ -183,3 +192,42 @@ def test_batchnorm_recalibrated_at_every_t_and_model_untouched():
         assert r.loss[i] == pytest.approx(ev["loss"], rel=1e-6)
     # at t = 1 recalibrated statistics differ from mb's running ones, so keep != recalibrate
     assert r.loss[-1] != pytest.approx(obj.evaluate(la.params.of(mb))["loss"], rel=1e-6)
+
+
+def test_figures_are_written(minima, tmp_path):
+    from lossatlas.plot import connect as plot
+
+    X, y, ma, mb = minima
+    obj = la.Objective(ma, (X, y))
+    r = C.train_curve(obj, ma, mb, epochs=1, points=5, progress=False)
+    prof = C.dense_profile(obj, r, points=9)
+    assert prof["t"].shape == (9,) and prof["curve_loss"][0] == pytest.approx(r.loss[0])
+    np.testing.assert_allclose(prof["line_loss"][[0, 4, 8]], r.linear_loss[[0, 2, 4]], rtol=1e-5)
+    plot.error_and_loss(r, dense=prof, path=tmp_path / "c.png")
+    plot.grid([[r, None], [r, r]], ["a", "b"], ["x", "y"], path=tmp_path / "g.png")
+    plot.cka_layers({"0": 0.5, "2": 0.99}, path=tmp_path / "k.png")
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("c.png", "g.png", "k.png"))
+
+
+def test_cli_connect_and_cka(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lossatlas.cli import app
+
+    monkeypatch.setenv("LOSSATLAS_QUIET", "1")
+    train, _ = la.datasets.load("digits")
+    paths = []
+    for s in (0, 1):
+        m = la.zoo.build("mlp", dataset=train, width=16, seed=s)
+        paths.append(str(tmp_path / f"m{s}.pt"))
+        torch.save(m.state_dict(), paths[-1])
+    out = tmp_path / "mc.h5"
+    res = CliRunner().invoke(app, ["connect", *paths, "--width", "16", "--epochs", "1",
+                                   "--dense", "3", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "mc = " in res.output and out.is_file() and out.with_suffix(".png").is_file()
+    assert la.load(out).settings["epochs"] == 1
+    res = CliRunner().invoke(app, ["cka", *paths, "--width", "16", "--samples", "64",
+                                   "--layers", "1", "-o", str(tmp_path / "k.png")])
+    assert res.exit_code == 0, res.output
+    assert "CKA" in res.output and "l2 distance" in res.output and (tmp_path / "k.png").is_file()

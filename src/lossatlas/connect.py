@@ -52,6 +52,7 @@ __all__ = [
     "ModeConnectivity",
     "bernstein",
     "bezier",
+    "dense_profile",
     "evaluate_curve",
     "garipov_lr",
     "initial_bends",
@@ -202,6 +203,22 @@ def linear_barrier(obj: Objective, theta_a: Mapping, theta_b: Mapping,
     out = _evaluate_points(obj, [P.axpy(a, [float(x)], [d]) for x in ts], "line")
     mc = mode_connectivity(ts, out[_metric(metric)])
     return {"t": ts, **out, "mc": mc.mc, "t_star": mc.t_star}
+
+
+def dense_profile(obj: Objective, res: ConnectResult, points: int = 21,
+                  linear: bool = True) -> dict[str, np.ndarray]:
+    """The curve (and the straight line) of ``res`` at ``points`` evenly spaced t, for figures:
+    ``{"t", "curve_loss", "curve_error", "line_loss", "line_error"}`` (BN recalibrated at every
+    t as in :func:`train_curve`; mc stays the one of the paper's 5 points)."""
+    ts = _grid(points)
+    cur = _evaluate_points(obj, bezier(res.control, ts), "dense curve")
+    out = {"t": ts, "curve_loss": cur["loss"], "curve_error": cur["error"]}
+    if linear:
+        a, b = res.control[0], res.control[-1]
+        d = P.Point(b) - P.Point(a)
+        lin = _evaluate_points(obj, [P.axpy(a, [float(x)], [d]) for x in ts], "dense line")
+        out.update(line_loss=lin["loss"], line_error=lin["error"])
+    return out
 
 
 def _metric(metric: str) -> str:
