@@ -33,6 +33,7 @@ SECTIONS: list[str] = [
     "lossatlas.cli.shapes:demo_panel",
     "lossatlas.cli.landscape:demo_landscape",
     "lossatlas.cli.hessian:demo_section",
+    "lossatlas.cli.connect:demo_section",
     "lossatlas.cli.trajectory:demo_trajectory",
 ]
 
