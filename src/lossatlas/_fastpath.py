@@ -37,7 +37,14 @@ from torch import nn
 
 from lossatlas import params as P
 from lossatlas.errors import LossAtlasError
-from lossatlas.objective import LOSSES, Batch, Objective, _accuracy_count, _bn_modules
+from lossatlas.objective import (
+    LOSSES,
+    Batch,
+    Objective,
+    _accuracy_count,
+    _bn_modules,
+    _slice,
+)
 
 __all__ = ["Chunk", "Engine", "evaluate_chunk", "find_affine_first_layer"]
 
@@ -160,6 +167,13 @@ def _trace_first(model: nn.Module, obj: Objective, batch: Batch, train_bn: bool)
     return m, counts[id(m)], args, kwargs
 
 
+def _probe(obj: Objective, size: int = 16) -> Batch:
+    """The first ``size`` samples of the first batch: traces that only look at which modules
+    run, and on what, need no more (keeps detection nearly free for large batches)."""
+    b = obj.batches[0]
+    return Batch(_slice(b.inputs, 0, size), _slice(b.targets, 0, size), b.weight)
+
+
 def find_affine_first_layer(model: nn.Module, obj: Objective) -> tuple[FirstLayer | None, str]:
     """The first leaf module with parameters executed in a forward, if the trick applies.
 
@@ -168,7 +182,7 @@ def find_affine_first_layer(model: nn.Module, obj: Objective) -> tuple[FirstLaye
     every parameter of the model changes (checked by a second traced forward at perturbed
     parameters) nor between eval and BN-train mode. Returns (layer or None, reason).
     """
-    batch = obj.batches[0]
+    batch = _probe(obj)
     first, count, args, kwargs = _trace_first(model, obj, batch, train_bn=False)
     if first is None:
         return None, "the model has no parameter"
@@ -193,7 +207,10 @@ def find_affine_first_layer(model: nn.Module, obj: Objective) -> tuple[FirstLaye
                 noise = torch.randn(tuple(p.shape), generator=gen).to(p.device, p.dtype)
                 p.mul_(1.5).add_(noise)
         second, _, args2, _ = _trace_first(model, obj, batch, train_bn=False)
-        third, _, args3, _ = _trace_first(model, obj, batch, train_bn=True)
+        try:
+            third, _, args3, _ = _trace_first(model, obj, batch, train_bn=True)
+        except (RuntimeError, ValueError):  # e.g. BN train mode on a one-sample probe
+            third, args3 = None, ()
     finally:
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -394,6 +411,8 @@ class Engine:
 
     def _tail_stop(self) -> _TailStop:
         """A hook that ends a recalibration pass after the last BN call of a forward."""
+        if self._last_bn is None:  # not found: run whole passes
+            return _TailStop(None, 0)
         module, count = self._last_bn
         return _TailStop(module, count)
 
@@ -407,7 +426,9 @@ class Engine:
             for m in self._bns:
                 m.train()
             with torch.no_grad():
-                _call_model(self.model, self.obj, self.obj.batches[0])
+                _call_model(self.model, self.obj, _probe(self.obj))
+        except (RuntimeError, ValueError):  # e.g. BN train mode on a one-sample probe
+            order.clear()
         finally:
             for h in hs:
                 h.remove()
@@ -416,8 +437,9 @@ class Engine:
             with torch.no_grad():
                 for n, b in self.model.named_buffers():
                     b.copy_(saved[n])
-        last = order[-1]
-        self._last_bn = (last, sum(m is last for m in order))
+        if order:
+            last = order[-1]
+            self._last_bn = (last, sum(m is last for m in order))
 
     @torch.no_grad()
     def evaluate(self, coeffs: np.ndarray, batches: int | None = None
@@ -541,9 +563,9 @@ class _TailStop:
     """Forward hook on the last BN module: raises :class:`_StopPass` after its ``count``-th
     call of a pass (``calls`` is reset by the caller before each batch)."""
 
-    def __init__(self, module: nn.Module, count: int):
+    def __init__(self, module: nn.Module | None, count: int):
         self.count, self.calls = count, 0
-        self.handle = module.register_forward_hook(self)
+        self.handle = module.register_forward_hook(self) if module is not None else None
 
     def __call__(self, module, args, output):
         self.calls += 1
@@ -551,7 +573,8 @@ class _TailStop:
             raise _StopPass
 
     def remove(self) -> None:
-        self.handle.remove()
+        if self.handle is not None:
+            self.handle.remove()
 
 
 class _Feeder:
