@@ -49,11 +49,14 @@ def lanczos(
     invariant subspace, β ≈ 0) ends it too."""
     dim = v0.numel()
     steps = min(steps, dim)
-    Q = torch.zeros(steps, dim, dtype=torch.float64, device=v0.device)
+    Q = torch.zeros(min(steps, 64), dim, dtype=torch.float64, device=v0.device)  # grows
     alpha, beta = np.zeros(steps), np.zeros(steps)
     q = v0.to(torch.float64) / torch.linalg.vector_norm(v0.to(torch.float64))
     m = 0
     for j in range(steps):
+        if j == Q.shape[0]:  # double the basis storage (amortized O(1) copies per step)
+            Q = torch.cat([Q, torch.zeros(min(Q.shape[0], steps - j), dim, dtype=Q.dtype,
+                                          device=Q.device)])
         Q[j] = q
         w = matvec(q).to(torch.float64)
         a = float(torch.dot(w, q))

@@ -14,7 +14,8 @@ Methods:
   of a trained network's Hessian: the most negative eigenvalues sit at the edge of a dense bulk
   around zero, and ARPACK's restarts with a 20-vector basis throw away most of that
   information (benchmarks/hessian.py: several times fewer products). Up to ``max_basis``
-  vectors are kept; past that it hands over to ARPACK with the Ritz vectors as a start.
+  vectors are kept (and at most 4 GB of them); past that it hands over to ARPACK with the
+  Ritz vectors as a start.
 * ``"auto"``: ``"lanczos"``.
 
 >>> import torch, lossatlas as la
@@ -41,6 +42,8 @@ from lossatlas.hessian.operator import HessianOperator
 from lossatlas.store import result
 
 __all__ = ["Spectrum", "eigs"]
+
+_BASIS_BYTES = 4e9  # the Lanczos basis (float64) is capped at this size; ARPACK takes over
 
 
 @result("hessian_spectrum")
@@ -160,8 +163,8 @@ def eigs(
     start, t0 = op.matvecs, time.perf_counter()
     x0 = _v0(op, seed, v0)
     if method == "lanczos":
-        vals, V, _ = _lanczos_eigs(op, k, which, tol, x0, min(max_basis, op.dim), 1 if k == 1
-                                   else 5)
+        basis = min(max_basis, op.dim, max(4 * k + 20, int(_BASIS_BYTES // (8 * op.dim))))
+        vals, V, _ = _lanczos_eigs(op, k, which, tol, x0, basis, 1 if k == 1 else 5)
     else:
         vals, V, _ = _arpack(op, k, which, tol, x0, ncv)
     order = np.argsort(vals)

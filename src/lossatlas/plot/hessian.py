@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["plot_delta", "plot_density", "plot_eigenvalues", "plot_quadratics"]
 
@@ -78,7 +79,9 @@ def plot_delta(dist, path: str | os.PathLike | None = None, bins: int = 30) -> F
         if len(data) > 1:
             ax.hist(true, bins=edges, histtype="step", color="C3", lw=1.5, label="true δL")
         ax.axvline(0, color="0.4", lw=0.8)
-        ax.set(title=f"λ = {lam:g}", xlabel="δL")
+        ax.set(title=f"λ = {lam:g}", xlabel="δL", ylabel="count")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         ax.legend(fontsize=7)
     fig.suptitle(f"loss change along {dist.a.size} Gaussian ε (σ = {dist.sigma:g})", fontsize=10)
     return _save(fig, path)
@@ -91,10 +94,11 @@ def plot_quadratics(paths, path: str | os.PathLike | None = None) -> Figure:
     fig = Figure(figsize=(4.2 * len(paths), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(paths)))
     for ax, qp in zip(axes, paths):
-        ax.plot(qp.x, qp.curve, color="0.3", lw=1.2, label="L(θ + λε)")
+        ax.plot(qp.x, qp.curve, color="0.7", lw=5, alpha=0.6, label="L(θ + λε)")
         for k in range(len(qp.lambdas)):
             x, q = qp.piece(k)
-            ax.plot(x, q, color="C3", lw=2, label="s.o.a." if k == 0 else None)
+            ax.plot(x, q, color="C3" if k % 2 else "C0", lw=1.5,
+                    label="second-order pieces" if k == 0 else None)
         ax.plot(qp.lambdas, qp.loss, "o", color="C3", ms=3)
         ax.set(title=qp.kind, xlabel="λ", ylabel="loss")
         ax.grid(alpha=0.3)
