@@ -231,3 +231,31 @@ def test_cli_connect_and_cka(tmp_path, monkeypatch):
                                    "--layers", "1", "-o", str(tmp_path / "k.png")])
     assert res.exit_code == 0, res.output
     assert "CKA" in res.output and "l2 distance" in res.output and (tmp_path / "k.png").is_file()
+
+
+def _baseline():
+    """benchmarks/connect.py: Garipov-style curve layers (the architecture rewritten)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "connect.py"
+    spec = importlib.util.spec_from_file_location("bench_connect", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_agrees_with_garipov_curve_layers(minima):
+    """The functional curve and a curve-layer rewrite, trained with the same batches, t's,
+    schedule and l2 term, give the same bend (bit for bit on CPU)."""
+    bench = _baseline()
+    X, y, ma, mb = minima
+    r = C.train_curve(ma, ma, mb, (X, y), epochs=4, batch_size=64, lr=0.05, points=2,
+                      linear=False, seed=5, progress=False)
+    curve = bench.train_curve_layers(bench.CurveMLP(ma, mb), X, y, epochs=4, lr=0.05,
+                                     batch_size=64, seed=5)
+    for ours, base in zip(r.control[1].values(), curve.bend(1)):
+        torch.testing.assert_close(ours, base, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():
+        want = float(nn.functional.cross_entropy(curve(X, 0.5)[0], y))
+    assert la.Objective(ma, (X, y)).loss(r.point(0.5)) == pytest.approx(want, rel=1e-6)
