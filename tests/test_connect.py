@@ -161,6 +161,8 @@ def test_zero_epochs_is_the_line_and_results_save(minima, tmp_path):
     back = la.load(tmp_path / "c.h5")
     np.testing.assert_array_equal(back.loss, r.loss)
     assert back.mc == r.mc and len(back.control) == 3 and back.settings["bends"] == 1
+    cubic = C.train_curve(ma, ma, mb, (X, y), bends=2, epochs=1, points=3, linear=False)
+    assert len(cubic.control) == 4 and len(cubic.bends) == 2
     d = C.mode_connectivity_between(ma, mb, (X, y), points=3, epochs=0)
     assert set(d) >= {"t", "values", "linear", "mc", "t_star", "mc_linear"}
     assert d["t"] == [0.0, 0.5, 1.0]
