@@ -107,6 +107,9 @@ def test_streamed_from_files_equals_in_memory(tmp_path):
                                    rtol=1e-12)
         for a, b in zip(st.directions, mem.directions):
             np.testing.assert_allclose(flat(a), flat(b), rtol=0, atol=1e-10)
+    blocks = la.trajectory.pca(pts, method="ding2023", center=4, stream=True, block_size=2,
+                               progress=False)  # no files: blocks of points
+    np.testing.assert_allclose(flat(blocks.d2), flat(mem.d2), atol=1e-10)
     # the memory budget alone switches to streaming
     auto = la.trajectory.pca(files, method="ding2023", center=4, max_memory=4 * 27 * 8,
                              progress=False)

@@ -14,9 +14,11 @@ Both go through the k×k Gram matrix of the rows instead of the k×D data matrix
 G = X Xᵀ of the rows x_j = θ_j − θ_c (subtracting θ_c first keeps float64 precision), the
 centered Gram is Gc = J G J (J = I − 11ᵀ/k), Gc = U Λ Uᵀ, and the principal axes are
 p_i = Xᵀ J u_i / √λ_i, explained-variance ratios λ_i / Σ λ. When the k checkpoints do not fit
-in ``max_memory`` the Gram is streamed from disk: a block of b checkpoints is held while the
-others are read one at a time, so peak memory is the Gram plus b + 1 checkpoints (b from
-``max_memory`` or ``block_size``), at the cost of about k²/(2b) checkpoint reads.
+in ``max_memory`` the work is streamed: checkpoint files (a run folder, ``.pt`` files) are
+memory-mapped and read in coordinate chunks worth b checkpoints, G = Σ_chunks A Aᵀ and the axes
+chunk by chunk, two passes over the data; other sources hold a block of b checkpoints while
+loading the rest one at a time (about k²/(2b) loads). Peak memory: the Gram plus about b + 4
+checkpoints (b from ``max_memory`` or ``block_size``).
 
 Signs: p_i is oriented so that the trajectory moves toward +p_i from the slice's first to its
 last checkpoint.
@@ -128,12 +130,42 @@ def _plan(src: Source, k: int, max_memory: float, stream: bool | None,
     return True, min(int(block_size), k)
 
 
+def _maps(src: Source, indices: Sequence[int]) -> list | None:
+    """Memory-mapped flat views of the checkpoints (None unless every one maps)."""
+    maps = []
+    for i in indices:
+        m = src.mapped(i)
+        if m is None:
+            return None
+        maps.append(m)
+    return maps
+
+
+def _chunks(src: Source, maps: list, ref: np.ndarray, block_size: int, what: str,
+            progress: bool):
+    """Yield (lo, hi, A) with A[j] = (x_j − ref)[lo:hi], reading each mapped checkpoint's
+    coordinates lo..hi−1 (chunks of block_size·D/k coordinates: block_size checkpoints' worth)."""
+    k = len(maps)
+    chunk = max(1, block_size * src.dim // k)
+    A = np.empty((k, min(chunk, src.dim)))
+    for lo in track(range(0, src.dim, chunk), what, disable=not progress or None):
+        hi = min(lo + chunk, src.dim)
+        w = hi - lo
+        for a, m in enumerate(maps):
+            src.read(m, lo, hi, A[a, :w])
+        A[:, :w] -= ref[lo:hi]
+        yield lo, hi, A[:, :w]
+
+
 def gram(src: Source, indices: Sequence[int], ref: np.ndarray, *, stream: bool = False,
          block_size: int = 8, progress: bool = True) -> np.ndarray:
     """G[a, b] = (x_a − ref)ᵀ(x_b − ref) over the checkpoints ``indices`` (float64, (k, k)).
 
-    In memory: one (k, D) matrix. Streamed: blocks of ``block_size`` rows are held while every
-    later checkpoint is read once per block (peak: the Gram plus block_size + 1 checkpoints)."""
+    In memory: one (k, D) matrix and one product. Streamed from files: the checkpoints are
+    memory-mapped and read in coordinate chunks of ``block_size`` checkpoints' worth
+    (G = Σ_chunks A Aᵀ; every byte read once). Streamed otherwise: a block of ``block_size``
+    checkpoints is held while each later one is loaded (about k²/(2·block_size) loads). Peak
+    memory of both streamed routes: the Gram plus about block_size + 1 checkpoints."""
     k = len(indices)
     if not stream:
         X = np.empty((k, src.dim))
@@ -141,36 +173,39 @@ def gram(src: Source, indices: Sequence[int], ref: np.ndarray, *, stream: bool =
             X[a] = src.vector(i)
             X[a] -= ref
         return X @ X.T
-    G = np.empty((k, k))
-    starts = list(range(0, k, block_size))
-    reads = sum(k - s for s in starts)
-    bar = track(range(reads), f"Gram of {k} checkpoints (streamed)",
-                disable=not progress or None)
-    tick = iter(bar)
-    for s in starts:
+    G = np.zeros((k, k))
+    maps = _maps(src, indices)
+    if maps is not None:
+        for _, _, A in _chunks(src, maps, ref, block_size, f"Gram of {k} checkpoints", progress):
+            G += A @ A.T
+        return G
+    for s in track(range(0, k, block_size), f"Gram of {k} checkpoints (blocks)",
+                   disable=not progress or None):
         e = min(s + block_size, k)
         A = np.empty((e - s, src.dim))
         for a in range(s, e):
             A[a - s] = src.vector(indices[a])
             A[a - s] -= ref
-            next(tick, None)
         G[s:e, s:e] = A @ A.T
         for b in range(e, k):
             x = src.vector(indices[b])
             x -= ref
             G[s:e, b] = A @ x
             G[b, s:e] = G[s:e, b]
-            next(tick, None)
         del A
-    for _ in tick:
-        pass
     return G
 
 
-def _combine(src: Source, indices: Sequence[int], ref: np.ndarray, C: np.ndarray,
-             progress: bool) -> list[np.ndarray]:
-    """Σ_j C[j, i] (x_j − ref) for each column i of C, one checkpoint in memory at a time."""
-    out = [np.zeros(src.dim) for _ in range(C.shape[1])]
+def _combine(src: Source, indices: Sequence[int], ref: np.ndarray, C: np.ndarray, *,
+             stream: bool, block_size: int, progress: bool) -> np.ndarray:
+    """Rows Σ_j C[j, i] (x_j − ref) for each column i of C, shape (C.shape[1], D); streamed
+    from mapped files in chunks when possible, else one checkpoint in memory at a time."""
+    out = np.zeros((C.shape[1], src.dim))
+    maps = _maps(src, indices) if stream else None
+    if maps is not None:
+        for lo, hi, A in _chunks(src, maps, ref, block_size, "principal axes", progress):
+            out[:, lo:hi] = C.T @ A
+        return out
     for j, i in enumerate(track(indices, "principal axes", disable=not progress or None)):
         x = src.vector(i)
         x -= ref
@@ -255,7 +290,8 @@ def pca(
     first, last = rows.index(rng[0]) if rng[0] in rows else 0, len(rows) - 1
     signs = np.where(coords[last] - coords[first] < 0, -1.0, 1.0)
     C = C * signs
-    p1, p2 = _combine(src, rows, ref, C, progress)
+    p1, p2 = _combine(src, rows, ref, C, stream=streamed, block_size=block,
+                      progress=progress)
     if scale is None:
         scale = "unit" if method == "li2018" else "center"
     if scale == "unit":

@@ -63,10 +63,13 @@ class Source:
     step, lr when known)."""
 
     def __init__(self, items: Sequence, names: Sequence[str] | None, manifest: list[dict] | None,
-                 states: Sequence | None):
+                 states: Sequence | None, files: Sequence[Path] | None = None):
         if len(items) == 0:
             raise LossAtlasError("checkpoints is empty; pass a run or at least two checkpoints")
         self._items, self._manifest, self._states = items, manifest, states
+        if files is None and all(isinstance(x, (str, os.PathLike)) for x in items):
+            files = [Path(x) for x in items]
+        self.files = list(files) if files is not None else None
         first = self._raw(0)
         self.names = list(names) if names is not None else _default_names(first)
         missing = [n for n in self.names if n not in first]
@@ -77,6 +80,8 @@ class Source:
             )
         self.shapes = {n: tuple(first[n].shape) for n in self.names}
         self.dim = int(sum(int(np.prod(s)) for s in self.shapes.values()))
+        sizes = [int(np.prod(s)) for s in self.shapes.values()]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -113,6 +118,35 @@ class Source:
             j += t.numel()
         return out
 
+    def mapped(self, i: int) -> list[torch.Tensor] | None:
+        """Flat views of checkpoint i's selected tensors, memory-mapped from its file (nothing
+        is read until sliced), in ``names`` order; None when the source has no files or the
+        file cannot be mapped (an old serialization format)."""
+        if self.files is None:
+            return None
+        try:
+            state = torch.load(self.files[i], map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return None
+        if isinstance(state, dict):
+            for key in ("state_dict", "model"):
+                if isinstance(state.get(key), dict):
+                    state = state[key]
+                    break
+        if not isinstance(state, Mapping) or any(n not in state for n in self.names):
+            return None
+        return [state[n].reshape(-1) for n in self.names]
+
+    def read(self, flat: Sequence[torch.Tensor], lo: int, hi: int, out: np.ndarray) -> None:
+        """Copy entries lo..hi−1 of the flattened checkpoint ``flat`` (from :meth:`mapped`)
+        into ``out`` (float64, shape (hi − lo,))."""
+        a = int(np.searchsorted(self.offsets, lo, side="right")) - 1
+        while a < len(flat) and self.offsets[a] < hi:
+            s, e = max(lo, self.offsets[a]), min(hi, self.offsets[a + 1])
+            piece = flat[a][s - self.offsets[a]:e - self.offsets[a]]
+            out[s - lo:e - lo] = piece.to(torch.float64).numpy()
+            a += 1
+
     def state(self, i: int) -> Mapping[str, torch.Tensor] | None:
         if self._states is not None:
             return self._states[i]
@@ -129,6 +163,12 @@ class Source:
                 "step": meta.get("step"), "lr": meta.get("lr")}
 
 
+def _run_files(run, rng: range) -> list[Path] | None:
+    if run.path is None or getattr(run, "_memory", None) is not None:
+        return None
+    return [run.path / run.manifest[j]["file"] for j in rng]
+
+
 def as_source(checkpoints: Any, names: Sequence[str] | None = None) -> Source:
     """A :class:`Source` over ``checkpoints`` (a Run, a run folder, a Sequence of points or
     state dicts, or a list of ``.pt`` files); a Source passes through (re-selected by
@@ -138,18 +178,20 @@ def as_source(checkpoints: Any, names: Sequence[str] | None = None) -> Source:
     if isinstance(checkpoints, Source):
         if names is None or list(names) == checkpoints.names:
             return checkpoints
-        return Source(checkpoints._items, names, checkpoints._manifest, checkpoints._states)
+        return Source(checkpoints._items, names, checkpoints._manifest, checkpoints._states,
+                      checkpoints.files)
     if isinstance(checkpoints, (str, os.PathLike)) and (Path(checkpoints) / MANIFEST).is_file():
         checkpoints = load_run(checkpoints)
     if isinstance(checkpoints, Run):
         run = checkpoints
         return Source(run.checkpoints, names if names is not None else run.parameter_names,
-                      run.manifest, run.states)
+                      run.manifest, run.states, _run_files(run, range(len(run))))
     run = getattr(checkpoints, "_run", None)  # a lazy run.checkpoints view (or a slice of one)
     if isinstance(run, Run) and hasattr(checkpoints, "_range"):
         rng = checkpoints._range()
         return Source(checkpoints, names if names is not None else run.parameter_names,
-                      [run.manifest[j] for j in rng], run.states[rng.start:rng.stop:rng.step])
+                      [run.manifest[j] for j in rng], run.states[rng.start:rng.stop:rng.step],
+                      _run_files(run, rng))
     if isinstance(checkpoints, (str, os.PathLike)):
         raise LossAtlasError(
             f"checkpoints={str(checkpoints)!r} is not a run folder (no {MANIFEST}); pass a run, "
