@@ -74,12 +74,10 @@ def bernstein(k: int, t: float) -> np.ndarray:
 
 def _combine(weights: Sequence[float], points: Sequence) -> Any:
     if isinstance(points[0], Mapping):
-        keys = list(points[0])
-        for p in points[1:]:
-            if list(p) != keys and set(p) != set(keys):
-                raise LossAtlasError("the control points cover different parameters; build them "
-                                     "all from the same model")
-        return P.Point({k: sum(float(w) * p[k] for w, p in zip(weights, points)) for k in keys})
+        if any(set(p) != set(points[0]) for p in points[1:]):
+            raise LossAtlasError("the control points cover different parameters; build them "
+                                 "all from the same model")
+        return P.lincomb(weights, points)
     return sum(float(w) * torch.as_tensor(p) for w, p in zip(weights, points))
 
 

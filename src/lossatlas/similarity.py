@@ -29,6 +29,7 @@ from torch import nn
 
 from lossatlas import params as P
 from lossatlas.errors import LossAtlasError
+from lossatlas.objective import _logits_of
 
 __all__ = ["inputs_of", "l2_distance", "layer_outputs", "linear_cka", "mixup_samples",
            "model_cka", "noise_samples"]
@@ -84,11 +85,10 @@ def inputs_of(data) -> torch.Tensor:
     ):
         return torch.as_tensor(data[0])
     if hasattr(data, "__getitem__") and hasattr(data, "__len__") and len(data) > 0:
-        first = data[0]
-        item = first[0] if isinstance(first, (tuple, list)) else first
-        if isinstance(item, (torch.Tensor, np.ndarray)):
-            return torch.stack([torch.as_tensor(data[i][0] if isinstance(first, (tuple, list))
-                                                else data[i]) for i in range(len(data))])
+        items = [data[i] for i in range(len(data))]
+        xs = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
+        if all(isinstance(x, (torch.Tensor, np.ndarray)) for x in xs):
+            return torch.stack([torch.as_tensor(x) for x in xs])
     raise LossAtlasError(
         f"data of type {type(data).__name__} has no input tensor; pass a tensor X, an (X, y) "
         "pair or a dataset of (input, target) items"
@@ -138,8 +138,6 @@ def noise_samples(X, m: int = 640, magnitude: float = 0.1, seed: int = 0) -> tor
 
 
 def _softmax_outputs(model: nn.Module, X: torch.Tensor, batch_size: int) -> torch.Tensor:
-    from lossatlas.objective import _logits_of
-
     outs = []
     for k in range(0, X.shape[0], batch_size):
         outs.append(torch.softmax(_logits_of(model(X[k:k + batch_size])).float(), dim=-1))
@@ -162,8 +160,6 @@ def layer_outputs(
 
     def hook(name):
         def fn(_module, _inp, out):
-            from lossatlas.objective import _logits_of
-
             t = out if isinstance(out, torch.Tensor) else _logits_of(out)
             got[name].append(t.detach().reshape(t.shape[0], -1).float())
         return fn
