@@ -21,6 +21,7 @@ so a job computes the same floats wherever it runs: a Ray run equals the local r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import sys
@@ -29,6 +30,7 @@ from concurrent import futures
 from itertools import islice
 from typing import Any
 
+import numpy as np
 import torch
 
 from lossatlas.errors import LossAtlasError
@@ -182,6 +184,42 @@ class ProcessExecutor(Executor):
             self._pool = None
 
 
+class _Shared:
+    """A field of a job that many jobs share, sent once to Ray's object store (see
+    :meth:`RayExecutor.as_completed`)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref):
+        self.ref = ref
+
+
+_WORKER_SHARED: dict[str, Any] = {}  # in a Ray worker: object id -> value, a few kept
+
+
+def _unshare(item: Any) -> Any:
+    """In the worker: put the shared fields back (each fetched and unpickled once per worker)."""
+    if not (dataclasses.is_dataclass(item) and not isinstance(item, type)):
+        return item
+    changes = {}
+    for f in dataclasses.fields(item):
+        v = getattr(item, f.name)
+        if isinstance(v, _Shared):
+            key = v.ref.hex()
+            if key not in _WORKER_SHARED:
+                import ray
+
+                while len(_WORKER_SHARED) >= 4:
+                    _WORKER_SHARED.pop(next(iter(_WORKER_SHARED)))
+                _WORKER_SHARED[key] = ray.get(v.ref)
+            changes[f.name] = _WORKER_SHARED[key]
+    return dataclasses.replace(item, **changes) if changes else item
+
+
+def _run_shared(fn: Callable, item: Any, n_threads: int | None) -> Any:
+    return run_job(fn, _unshare(item), n_threads)
+
+
 def _import_ray():
     try:
         import ray
@@ -195,6 +233,10 @@ def _import_ray():
 
 class RayExecutor(Executor):
     """Jobs as Ray tasks on a cluster; the driver (this process) alone writes files.
+
+    When the jobs are dataclasses (like the chunks of ``la.surface``), a field that holds the
+    same object in many jobs (the objective with its data, the center, the directions) goes
+    to Ray's object store once and is unpickled once per worker, instead of once per job.
 
     ``address``: ``"auto"`` (the cluster this machine belongs to, e.g. after ``ray start
     --head``), ``"ray://host:10001"`` / ``"host:6379"`` (a given cluster), or ``"local"`` (start
@@ -231,7 +273,7 @@ class RayExecutor(Executor):
             self._owns = True
         self.address = address
         self.prefetch = prefetch or max(2, 2 * self.workers)
-        self._remote = self.ray.remote(run_job)
+        self._remote = self.ray.remote(_run_shared)
 
     @property
     def workers(self) -> int:
@@ -247,10 +289,26 @@ class RayExecutor(Executor):
         fn_ref = ray.put(fn)
         it = iter(items)
         pending: dict[Any, Any] = {}
+        shared: dict[int, tuple[Any, Any]] = {}  # id -> (object, ref): kept alive for the run
+
+        def pack(item: Any) -> Any:
+            # A dataclass job (e.g. a surface chunk) sends its large fields (objective, center,
+            # directions) once: the same object in many jobs becomes one object-store entry.
+            if not (dataclasses.is_dataclass(item) and not isinstance(item, type)):
+                return item
+            changes = {}
+            for f in dataclasses.fields(item):
+                v = getattr(item, f.name)
+                if v is None or isinstance(v, (bool, int, float, str, bytes, np.ndarray)):
+                    continue
+                if id(v) not in shared:
+                    shared[id(v)] = (v, ray.put(v))
+                changes[f.name] = _Shared(shared[id(v)][1])
+            return dataclasses.replace(item, **changes) if changes else item
 
         def submit(k: int) -> None:
             for item in islice(it, k):
-                pending[task.remote(fn_ref, item, self.threads)] = item
+                pending[task.remote(fn_ref, pack(item), self.threads)] = item
 
         submit(self.prefetch)
         try:
