@@ -5,7 +5,8 @@ The sweep (digits, MLP, widths 32 and 128 x batch sizes 16 and 64 x 2 seeds, 20 
 folder by
 
 * ``1 process``   ``LocalExecutor`` (jobs one after another here, 1 torch thread each),
-* ``1 proc, 2 threads``  ``LocalExecutor(threads=2)`` (one job at a time, two intra-op threads),
+* ``1 proc, 2 threads``  ``LocalExecutor(threads=2)`` (one job at a time, two intra-op threads;
+                  only with ``--threads-row``: on a busy machine it is very slow),
 * ``2 workers``   ``ProcessExecutor(2)`` (two worker processes, 1 thread each; pool start-up
                   included in the time).
 
@@ -13,7 +14,7 @@ Repetitions are interleaved and medians reported; ``speed-up`` is the 1-process 
 each method's median. ``disagree`` is the largest absolute difference of any per-cell metric
 from the 1-process run (0 means bit-identical tables).
 
-Usage: ``python benchmarks/sweep.py [--reps 3] [--epochs 20] [--no-pairs]``
+Usage: ``python benchmarks/sweep.py [--reps 3] [--epochs 20] [--no-pairs] [--threads-row]``
 """
 
 from __future__ import annotations
@@ -59,13 +60,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--no-pairs", action="store_true", help="models only (no mc / CKA / l2)")
+    ap.add_argument("--threads-row", action="store_true",
+                    help="also time one process with two torch threads")
     args = ap.parse_args()
     sp = spec(args.epochs, not args.no_pairs)
-    methods = {
-        "1 process": lambda: LocalExecutor(),
-        "1 proc, 2 threads": lambda: LocalExecutor(threads=2),
-        "2 workers": lambda: ProcessExecutor(2),
-    }
+    methods = {"1 process": lambda: LocalExecutor(), "2 workers": lambda: ProcessExecutor(2)}
+    if args.threads_row:
+        methods["1 proc, 2 threads"] = lambda: LocalExecutor(threads=2)
     times: dict[str, list[float]] = {k: [] for k in methods}
     results: dict[str, S.SweepResult] = {}
     S.run(sp, tempfile.mkdtemp(prefix="la-bench-"), progress=False)  # warm caches (data)

@@ -114,7 +114,7 @@ def _init_worker(n_threads: int | None) -> None:
 
 
 #: Modules the fork server imports once, so that workers forked from it start warm.
-PRELOAD = ["torch", "sklearn.datasets", "lossatlas.sweep", "lossatlas.training",
+PRELOAD = ["torch", "torch._dynamo", "sklearn.datasets", "lossatlas.sweep", "lossatlas.training",
            "lossatlas.datasets", "lossatlas.zoo", "lossatlas.objective", "lossatlas.hessian",
            "lossatlas.similarity", "lossatlas.connect", "lossatlas._fastpath"]
 
