@@ -21,9 +21,9 @@ SPEC = {
     "data": {"name": "digits", "train_size": 200},
     "model": {"name": "mlp"},
     "train": {"epochs": 2, "lr": 0.05},
-    "load": {"param": "width", "values": [4, 16]},
+    "load": {"param": "width", "values": [8]},
     "temperature": {"param": "batch_size", "values": [32, 128]},
-    "measure": {"mc": False, "cka": False},
+    "measure": {"connect": {"epochs": 1}, "cka_samples": 64},
 }
 
 
