@@ -222,3 +222,16 @@ def test_cli_sweep_and_phases(tmp_path):
     assert len((out / S.RESULTS).read_text().splitlines()) == 6  # 2 cells x (2 models + 1 pair)
     r = CliRunner().invoke(app, ["phases", str(out), "--no-plot"])
     assert r.exit_code == 0 and "sweep tiny" in r.output
+
+
+def test_executor_with_map_only(spec, tiny, tmp_path):
+    """An executor with only map(fn, items) (like la.surface's default) runs a sweep too."""
+
+    class MapOnly:
+        def map(self, fn, items):
+            return map(fn, items)
+
+    res = S.run(spec, tmp_path / "o", executor=MapOnly(), progress=False)
+    assert res.cells == tiny[1].cells
+    with pytest.raises(LossAtlasError, match="executor"):
+        S.run(spec, tmp_path / "p", executor=object(), progress=False)

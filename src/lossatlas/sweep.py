@@ -491,6 +491,22 @@ def _save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     os.replace(tmp, path)
 
 
+def _echo(fn, item):
+    return item, fn(item)
+
+
+def _as_completed(executor, fn, items: Iterable) -> Iterable[tuple[Any, Any]]:
+    """``(item, result)`` pairs from an executor with ``as_completed`` or with only ``map``."""
+    if hasattr(executor, "as_completed"):
+        return executor.as_completed(fn, items)
+    if hasattr(executor, "map"):
+        return executor.map(functools.partial(_echo, fn), items)
+    raise LossAtlasError(
+        f"executor={executor!r} has neither as_completed(fn, items) nor map(fn, items); pass "
+        "one of lossatlas.executors (LocalExecutor, ProcessExecutor, RayExecutor)."
+    )
+
+
 def _cell_fields(spec: SweepSpec, cell: Cell) -> dict:
     return {"cell": cell.key, "load_param": spec.load.param, "load": cell.load,
             "temperature_param": spec.temperature.param, "temperature": cell.temperature,
@@ -507,7 +523,8 @@ def run(
     """Run (or resume) a sweep; returns its :class:`SweepResult`.
 
     ``out`` defaults to the spec's ``out`` or ``sweeps/<name>``. ``executor``: any object with
-    ``as_completed(fn, items)`` (see :mod:`lossatlas.executors`); default in-process. Jobs whose
+    ``as_completed(fn, items)`` or ``map(fn, items)`` (see :mod:`lossatlas.executors`); default
+    in-process with the spec's ``threads``. Jobs whose
     hash is already in ``OUT/results.jsonl`` are skipped. First the models (one job per cell and
     seed), then the pairs of seeds of every cell.
     """
@@ -534,7 +551,7 @@ def run(
             todo.append({"key": key, "cell": cell, "seed": s})
     items = ({"config": t["cell"].config, "measure": t["cell"].measure, "seed": t["seed"],
               "_task": t} for t in todo)
-    for item, res in track(executor.as_completed(model_job, items),
+    for item, res in track(_as_completed(executor, model_job, items),
                            f"sweep {spec.name}: models", total=len(todo), disable=disable):
         t = item["_task"]
         cell, s = t["cell"], t["seed"]
@@ -564,7 +581,7 @@ def run(
             yield {"config": cell.config, "measure": cell.measure, "seeds": t["seeds"],
                    "states": states, "_task": t}
 
-    for item, res in track(executor.as_completed(pair_job, pair_items()),
+    for item, res in track(_as_completed(executor, pair_job, pair_items()),
                            f"sweep {spec.name}: pairs", total=len(pairs), disable=disable):
         t = item["_task"]
         _append(results, {
