@@ -80,11 +80,13 @@ def test_cli_writes_result_and_figures(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, [
         "hessian", "--data", "digits", "--data-arg", "train_size=200", "--width", "8", "--top", "2",
         "--bottom", "1", "--trace", "--density", "--steps", "20", "--products", "20",
-        "--block", "3.*", "--out", str(out)])
+        "--block", "3.*", "--delta", "--samples", "8", "--out", str(out)])
     assert res.exit_code == 0, res.output
     back = la.load(out)
     assert back.names == ["N.E.1", "P.E.2", "P.E.1"] and back.params == ["3.weight", "3.bias"]
     assert abs(np.trapezoid(back.density, back.grid) - 1) < 1e-9
-    assert (tmp_path / "h-density.png").exists() and (tmp_path / "h-eigenvalues.png").exists()
+    for name in ("h-density.png", "h-eigenvalues.png", "h-delta.png"):
+        assert (tmp_path / name).exists()
+    assert la.load(tmp_path / "h-delta.h5").predicted.shape == (2, 8)
     bad = CliRunner().invoke(app, ["hessian", "--top", "0", "--bottom", "0"])
     assert bad.exit_code != 0

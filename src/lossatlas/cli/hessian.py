@@ -5,7 +5,8 @@ spectrum section.
     lossatlas hessian --checkpoint runs/mlp-digits-seed0 --block '2.*' --out block2.h5
 
 Writes one HDF5 result (``la.load`` gives a HessianSummary) and, next to it, the figures
-``<out>-density.png`` (log scale, λ_min marked) and ``<out>-eigenvalues.png``.
+``<out>-density.png`` (log scale, λ_min marked) and ``<out>-eigenvalues.png``; ``--delta`` adds
+``<out>-delta.h5`` and ``<out>-delta.png`` (the δL histograms of Li, Li, Zhan 2024, Fig. 13).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def hessian(
     trace: Annotated[bool, typer.Option("--trace/--no-trace", help="Estimate tr H.")] = False,
     density: Annotated[bool, typer.Option("--density/--no-density",
                                           help="SLQ eigenvalue density.")] = False,
+    delta: Annotated[bool, typer.Option(
+        "--delta/--no-delta", help="δL = λb + ½λ²a over Gaussian ε vs the true change "
+        "(Li, Li, Zhan 2024 Fig. 13).")] = False,
+    samples: Annotated[int, typer.Option(help="Gaussian ε for --delta.")] = 100,
     block: Annotated[list[str] | None, typer.Option(
         help="Restrict to parameters matching NAME-PATTERN (glob, repeatable).")] = None,
     tol: Annotated[float, typer.Option(help="Relative residual ‖Hv−λv‖ ≤ tol·|λ|.")] = 1e-3,
@@ -84,13 +89,28 @@ def hessian(
         raise LossAtlasError(f"--split {split!r} is unknown; use train or test")
     if top < 0 or bottom < 0:
         raise LossAtlasError("--top and --bottom must be >= 0")
-    if top == bottom == 0 and not trace and not density:
-        raise LossAtlasError("nothing to compute; pass --top K, --bottom K, --trace or --density")
+    if top == bottom == 0 and not trace and not density and not delta:
+        raise LossAtlasError(
+            "nothing to compute; pass --top K, --bottom K, --trace, --density or --delta")
     net, train_set, test_set = setup(
         model, data, checkpoint=checkpoint, index=index, seed=seed,
         model_opts=model_options(width, depth, model_arg),
         data_opts=parse_options(data_arg, "--data-arg"), device=device)
     obj = la.Objective(net, train_set if split == "train" else test_set, batch_size=batch_size)
+    written = []
+    if delta:
+        dist = la.hessian.delta_distribution(obj, samples=samples, seed=seed,
+                                             params=block or None)
+        written += [dist.save(out.with_name(f"{out.stem}-delta.h5")),
+                    out.with_name(f"{out.stem}-delta.png")]
+        la.plot.hessian.plot_delta(dist, written[-1])
+        for lam, p, t in zip(dist.lambdas, dist.predicted, dist.true):
+            typer.echo(f"λ = {lam:g}: mean δL {p.mean():.3g} (second order), "
+                       f"{t.mean():.3g} (true); positive {100 * (t > 0).mean():.0f} %")
+        if top == bottom == 0 and not trace and not density:
+            for p in written:
+                typer.echo(f"wrote {p}")
+            return
     summary = la.hessian.summarize(obj, top, bottom, trace, density, params=block or None,
                                    tol=tol, products=products, steps=steps, seed=seed)
     path = summary.save(out)
@@ -99,7 +119,7 @@ def hessian(
     if trace:
         typer.echo(f"trace = {summary.trace:.6g} ± {summary.trace_error:.2g}")
     typer.echo(f"{summary.matvecs} Hessian-vector products over {len(summary.params)} tensors")
-    for p in [path, *_figures(summary, Path(out))]:
+    for p in [path, *_figures(summary, Path(out)), *written]:
         typer.echo(f"wrote {p}")
 
 
@@ -113,6 +133,8 @@ def demo_section(ctx) -> None:
     out = Path(ctx.out) / "hessian.h5"
     summary.save(out)
     _figures(summary, out)
+    dist = la.hessian.delta_distribution(obj, samples=30 if ctx.quick else 100, seed=ctx.seed)
+    la.plot.hessian.plot_delta(dist, Path(ctx.out) / "hessian-delta.png")
     ctx.log(f"Hessian: λ_max {summary.values[-1]:.4g}, λ_min {summary.values[0]:.4g}, "
             f"trace {summary.trace:.4g} ± {summary.trace_error:.2g} "
             f"({summary.matvecs} products)")
