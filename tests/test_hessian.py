@@ -225,3 +225,12 @@ def test_second_order_is_exact_on_a_quadratic_loss():
     theta0 = {k: v + 1.0 for k, v in obj.center.items()}
     m = la.hessian.mli(obj, theta0, lambdas=[-1.0, 0.0], points=5)
     assert m.kind == "MLI" and abs(m.loss[0] - obj.loss(theta0)) < 1e-10
+
+
+def test_lanczos_residuals_are_the_true_residuals(case):
+    """|β_m s_{m,i}| (free) equals ‖Hv − θv‖ recomputed with extra products."""
+    obj, _, _, _ = case
+    free = la.hessian.eigs(obj, k=3, which="SA", tol=1e-4)
+    paid = la.hessian.eigs(obj, k=3, which="SA", tol=1e-4, exact_residuals=True)
+    assert paid.matvecs == free.matvecs + 3
+    np.testing.assert_allclose(free.residuals, paid.residuals, rtol=1e-3, atol=1e-12)

@@ -144,6 +144,8 @@ class HessianOperator:
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """``H V`` for ``V`` of shape ``(dim, k)`` or ``(dim,)``; one data pass."""
         single = V.dim() == 1
+        if single and self.method == "graph" and self._graphs is not None:
+            return self._mv_graph(V)
         V2 = V.reshape(self.dim, -1)
         out_dtype = V2.dtype
         rows = V2.T.to(self.device, self.dtype).contiguous()  # (k, dim)
@@ -160,6 +162,20 @@ class HessianOperator:
 
     def _accumulate(self, out_row: torch.Tensor, w: float, hv: Sequence[torch.Tensor]) -> None:
         out_row.add_(torch.cat([h.reshape(-1) for h in hv]), alpha=w)
+
+    def _mv_graph(self, v: torch.Tensor) -> torch.Tensor:
+        """One product through the cached graphs with as little bookkeeping as possible."""
+        x = v.to(self.device, self.dtype) if v.dtype != self.dtype else v
+        acc = None
+        for w, gs in self._graphs:
+            hv = torch.autograd.grad(gs, self._leaves, grad_outputs=self.split(x),
+                                     retain_graph=True, materialize_grads=True)
+            flat = torch.cat([h.reshape(-1) for h in hv])
+            if w != 1.0:
+                flat.mul_(w)
+            acc = flat if acc is None else acc.add_(flat)
+        self.matvecs += 1
+        return acc.to(v.dtype) if acc.dtype != v.dtype else acc
 
     def _mm_graph(self, rows: torch.Tensor, out: torch.Tensor) -> None:
         if self._graphs is None:
