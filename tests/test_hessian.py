@@ -234,3 +234,21 @@ def test_lanczos_residuals_are_the_true_residuals(case):
     paid = la.hessian.eigs(obj, k=3, which="SA", tol=1e-4, exact_residuals=True)
     assert paid.matvecs == free.matvecs + 3
     np.testing.assert_allclose(free.residuals, paid.residuals, rtol=1e-3, atol=1e-12)
+
+
+def test_batchnorm_is_in_eval_mode():
+    """With BN the Hessian is that of the eval-mode network (running statistics held fixed),
+    whatever the batch size."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
+    X, y = _data(n=25, d=4)
+    model.train()
+    model(X)  # non-trivial running statistics
+    obj = la.Objective(model, (X, y), batch_size=7)
+    model.eval()
+    H = _exact(model, X, y)
+    model.train()
+    op = HessianOperator(obj)
+    V = torch.randn(op.dim, 2, dtype=torch.float64)
+    assert torch.allclose(op.matmat(V), H @ V, atol=1e-10)
+    assert model.training  # the user's flags are untouched

@@ -13,7 +13,11 @@ Methods:
   restart nothing learned about the spectrum is thrown away, which matters at the bottom end
   of a trained network's Hessian: the most negative eigenvalues sit at the edge of a dense bulk
   around zero, and ARPACK's restarts with a 20-vector basis throw away most of that
-  information (benchmarks/hessian.py: several times fewer products). Up to ``max_basis``
+  information. On the benchmark's MLP (9,610 parameters, five most negative eigenvalues
+  ≈ −1.3e-3 against λ_max 0.17) the five SA pairs to tol 1e-3 took 250 products here,
+  1,602 with plain ARPACK (ncv 20), 1,228 with ARPACK ncv 100, and 987 with ARPACK LA on the
+  folded σI − H (σ = λ_max; the same Krylov space, so folding alone gains little once ARPACK's
+  tol is rescaled to ask for the same ‖r‖). Up to ``max_basis``
   vectors are kept (and at most 4 GB of them); past that it hands over to ARPACK with the
   Ritz vectors as a start.
 * ``"auto"``: ``"lanczos"``.

@@ -17,7 +17,11 @@ in the block, one data pass for all ``k`` columns. Four ways to compute them (``
 * ``"vmap"``: forward-over-reverse vmapped over the ``k`` columns.
 
 ``method="auto"`` picks ``"graph"`` when the cached graphs fit (``cache_batches`` batches at most,
-default 64), else ``"double"``; benchmarks/hessian.py measures all four side by side.
+default 64), else ``"double"``. benchmarks/hessian.py measures all four side by side; on the
+9,610-parameter MLP over all of digits (2 shared CPU cores) one product took 1.74 ms
+(``graph``), 3.12 (``double``), 5.69 (``fwdrev``), 5.92 (``vmap``), against 1.62 for PyHessian's
+cached-graph product and 6.88 for curvlinops; with 16 vectors per pass ``graph`` and ``double``
+are within noise of each other (1.5-1.9 ms per product) and ``vmap`` is at 3.0.
 """
 
 from __future__ import annotations
