@@ -24,14 +24,18 @@ def _save(fig: Figure, path) -> Figure:
 
 def plot_density(dens, path: str | os.PathLike | None = None, spec=None,
                  title: str | None = None) -> Figure:
-    """The eigenvalue density on a log y-axis (floored at 1e-8 of its peak), the smallest Ritz
-    value marked (and the eigenvalues of ``spec``, a Spectrum, as ticks on the axis)."""
+    """The eigenvalue density on a log y-axis (floored at 1e-8 of its peak) with λ_min marked:
+    the smallest eigenvalue of ``spec`` (a Spectrum, whose values are also drawn as ticks on the
+    axis) when given, else the smallest Ritz value."""
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.subplots()
     floor = dens.density.max() * 1e-8
     ax.semilogy(dens.grid, np.maximum(dens.density, floor), color="C0", lw=1.2)
-    lmin = dens.lambda_min
-    ax.axvline(lmin, color="C3", ls="--", lw=1, label=f"λ_min (Ritz) = {lmin:.3g}")
+    if spec is not None and len(spec.values):
+        lmin, how = float(np.min(spec.values)), "eigs"
+    else:
+        lmin, how = dens.lambda_min, "smallest Ritz value"
+    ax.axvline(lmin, color="C3", ls="--", lw=1, label=f"λ_min ({how}) = {lmin:.3g}")
     ax.axvline(0, color="0.6", lw=0.6)
     if spec is not None:
         ax.plot(spec.values, np.full(len(spec.values), floor * 3), "|", color="C2", ms=14,
