@@ -252,3 +252,12 @@ def test_batchnorm_is_in_eval_mode():
     V = torch.randn(op.dim, 2, dtype=torch.float64)
     assert torch.allclose(op.matmat(V), H @ V, atol=1e-10)
     assert model.training  # the user's flags are untouched
+
+
+def test_auto_measures_graph_against_vmap_for_many_vectors(case):
+    obj, H, _, _ = case
+    op = HessianOperator(obj)
+    V = torch.randn(op.dim, 5, dtype=torch.float64)
+    for _ in range(3):  # graph, then vmap, then the faster: the same numbers every time
+        assert torch.allclose(op.matmat(V), H @ V, atol=1e-10)
+    assert set(op._multi) == {"graph", "vmap"} and op.matvecs == 15

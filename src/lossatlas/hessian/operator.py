@@ -17,7 +17,10 @@ in the block, one data pass for all ``k`` columns. Four ways to compute them (``
 * ``"vmap"``: forward-over-reverse vmapped over the ``k`` columns.
 
 ``method="auto"`` picks ``"graph"`` when the cached graphs fit (``cache_batches`` batches at most,
-default 64), else ``"double"``. benchmarks/hessian.py measures all four side by side; on the
+default 64), else ``"double"``; for several vectors per pass it measures that way against
+``"vmap"`` on the first two such calls and keeps the faster (see :meth:`HessianOperator._way`).
+
+benchmarks/hessian.py measures all four side by side; on the
 9,610-parameter MLP over all of digits (2 shared CPU cores) one product took 1.74 ms
 (``graph``), 3.12 (``double``), 5.69 (``fwdrev``), 5.92 (``vmap``), against 1.62 for PyHessian's
 cached-graph product and 6.88 for curvlinops; with 16 vectors per pass ``graph`` and ``double``
@@ -27,6 +30,7 @@ are within noise of each other (1.5-1.9 ms per product) and ``vmap`` is at 3.0.
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -90,9 +94,11 @@ class HessianOperator:
         self.dim = int(sum(self.sizes))
         self.dtype = self.point[self.names[0]].dtype
         self.device = self.point[self.names[0]].device
+        self.auto = method == "auto"
         if method == "auto":
             method = "graph" if len(obj.batches) <= cache_batches else "double"
         self.method = method
+        self._multi: dict[str, float] = {}  # auto: seconds per product with k > 1, by way
         self.buffers = obj.buffers_at(self.point)
         self.matvecs = 0
         self._graphs: list[tuple[float, tuple[torch.Tensor, ...]]] | None = None
@@ -154,12 +160,27 @@ class HessianOperator:
         out_dtype = V2.dtype
         rows = V2.T.to(self.device, self.dtype).contiguous()  # (k, dim)
         out = torch.zeros_like(rows)
+        way = self._way(rows.shape[0])
         fn = {"graph": self._mm_graph, "double": self._mm_double, "fwdrev": self._mm_fwdrev,
-              "vmap": self._mm_vmap}[self.method]
+              "vmap": self._mm_vmap}[way]
+        t0 = time.perf_counter()
         fn(rows, out)
+        if self.auto and rows.shape[0] > 1 and way not in self._multi:
+            self._multi[way] = (time.perf_counter() - t0) / rows.shape[0]
         self.matvecs += rows.shape[0]
         res = out.T.to(out_dtype)
         return res.reshape(-1) if single else res
+
+    def _way(self, k: int) -> str:
+        """The way to take ``k`` products: ``method``, except under ``"auto"`` with 2 to 16
+        vectors (vmap holds k copies of the activations): the first such call uses ``method``,
+        the second ``"vmap"``, later ones the faster of the two per product (same numbers)."""
+        if not self.auto or k == 1 or k > 16:
+            return self.method
+        for way in (self.method, "vmap"):
+            if way not in self._multi:
+                return way
+        return min(self._multi, key=self._multi.get)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.matmat(v.reshape(-1))
