@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from lossatlas._progress import track
+
 __all__ = ["Lanczos", "lanczos", "ritz"]
 
 
@@ -43,17 +45,20 @@ def lanczos(
     steps: int,
     stop: Callable[[np.ndarray, np.ndarray], bool] | None = None,
     check_every: int = 1,
+    progress: str | None = None,
 ) -> Lanczos:
     """Run up to ``steps`` Lanczos steps from ``v0`` (flat float64); ``stop(alpha, beta)`` is
     asked every ``check_every`` steps and ends the run when it returns True. Breakdown (an
-    invariant subspace, β ≈ 0) ends it too."""
+    invariant subspace, β ≈ 0) ends it too. ``progress`` names a progress bar (up to ``steps``;
+    it stops early when ``stop`` says so)."""
     dim = v0.numel()
     steps = min(steps, dim)
     Q = torch.zeros(min(steps, 64), dim, dtype=torch.float64, device=v0.device)  # grows
     alpha, beta = np.zeros(steps), np.zeros(steps)
     q = v0.to(torch.float64) / torch.linalg.vector_norm(v0.to(torch.float64))
     m = 0
-    for j in range(steps):
+    it = range(steps) if progress is None else track(range(steps), progress)
+    for j in it:
         if j == Q.shape[0]:  # double the basis storage (amortized O(1) copies per step)
             Q = torch.cat([Q, torch.zeros(min(Q.shape[0], steps - j), dim, dtype=Q.dtype,
                                           device=Q.device)])

@@ -98,7 +98,9 @@ def _lanczos_eigs(op, k, which, tol, v0, max_basis, check_every):
         idx = _wanted(theta, k, which)
         return bool(np.all(res[idx] <= tol * np.maximum(np.abs(theta[idx]), 1e-300)))
 
-    run = lanczos(lambda q: op.matmat(q.to(op.dtype)), v0, max_basis, converged, check_every)
+    bar = f"Lanczos {which} k={k}" if (which == "SA" or k > 1) else None
+    run = lanczos(lambda q: op.matmat(q.to(op.dtype)), v0, max_basis, converged, check_every,
+                  bar)
     theta, S, res = ritz(run.alpha, run.beta)
     idx = _wanted(theta, k, which)
     ok = res[idx] <= tol * np.maximum(np.abs(theta[idx]), 1e-300)

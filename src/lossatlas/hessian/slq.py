@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lossatlas._progress import track
 from lossatlas.errors import LossAtlasError
 from lossatlas.hessian._lanczos import lanczos, ritz
 from lossatlas.hessian.operator import HessianOperator
@@ -107,9 +108,10 @@ def density(
     steps = min(steps, op.dim)
     nodes = np.zeros((n_v, steps))
     weights = np.zeros((n_v, steps))
-    for l in range(n_v):
+    for l in track(range(n_v), "SLQ", disable=True if n_v == 1 else None):
         v0 = (torch.randint(0, 2, (op.dim,), generator=gen) * 2 - 1).double().to(op.device)
-        run = lanczos(lambda q: op.matmat(q.to(op.dtype)), v0, steps)
+        run = lanczos(lambda q: op.matmat(q.to(op.dtype)), v0, steps,
+                      progress="SLQ Lanczos" if n_v == 1 else None)
         theta, S, _ = ritz(run.alpha, run.beta)
         m = len(theta)
         nodes[l, :m], weights[l, :m] = theta, S[0] ** 2
