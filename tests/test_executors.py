@@ -88,3 +88,15 @@ def test_surface_with_process_executor_equals_in_process():
         par = la.surface(obj, d1, d2, resolution=5, progress=False, executor=ex, chunk_size=4)
     assert torch.allclose(torch.as_tensor(ref.loss), torch.as_tensor(par.loss), rtol=0, atol=1e-6)
     assert torch.allclose(torch.as_tensor(ref.accuracy), torch.as_tensor(par.accuracy))
+
+
+def test_unreachable_ray_address_fails_fast():
+    pytest.importorskip("ray")
+    import ray
+
+    from lossatlas.executors import RayExecutor
+
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialized in this process")
+    with pytest.raises(LossAtlasError, match="nothing answers"):
+        RayExecutor("127.0.0.1:1")

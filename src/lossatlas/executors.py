@@ -220,6 +220,24 @@ def _run_shared(fn: Callable, item: Any, n_threads: int | None) -> Any:
     return run_job(fn, _unshare(item), n_threads)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (Ray itself retries for minutes) when ``host:port`` does not answer."""
+    import socket
+
+    host_port = address.split("://", 1)[-1]
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" or a form Ray resolves itself
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise LossAtlasError(
+            f"address={address!r}: nothing answers there ({exc.strerror or exc}); start a "
+            "cluster with `ray start --head`, check host and port, or pass --ray local"
+        ) from None
+
+
 def _import_ray():
     try:
         import ray
@@ -264,6 +282,7 @@ class RayExecutor(Executor):
                 if address in (None, "local"):
                     self.ray.init(num_cpus=num_cpus, **kw)
                 else:
+                    _check_reachable(address)
                     self.ray.init(address=address, **kw)
             except ConnectionError as exc:
                 raise LossAtlasError(
