@@ -13,6 +13,7 @@ import torch
 import lossatlas as la
 from lossatlas import sweep as S
 from lossatlas.errors import LossAtlasError
+from lossatlas.executors import threads
 
 TOML = """
 name = "tiny"
@@ -104,8 +105,9 @@ def test_run_resume_and_table(spec, tiny, tmp_path):
     cell = S.cells(spec)[3]
     train, test = la.datasets.load("digits", train_size=200)
     model = la.zoo.build("mlp", dataset=train, seed=1, width=16)
-    run = la.train(model, train, epochs=2, lr=0.05, batch_size=128, seed=1, record=None,
-                   test_data=test, progress=False)
+    with threads(1):  # as the sweep's jobs run: the same reductions, the same bits
+        run = la.train(model, train, epochs=2, lr=0.05, batch_size=128, seed=1, record=None,
+                       test_data=test, progress=False)
     row = next(r for r in models if r["key"] == cell.model_key(1))
     assert row["metrics"]["train_loss"] == pytest.approx(run.manifest[-1]["train_loss"], abs=1e-6)
     assert row["metrics"]["test_acc"] == pytest.approx(100 * run.manifest[-1]["test_acc"])

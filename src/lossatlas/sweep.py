@@ -495,12 +495,19 @@ def _echo(fn, item):
     return item, fn(item)
 
 
-def _as_completed(executor, fn, items: Iterable) -> Iterable[tuple[Any, Any]]:
-    """``(item, result)`` pairs from an executor with ``as_completed`` or with only ``map``."""
+def _as_completed(executor, fn, items: Iterable, threads: int | None = 1
+                  ) -> Iterable[tuple[Any, Any]]:
+    """``(item, result)`` pairs from an executor with ``as_completed`` or with only ``map``.
+
+    A map-only executor knows no thread count: each job is wrapped to run with ``threads`` torch
+    threads, as our executors do, so that its results are bit-identical to theirs."""
+    from lossatlas.executors import run_job
+
     if hasattr(executor, "as_completed"):
         return executor.as_completed(fn, items)
     if hasattr(executor, "map"):
-        return executor.map(functools.partial(_echo, fn), items)
+        job = functools.partial(run_job, fn, n_threads=threads)
+        return executor.map(functools.partial(_echo, job), items)
     raise LossAtlasError(
         f"executor={executor!r} has neither as_completed(fn, items) nor map(fn, items); pass "
         "one of lossatlas.executors (LocalExecutor, ProcessExecutor, RayExecutor)."
@@ -537,7 +544,8 @@ def run(
     (out / SPEC).write_text(json.dumps(spec.to_dict(), indent=2, default=str))
     results = out / RESULTS
     done = {r.get("key") for r in _read_rows(results)}
-    executor = executor or LocalExecutor(threads=spec.measure.get("threads", 1))
+    n_threads = spec.measure.get("threads", 1)
+    executor = executor or LocalExecutor(threads=n_threads)
     grid = cells(spec)
     disable = None if progress else True
 
@@ -551,7 +559,7 @@ def run(
             todo.append({"key": key, "cell": cell, "seed": s})
     items = ({"config": t["cell"].config, "measure": t["cell"].measure, "seed": t["seed"],
               "_task": t} for t in todo)
-    for item, res in track(_as_completed(executor, model_job, items),
+    for item, res in track(_as_completed(executor, model_job, items, n_threads),
                            f"sweep {spec.name}: models", total=len(todo), disable=disable):
         t = item["_task"]
         cell, s = t["cell"], t["seed"]
@@ -581,7 +589,7 @@ def run(
             yield {"config": cell.config, "measure": cell.measure, "seeds": t["seeds"],
                    "states": states, "_task": t}
 
-    for item, res in track(_as_completed(executor, pair_job, pair_items()),
+    for item, res in track(_as_completed(executor, pair_job, pair_items(), n_threads),
                            f"sweep {spec.name}: pairs", total=len(pairs), disable=disable):
         t = item["_task"]
         _append(results, {

@@ -47,7 +47,7 @@ class TraceEstimate:
     error: float
     products: int
     method: str = "xtrace"
-    samples: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    samples: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     seconds: float = 0.0
     params: list = field(default_factory=list)
 
