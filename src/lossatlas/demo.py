@@ -124,6 +124,12 @@ def _describe(path: Path, out: Path) -> str:
     return str(path.relative_to(out))
 
 
+def _label(spec: str) -> str:
+    """A section's short name: ``lossatlas.cli.hessian:demo_section`` -> ``hessian``."""
+    module = spec.partition(":")[0]
+    return module.rpartition(".")[2] if module.startswith("lossatlas.") else spec
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -196,7 +202,7 @@ def run_demo(
         run.load_into(model, -1)  # every section starts from the final weights
         ctx = DemoContext(
             out=out, run=run, model=model, train=train_set, test=test_set, seed=seed,
-            quick=quick, log=lambda m, s=spec: log(f"[{s.rpartition(':')[2]}] {m}"),
+            quick=quick, log=lambda m, s=spec: log(f"[{_label(s)}] {m}"),
             build_model=build_model, train_kwargs=dict(train_kwargs),
         )
         try:
@@ -208,7 +214,7 @@ def run_demo(
             with logfile.open("a") as f:
                 f.write(traceback.format_exc())
         results.append(
-            SectionResult(spec, error is None, time.perf_counter() - t1,
+            SectionResult(_label(spec), error is None, time.perf_counter() - t1,
                           _changed(before, _snapshot(out)), error)
         )
 
