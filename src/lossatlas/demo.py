@@ -125,9 +125,10 @@ def _describe(path: Path, out: Path) -> str:
 
 
 def _label(spec: str) -> str:
-    """A section's short name: ``lossatlas.cli.hessian:demo_section`` -> ``hessian``."""
-    module = spec.partition(":")[0]
-    return module.rpartition(".")[2] if module.startswith("lossatlas.") else spec
+    """A section's short name: ``lossatlas.cli.hessian:demo_section`` -> ``hessian``; a section
+    of one's own is named by its function."""
+    module, _, fn = spec.partition(":")
+    return module.rpartition(".")[2] if module.startswith("lossatlas.") else fn or spec
 
 
 def run_demo(
