@@ -100,7 +100,7 @@ def curve(
     checkpoint: CheckpointOpt = None,
     index: IndexOpt = None,
     direction: Annotated[str, typer.Option(
-        help="Direction spec (gaussian[:NORM][:seed=S], gradient, eigen:SA:1, ...).")
+        help="Direction spec (gaussian[:NORM][:seed=S], gradient, eigen:SA, eigen:LA:2, ...).")
     ] = "gaussian:filter:seed=0",
     span: SpanOpt = (-1.0, 1.0),
     points: Annotated[int, typer.Option(help="Points along the curve.")] = 41,

@@ -105,7 +105,7 @@ def mine(
 def curves(
     direction: Annotated[list[str], typer.Option(
         "--direction", "-D", help="Direction spec, repeatable: gaussian:filter:seed=3, "
-        "gradient, gradient:batch, checkpoint:PATH, independent:PATH, eigen:SA:1, eigen:LA:2, "
+        "gradient, gradient:batch, checkpoint:PATH, independent:PATH, eigen:SA, eigen:LA:2, "
         "mined:FILE.")],
     model: ModelOpt = "mlp",
     data: DataOpt = "digits",
