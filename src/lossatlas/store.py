@@ -41,7 +41,8 @@ import torch
 
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["load", "read_attrs", "register_loader", "result", "save", "write_attrs"]
+__all__ = ["load", "read_attrs", "read_state_dict", "register_loader", "result", "save",
+           "write_attrs"]
 
 _REGISTRY: dict[str, type] = {}
 _LOADERS: dict[str, Any] = {}
@@ -64,6 +65,35 @@ def register_loader(kind: str, fn) -> None:
     """Register a custom loader ``fn(h5py.File) -> object`` for files of ``kind`` (for results
     written incrementally, e.g. resumable surfaces)."""
     _LOADERS[kind] = fn
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "checkpoint"
+                    ) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.pt`` file holding a state dict, or a dict with a ``"state_dict"`` /
+    ``"model"`` entry (the common training-script layouts); read with ``weights_only=True``.
+
+    ``what`` names the argument in the one-sentence error (``"--checkpoint"``, ``"checkpoint"``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LossAtlasError(f"{what} {str(path)!r} is not a file; check the path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LossAtlasError(
+            f"{what} {str(path)!r} cannot be read as a torch state dict ({exc}); save it with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        raise LossAtlasError(f"{what} {str(path)!r} holds no state dict of tensors; save one "
+                             "with torch.save(model.state_dict(), path)")
+    return dict(state)
 
 
 def _version() -> str:

@@ -21,7 +21,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from torch import nn
 
@@ -151,6 +150,7 @@ def load_checkpoint(
     ``path`` is a run folder (checkpoint ``index``, default the last) or a ``.pt`` file holding
     a state dict (or a dict with a ``"state_dict"`` / ``"model"`` entry).
     """
+    from lossatlas.store import read_state_dict
     from lossatlas.training import MANIFEST, load_run
 
     path = Path(path)
@@ -167,23 +167,7 @@ def load_checkpoint(
         raise LossAtlasError(
             f"--index applies to run folders but --checkpoint {str(path)!r} is a file; drop --index"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LossAtlasError(
-            f"--checkpoint {str(path)!r} cannot be read as a torch state dict ({exc}); save it "
-            "with torch.save(model.state_dict(), path)"
-        ) from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise LossAtlasError(
-            f"--checkpoint {str(path)!r} holds no state dict; save one with "
-            "torch.save(model.state_dict(), path)"
-        )
+    state = read_state_dict(path, "--checkpoint")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -20,6 +20,7 @@ import torch
 
 from lossatlas import params as P
 from lossatlas.errors import LossAtlasError
+from lossatlas.store import read_state_dict
 
 __all__ = ["independent", "load_point", "toward"]
 
@@ -66,16 +67,7 @@ def load_point(path: str | os.PathLike, names: Sequence[str], index: int | None 
         if index is not None:
             raise LossAtlasError(f"index= applies to run folders but {str(path)!r} is a file; "
                                  "drop index")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise LossAtlasError(f"checkpoint {str(path)!r} cannot be read as a state dict "
-                                 f"({exc}); save one with torch.save(model.state_dict(), path)"
-                                 ) from None
-        if isinstance(state, dict):
-            for key in ("state_dict", "model"):
-                if isinstance(state.get(key), dict):
-                    state = state[key]
+        state = read_state_dict(path)
     missing = [n for n in names if n not in state]
     if missing:
         raise LossAtlasError(f"checkpoint {str(path)!r} lacks parameters {missing[:3]}; pass a "

@@ -24,6 +24,7 @@ import torch
 
 from lossatlas import params as P
 from lossatlas.errors import LossAtlasError
+from lossatlas.store import read_state_dict
 
 __all__ = ["Source", "as_source"]
 
@@ -31,22 +32,7 @@ _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LossAtlasError(
-            f"checkpoint file {str(path)!r} cannot be read as a state dict ({exc}); save it with "
-            "torch.save(model.state_dict(), path)"
-        ) from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
-                                                 for v in state.values()):
-        raise LossAtlasError(f"checkpoint file {str(path)!r} holds no state dict of tensors")
-    return dict(state)
+    return read_state_dict(path, "checkpoint file")
 
 
 def _default_names(first: Mapping[str, torch.Tensor]) -> list[str]:
