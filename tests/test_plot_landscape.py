@@ -96,6 +96,13 @@ def test_cli_curve_and_surface_commands(tmp_path, monkeypatch):
     r = runner.invoke(app, ["curve", "--points", "5", "--width", "16", "-o", "c.h5"])
     assert r.exit_code == 0, r.output
     assert la.load("c.h5").loss.shape == (5,) and (tmp_path / "c.png").exists()
+    # several directions: one file per curve, overlaid in one figure, each with its own span
+    r = runner.invoke(app, ["curve", "--points", "5", "--width", "16", "-o", "m.h5",
+                            "-D", "gaussian:filter:seed=0", "-D", "gaussian:layer:seed=1"])
+    assert r.exit_code == 0, r.output
+    a, b = la.load("m-0.h5"), la.load("m-1.h5")
+    assert a.loss.shape == (5,) and (tmp_path / "m.png").exists() and "m-1.h5" in r.output
+    assert a.x[0] == -1.0 and a.loss[2] == pytest.approx(b.loss[2])  # both through the center
     args = ["surface", "--resolution", "3", "--width", "16", "-o", "s.h5", "--plot", "contour"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output

@@ -99,10 +99,14 @@ def curve(
     data: DataOpt = "digits",
     checkpoint: CheckpointOpt = None,
     index: IndexOpt = None,
-    direction: Annotated[str, typer.Option(
-        help="Direction spec (gaussian[:NORM][:seed=S], gradient, eigen:SA, eigen:LA:2, ...).")
-    ] = "gaussian:filter:seed=0",
-    span: SpanOpt = (-1.0, 1.0),
+    direction: Annotated[list[str] | None, typer.Option(
+        "--direction", "-D",
+        help="Direction spec (gaussian[:NORM][:seed=S], gradient, checkpoint:PATH, "
+        "independent:PATH, eigen:SA, eigen:LA:2, mined:FILE); repeat it for overlaid curves "
+        "with their stationary-point counts. Default gaussian:filter:seed=0.")] = None,
+    span: Annotated[tuple[float, float] | None, typer.Option(
+        help="Coefficient range LOW HIGH (default: the direction's own, -1 1 for most, "
+        "-1 2 for independent).")] = None,
     points: Annotated[int, typer.Option(help="Points along the curve.")] = 41,
     bn: BnOpt = "keep",
     split: SplitOpt = "train",
@@ -116,14 +120,22 @@ def curve(
     data_arg: DataArgOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """1D curve L(θ + a·d) along one direction, to OUT (.h5) and OUT.png."""
+    """1D curve L(θ + a·d) along one direction, to OUT (.h5) and OUT.png; with several
+    --direction, overlaid curves to OUT.png and OUT-0.h5, OUT-1.h5, ..."""
     import lossatlas as la
     from lossatlas.directions import parse_direction
 
     net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
                           data_arg, device, batch_size, bn, split)
-    d = parse_direction(direction, obj, model=net)
     out = Path(out or "curve.h5")
+    specs = direction or ["gaussian:filter:seed=0"]
+    if len(specs) > 1:
+        from lossatlas.cli.shapes import overlay_curves
+
+        overlay_curves(obj, net, specs, span, points, out, title=f"{model} on {data}")
+        return
+    d = parse_direction(specs[0], obj, model=net)
+    span = span or tuple(d.meta.get("span", (-1.0, 1.0)))
     res = la.curve(obj, d, span=span, points=points, path=out)
     _report(res, out, _figures(res, out, [], log=log))
 

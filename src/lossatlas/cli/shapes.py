@@ -126,8 +126,6 @@ def curves(
     """Overlaid 1D curves θ + λε along several directions, each with its stationary-point count
     in the legend ("[1]") and its curve type; each curve is also saved next to --out."""
     import lossatlas as la
-    from lossatlas.directions.spec import parse_directions
-    from lossatlas.plot import shapes as plot
 
     net, train_set, _ = setup(model, data, checkpoint=checkpoint, index=index, seed=seed,
                               model_opts=model_options(width, depth, model_arg),
@@ -140,20 +138,33 @@ def curves(
         except ValueError:
             raise LossAtlasError(f"--span {span!r} is not LO,HI; write e.g. --span=-1,2") from None
         fixed = (lo, hi)
+    overlay_curves(obj, net, direction, fixed, points, out, title=f"{model} on {data}")
+
+
+def overlay_curves(obj, net, specs: list[str], span: tuple[float, float] | None, points: int,
+                   out: Path, title: str = "", **curve_kw) -> list:
+    """Curves θ + λε for each direction spec, saved as OUT-0.h5, OUT-1.h5, ... and drawn
+    overlaid into OUT (.png) with their stationary-point counts and types (Li, Li, Zhan 2024,
+    Fig. 1 style). ``span=None``: each direction's suggested range."""
+    import lossatlas as la
+    from lossatlas.directions.spec import parse_directions
+    from lossatlas.plot import shapes as plot
+
+    out = Path(out).with_suffix(".png")
     log_c = _log_c(obj)
     results, labels = [], []
-    for spec, d in zip(direction, parse_directions(direction, obj, model=net)):
-        c = la.curve(obj, d, span=fixed or tuple(d.meta.get("span", (-1.0, 1.0))), points=points)
-        s = la.shapes.classify(c.x, c.loss, log_c=log_c)
-        label = str(d.meta.get("label", spec))
+    for spec, d in zip(specs, parse_directions(specs, obj, model=net)):
         path = out.with_name(f"{out.stem}-{len(results)}.h5")
+        c = la.curve(obj, d, span=span or tuple(d.meta.get("span", (-1.0, 1.0))), points=points,
+                     **curve_kw)
         c.save(path)
+        s = la.shapes.classify(c.x, c.loss, log_c=log_c)
         typer.echo(f"{spec}: {s.kind} [{s.stationary}] ({s.pattern or 'monotone'}) -> {path}")
         results.append(c)
-        labels.append(f"{label} {s.kind}")
-    plot.overlay(results, labels, log_c=log_c, markers=(0.0,), title=f"{model} on {data}",
-                 path=out)
+        labels.append(f"{d.meta.get('label', spec)} {s.kind}")
+    plot.overlay(results, labels, log_c=log_c, markers=(0.0,), title=title, path=out)
     typer.echo(f"figure: {out}")
+    return results
 
 
 def _log_c(obj) -> float | None:
