@@ -86,9 +86,13 @@ def _report(result, path: Path, figures: list[Path]) -> None:
     import numpy as np
 
     loss = np.asarray(result.loss)
+    cos = result.meta.get("cosine")
+    axes = "" if cos is None else (f", cos(d1, d2) = {cos:.3f}"
+                                   + (" before orthogonalizing" if result.meta.get(
+                                       "orthogonalized") else ""))
     typer.echo(f"{result.kind}: {int(np.sum(result.done))}/{result.done.size} points, loss "
                f"{np.nanmin(loss):.4g} .. {np.nanmax(loss):.4g} (engine "
-               f"{result.meta.get('engine', '-')}) -> {path}")
+               f"{result.meta.get('engine', '-')}{axes}) -> {path}")
     for f in figures:
         typer.echo(f"  figure: {f}")
 
