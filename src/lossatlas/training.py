@@ -53,10 +53,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lossatlas import __version__, _progress
 from lossatlas.errors import LossAtlasError
+from lossatlas.objective import _accuracy_count, _resolve_loss
 from lossatlas.params import Point, hash_point, select
 
 __all__ = [
@@ -74,11 +74,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CKPT_DIR = "checkpoints"
 SCHEDULES = ("constant", "step", "cosine")
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "cross_entropy": F.cross_entropy,
-    "mse": F.mse_loss,
-    "nll": F.nll_loss,
-}
 _X_KEYS = ("x", "input", "inputs", "data", "image", "images", "features")
 _Y_KEYS = ("y", "label", "labels", "target", "targets")
 _ARRAYS = {
@@ -207,19 +202,12 @@ def _data_info(data: Any, n: int) -> dict:
 
 
 def _loss_fn(loss: LossArg) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if callable(loss):
-        return loss
-    if loss in LOSSES:
-        return LOSSES[loss]
-    raise LossAtlasError(
-        f"loss={loss!r} is unknown; use one of {sorted(LOSSES)} or a callable(output, target)"
-    )
+    """The Objective's loss of that name (logits found in Hugging Face-style outputs too)."""
+    return _resolve_loss(loss)[1]
 
 
 def _loss_name(loss: LossArg) -> str:
-    if isinstance(loss, str):
-        return loss
-    return getattr(loss, "__qualname__", None) or type(loss).__name__
+    return _resolve_loss(loss)[0]
 
 
 def _evaluate_tensors(
@@ -232,21 +220,17 @@ def _evaluate_tensors(
     """Exact full-data mean loss and accuracy in eval mode (each batch weighted by its size)."""
     was_training = model.training
     model.eval()
-    total, correct, n = 0.0, 0, len(X)
-    classify = not y.is_floating_point()
+    total, correct, n = 0.0, 0.0, len(X)
     try:
         with torch.no_grad():
             for i in range(0, n, batch_size):
                 xb, yb = X[i : i + batch_size], y[i : i + batch_size]
                 out = model(xb)
                 total += float(loss_fn(out, yb)) * len(xb)
-                if classify and out.dim() == 2:
-                    correct += int((out.argmax(dim=1) == yb).sum())
-                else:
-                    classify = False
+                correct += _accuracy_count(out, yb)  # nan unless class labels
     finally:
         model.train(was_training)
-    return {"loss": total / n, "accuracy": correct / n if classify else math.nan}
+    return {"loss": total / n, "accuracy": correct / y.numel()}
 
 
 def _model_device(model: nn.Module) -> torch.device:
