@@ -211,7 +211,7 @@ def test_batchnorm_checkpoints_use_their_own_buffers():
     obj0 = la.Objective(net, (X, y), bn="keep")
     path0 = la.trajectory.project(obj0, plane, run, progress=False)
     np.testing.assert_allclose(path0.projected_loss, path.projected_loss, rtol=1e-6)
-    s = la.trajectory.surface(obj0, plane, path0, checkpoints=run, resolution=3, progress=False,
+    s = la.trajectory.surface(obj0, plane, path0, checkpoints=run, resolution=1, progress=False,
                               xspan=(0, 0), yspan=(0, 0), store_directions=False)
     assert s.loss[0, 0] == pytest.approx(path.loss[-1], rel=1e-5)
 

@@ -236,6 +236,8 @@ def _grid(span, n: int, name: str) -> np.ndarray:
         raise LossAtlasError(f"{name}={span!r} must be finite with low <= high")
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise LossAtlasError(f"the number of points along {name} must be a positive int, got {n!r}")
+    if lo == hi and n > 1:
+        raise LossAtlasError(f"{name}={span!r} gives {n} copies of one point; pass low < high")
     return np.linspace(lo, hi, int(n))
 
 
