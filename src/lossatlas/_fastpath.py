@@ -68,16 +68,12 @@ def _plain_class_targets(obj: Objective) -> bool:
     return True
 
 
-def _ce_and_correct(logits: torch.Tensor, target: torch.Tensor, target_col: torch.Tensor):
-    """(mean cross-entropy, number correct) of (N, C) logits in one pass:
-    CE = mean_n [m_n + log Σ_c exp(z_nc − m_n) − z_{n,y_n}], m_n = max_c z_nc, and the argmax
-    from the same max (first index among ties, as ``argmax``). The same value as
-    ``F.cross_entropy`` up to float rounding, about 4x faster on the CPU for few classes
-    (``log_softmax`` over a short last dimension is slow there)."""
-    m, idx = logits.max(1)
-    lse = (logits - m.unsqueeze(1)).exp_().sum(1).log_().add_(m)
-    loss = (lse - logits.gather(1, target_col).squeeze(1)).mean()
-    return float(loss), float((idx == target).sum())
+def _ce_and_correct(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, number correct) of (N, C) logits with plain class targets, straight
+    from ``F.cross_entropy`` and ``argmax`` (the Objective's own ops, so the values agree with
+    :meth:`Objective.evaluate` bit for bit). Measured on the 2-core CPU: 10 % less time per
+    digits-MLP surface than a hand-fused max/exp/gather pass, which was slower there."""
+    return float(F.cross_entropy(logits, target)), float((logits.argmax(1) == target).sum())
 
 
 # -- the private model --------------------------------------------------------------------
@@ -260,7 +256,7 @@ class Engine:
     _bns: list = field(default_factory=list)
     _rows: list = field(default_factory=list)  # per batch: (c₀, Z₀ + c₀Z₁) of the last row
     _rows_buf: list = field(default_factory=list)
-    _cols: list | None = None  # per batch: targets as a column, for the one-pass CE
+    _plain_ce: bool = False  # plain class targets and the built-in cross-entropy
     per_pass: int = 1  # grid points per forward (vmap), chosen by measure_per_pass
     _last_bn: tuple | None = None  # (last BN module of a forward, its calls per forward)
 
@@ -287,7 +283,7 @@ class Engine:
         eng.mode, eng.reason = "inplace", "affine trick not tried (fast=False)"
         eng._bns = [m for _, m in _bn_modules(eng.model)]
         if _plain_class_targets(obj):
-            eng._cols = [b.targets.unsqueeze(1) for b in obj.batches]
+            eng._plain_ce = True
         if obj.bn == "recalibrate" and eng._bns:
             eng._find_last_bn()
         params = dict(eng.model.named_parameters())
@@ -473,11 +469,10 @@ class Engine:
                 if feeder is not None:
                     feeder.start(c)
                 total, correct = 0.0, 0.0
-                for j, b in enumerate(obj.batches[:batches]):
+                for b in obj.batches[:batches]:
                     out = _call_model(model, obj, b)
-                    if self._cols is not None and isinstance(out, torch.Tensor) and \
-                            out.dim() == 2:
-                        lb, cb = _ce_and_correct(out, b.targets, self._cols[j])
+                    if self._plain_ce and isinstance(out, torch.Tensor) and out.dim() == 2:
+                        lb, cb = _ce_and_correct(out, b.targets)
                     else:
                         lb, cb = float(obj.loss_fn(out, b.targets)), _accuracy_count(
                             out, b.targets)
