@@ -36,15 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lossatlas import params as P
+from lossatlas.batching import Batch, slice_batch
 from lossatlas.errors import LossAtlasError
-from lossatlas.objective import (
-    LOSSES,
-    Batch,
-    Objective,
-    _accuracy_count,
-    _bn_modules,
-    _slice,
-)
+from lossatlas.losses import LOSSES, accuracy_count
+from lossatlas.objective import Objective, _bn_modules
 
 __all__ = ["Chunk", "Engine", "evaluate_chunk", "find_affine_first_layer"]
 
@@ -167,7 +162,7 @@ def _probe(obj: Objective, size: int = 16) -> Batch:
     """The first ``size`` samples of the first batch: traces that only look at which modules
     run, and on what, need no more (keeps detection nearly free for large batches)."""
     b = obj.batches[0]
-    return Batch(_slice(b.inputs, 0, size), _slice(b.targets, 0, size), b.weight)
+    return Batch(slice_batch(b.inputs, 0, size), slice_batch(b.targets, 0, size), b.weight)
 
 
 def find_affine_first_layer(model: nn.Module, obj: Objective) -> tuple[FirstLayer | None, str]:
@@ -474,7 +469,7 @@ class Engine:
                     if self._plain_ce and isinstance(out, torch.Tensor) and out.dim() == 2:
                         lb, cb = _ce_and_correct(out, b.targets)
                     else:
-                        lb, cb = float(obj.loss_fn(out, b.targets)), _accuracy_count(
+                        lb, cb = float(obj.loss_fn(out, b.targets)), accuracy_count(
                             out, b.targets)
                     total += lb * b.weight
                     correct += cb
@@ -518,7 +513,7 @@ class Engine:
                 for i in range(len(rows)):
                     out = outs[i]
                     total[i] += float(obj.loss_fn(out, b.targets)) * b.weight
-                    correct[i] += _accuracy_count(out, b.targets)
+                    correct[i] += accuracy_count(out, b.targets)
             loss[s0:s0 + k], acc[s0:s0 + k] = total / obj.n, correct / obj.n
         return loss, acc
 

@@ -43,8 +43,9 @@ from torch import nn
 
 from lossatlas import params as P
 from lossatlas._progress import track
+from lossatlas.batching import Batch, cat
 from lossatlas.errors import LossAtlasError
-from lossatlas.objective import Batch, Objective, _bn_modules, _cat
+from lossatlas.objective import Objective, _bn_modules
 from lossatlas.store import result
 
 __all__ = [
@@ -375,8 +376,8 @@ def train_curve(
     leaves = [{k: v.requires_grad_(True) for k, v in p.items()} for p in free]
     k = bends + 1
 
-    inputs = _cat([bt.inputs for bt in obj.batches])
-    targets = _cat([bt.targets for bt in obj.batches]) if obj.batches[0].targets is not None \
+    inputs = cat([bt.inputs for bt in obj.batches])
+    targets = cat([bt.targets for bt in obj.batches]) if obj.batches[0].targets is not None \
         else None
     n = obj.num_samples
     gen = torch.Generator().manual_seed(int(seed))

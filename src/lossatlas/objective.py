@@ -30,277 +30,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from lossatlas import params as P
+from lossatlas.batching import Batch, as_batches, length_of
 from lossatlas.errors import LossAtlasError
+from lossatlas.losses import LOSSES, LossFn, accuracy_count, logits_of, resolve_loss
 
 __all__ = ["Batch", "Objective", "as_batches"]
-
-IGNORE_INDEX = -100
-LossFn = Callable[[Any, Any], torch.Tensor]
-
-
-# -- batches --------------------------------------------------------------------------------
-@dataclass
-class Batch:
-    """One slice of the data: ``inputs`` (a tensor, a tuple of tensors or a dict of keyword
-    tensors), ``targets`` (or None when the model computes its own loss), and ``weight``: the
-    number of targets the loss averages over in this batch."""
-
-    inputs: Any
-    targets: Any
-    weight: float
-
-    def to(self, device) -> Batch:
-        return Batch(_to(self.inputs, device), _to(self.targets, device), self.weight)
-
-
-def _to(x, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, Mapping):
-        return {k: _to(v, device) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
-    return x
-
-
-def _length(x) -> int:
-    if isinstance(x, torch.Tensor):
-        return x.shape[0]
-    if isinstance(x, Mapping):
-        return _length(next(iter(x.values())))
-    if isinstance(x, (tuple, list)):
-        return _length(x[0])
-    raise LossAtlasError(f"data of type {type(x).__name__} has no length; pass tensors")
-
-
-def _slice(x, i: int, j: int):
-    if isinstance(x, torch.Tensor):
-        return x[i:j]
-    if isinstance(x, Mapping):
-        return {k: _slice(v, i, j) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_slice(v, i, j) for v in x)
-    return x
-
-
-def _as_tensor(x):
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
-    if isinstance(x, Mapping):
-        return {k: _as_tensor(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_as_tensor(v) for v in x)
-    return torch.as_tensor(x)
-
-
-def _stack(items: list):
-    first = items[0]
-    if isinstance(first, torch.Tensor):
-        return torch.stack(items)
-    if isinstance(first, (int, float, np.integer, np.floating)):
-        return torch.as_tensor(np.asarray(items))
-    if isinstance(first, np.ndarray):
-        return torch.from_numpy(np.stack(items))
-    if isinstance(first, Mapping):
-        return {k: _stack([it[k] for it in items]) for k in first}
-    if isinstance(first, (tuple, list)):
-        return tuple(_stack([it[i] for it in items]) for i in range(len(first)))
-    raise LossAtlasError(f"cannot batch data items of type {type(first).__name__}")
-
-
-def _cat(items: list):
-    first = items[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(items)
-    if isinstance(first, Mapping):
-        return {k: _cat([it[k] for it in items]) for k in first}
-    if isinstance(first, (tuple, list)):
-        return tuple(_cat([it[i] for it in items]) for i in range(len(first)))
-    raise LossAtlasError(f"cannot concatenate data of type {type(first).__name__}")
-
-
-def _equal(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
-    if isinstance(a, Mapping):
-        return all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (tuple, list)):
-        return all(_equal(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def _materialize(data) -> Any:
-    """Turn the user's data into one in-memory structure: (inputs, targets) or a dict."""
-    if isinstance(data, Mapping):
-        return _as_tensor(dict(data))
-    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(
-        data[0], (tuple, list)
-    ):
-        try:
-            n0, n1 = _length(_as_tensor(data[0])), _length(_as_tensor(data[1]))
-        except (LossAtlasError, IndexError, TypeError):
-            n0 = n1 = -1
-        if n0 == n1 and n0 > 0:
-            return (_as_tensor(data[0]), _as_tensor(data[1]))
-    tensors = getattr(data, "tensors", None)
-    if isinstance(tensors, (tuple, list)) and len(tensors) == 2:
-        return (tensors[0], tensors[1])
-    if isinstance(data, torch.utils.data.DataLoader) or (
-        not hasattr(data, "__getitem__") and isinstance(data, Iterable)
-    ):
-        batches = [_as_tensor(b) for b in data]
-        if not batches:
-            raise LossAtlasError("data: the loader yielded no batch; pass a non-empty dataset")
-        return _cat(batches)
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        if len(data) == 0:
-            raise LossAtlasError("data: the dataset is empty; pass at least one sample")
-        whole = _stack([_as_tensor(data[i]) for i in range(len(data))])
-        again = _stack([_as_tensor(data[0])])
-        if not _equal(_slice(whole, 0, 1), again):
-            raise LossAtlasError(
-                "data: the dataset returns a different item 0 on a second read (random "
-                "augmentation?); pass a dataset without random transforms for evaluation"
-            )
-        return whole
-    raise LossAtlasError(
-        f"data of type {type(data).__name__} is not understood; pass a Dataset, a DataLoader, "
-        "an (inputs, targets) tuple of tensors or a dict of tensors"
-    )
-
-
-def as_batches(
-    data, batch_size: int | None, target_key: str | None = "labels", device=None
-) -> list[Batch]:
-    """Split ``data`` into in-memory :class:`Batch` objects of ``batch_size`` (all at once when
-    None). Dict data: ``target_key`` names the targets (None: the model computes its loss)."""
-    whole = _materialize(data)
-    if isinstance(whole, Mapping):
-        inputs = {k: v for k, v in whole.items() if k != target_key}
-        targets = whole.get(target_key) if target_key else None
-    elif isinstance(whole, (tuple, list)) and len(whole) == 2:
-        inputs, targets = whole
-    else:
-        raise LossAtlasError(
-            "data items must be (input, target) pairs or dicts; wrap other layouts in a Dataset"
-        )
-    n = _length(inputs)
-    if batch_size is None:
-        batch_size = n
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LossAtlasError(f"batch_size={batch_size!r} must be a positive integer or None")
-    batches = []
-    for i in range(0, n, batch_size):
-        j = min(i + batch_size, n)
-        tgt = _slice(targets, i, j) if targets is not None else None
-        inp = _slice(inputs, i, j)
-        batches.append(Batch(inp, tgt, _target_count(tgt, j - i)))
-    if device is not None:
-        batches = [b.to(device) for b in batches]
-    return batches
-
-
-def _target_count(targets, n: int) -> float:
-    """How many targets the loss averages over: non-ignored class labels, else samples."""
-    if isinstance(targets, torch.Tensor) and not targets.is_floating_point():
-        return float((targets != IGNORE_INDEX).sum())
-    return float(n)
-
-
-# -- losses ---------------------------------------------------------------------------------
-def _logits_of(output):
-    """The logits of a model output: a tensor, ``.logits``, ``["logits"]`` or the first item."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if logits is not None:
-        return logits
-    if isinstance(output, Mapping) and "logits" in output:
-        return output["logits"]
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    raise LossAtlasError(
-        f"cannot find logits in a model output of type {type(output).__name__}; return a tensor "
-        "or pass a custom loss callable"
-    )
-
-
-def _cross_entropy(output, target):
-    logits = _logits_of(output)
-    if logits.dim() > 2 and target.dim() == logits.dim() - 1:  # (B, T, C) token logits
-        logits = logits.reshape(-1, logits.shape[-1])
-        target = target.reshape(-1)
-    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-
-
-def _mse(output, target):
-    out = _logits_of(output)
-    if out.shape != target.shape:
-        target = target.reshape(out.shape)
-    return F.mse_loss(out, target.to(out.dtype))
-
-
-def _nll(output, target):
-    return F.nll_loss(_logits_of(output), target)
-
-
-def _model_loss(output, target):
-    loss = getattr(output, "loss", None)
-    if loss is None and isinstance(output, Mapping):
-        loss = output.get("loss")
-    if loss is None:
-        raise LossAtlasError(
-            'loss="model" needs a model output with a .loss (Hugging Face style); pass '
-            "labels in the batch or choose loss='cross_entropy'"
-        )
-    return loss
-
-
-LOSSES: dict[str, LossFn] = {
-    "cross_entropy": _cross_entropy,
-    "mse": _mse,
-    "nll": _nll,
-    "model": _model_loss,
-}
-
-
-def _resolve_loss(loss) -> tuple[str, LossFn]:
-    if callable(loss) and not isinstance(loss, str):
-        return getattr(loss, "__name__", type(loss).__name__), loss
-    if isinstance(loss, str) and loss in LOSSES:
-        return loss, LOSSES[loss]
-    raise LossAtlasError(
-        f"loss={loss!r} is unknown; use one of {sorted(LOSSES)} or a callable "
-        "loss(output, target) returning the batch mean"
-    )
-
-
-def _accuracy_count(output, target) -> float:
-    """Number of correct argmax predictions (nan when the targets are not class labels)."""
-    if target is None or not isinstance(target, torch.Tensor) or target.is_floating_point():
-        return math.nan
-    try:
-        logits = _logits_of(output)
-    except LossAtlasError:
-        return math.nan
-    if logits.dim() < 2 or logits.shape[:-1] != target.shape:
-        return math.nan
-    hits = logits.argmax(-1) == target  # an ignored target (-100) never equals a class index
-    return float(hits.sum())
 
 
 # -- BN handling ----------------------------------------------------------------------------
@@ -371,7 +113,7 @@ class Objective:
         if bn not in ("keep", "recalibrate"):
             raise LossAtlasError(f'bn={bn!r} is unknown; use "keep" or "recalibrate"')
         self.model = model
-        self.loss_name, self.loss_fn = _resolve_loss(loss)
+        self.loss_name, self.loss_fn = resolve_loss(loss)
         self.bn = bn
         self.batch_size = batch_size
         self.target_key = target_key
@@ -399,7 +141,7 @@ class Objective:
         if self.n <= 0:
             raise LossAtlasError("data: no target to average over (all ignored?)")
         self.weights = [b.weight / self.n for b in self.batches]
-        self.num_samples = sum(_length(b.inputs) for b in self.batches)
+        self.num_samples = sum(length_of(b.inputs) for b in self.batches)
         self._keyed = isinstance(self.batches[0].inputs, Mapping)
         self._work_model: nn.Module | None = None
         self._work_failed = False
@@ -540,13 +282,13 @@ class Objective:
                 for b in self.batches:
                     out = self._call(tensors, b)
                     loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
-                    correct += _accuracy_count(out, b.targets)
+                    correct += accuracy_count(out, b.targets)
         else:
             self._load(work, point, buffers)
             for b in self.batches:
                 out = self._run(work, b)
                 loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
-                correct += _accuracy_count(out, b.targets)
+                correct += accuracy_count(out, b.targets)
         return {"loss": loss_sum / self.n, "accuracy": correct / self.n}
 
     def loss(self, point=None, buffers: Mapping | None = None) -> float:
@@ -642,7 +384,7 @@ class Objective:
         with torch.no_grad():
             b = self.batches[0]
             try:
-                logits = _logits_of(self.forward(self.center, b))
+                logits = logits_of(self.forward(self.center, b))
             except LossAtlasError:
                 return None
         return int(logits.shape[-1]) if logits.dim() >= 2 else None

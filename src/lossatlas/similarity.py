@@ -29,7 +29,7 @@ from torch import nn
 
 from lossatlas import params as P
 from lossatlas.errors import LossAtlasError
-from lossatlas.objective import _logits_of
+from lossatlas.losses import logits_of
 
 __all__ = ["inputs_of", "l2_distance", "layer_outputs", "linear_cka", "mixup_samples",
            "model_cka", "noise_samples"]
@@ -140,7 +140,7 @@ def noise_samples(X, m: int = 640, magnitude: float = 0.1, seed: int = 0) -> tor
 def _softmax_outputs(model: nn.Module, X: torch.Tensor, batch_size: int) -> torch.Tensor:
     outs = []
     for k in range(0, X.shape[0], batch_size):
-        outs.append(torch.softmax(_logits_of(model(X[k:k + batch_size])).float(), dim=-1))
+        outs.append(torch.softmax(logits_of(model(X[k:k + batch_size])).float(), dim=-1))
     return torch.cat(outs)
 
 
@@ -160,7 +160,7 @@ def layer_outputs(
 
     def hook(name):
         def fn(_module, _inp, out):
-            t = out if isinstance(out, torch.Tensor) else _logits_of(out)
+            t = out if isinstance(out, torch.Tensor) else logits_of(out)
             got[name].append(t.detach().reshape(t.shape[0], -1).float())
         return fn
 

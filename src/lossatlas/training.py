@@ -56,7 +56,7 @@ from torch import nn
 
 from lossatlas import __version__, _progress
 from lossatlas.errors import LossAtlasError
-from lossatlas.objective import _accuracy_count, _resolve_loss
+from lossatlas.losses import accuracy_count, resolve_loss
 from lossatlas.params import Point, hash_point, select
 
 __all__ = [
@@ -203,11 +203,11 @@ def _data_info(data: Any, n: int) -> dict:
 
 def _loss_fn(loss: LossArg) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The Objective's loss of that name (logits found in Hugging Face-style outputs too)."""
-    return _resolve_loss(loss)[1]
+    return resolve_loss(loss)[1]
 
 
 def _loss_name(loss: LossArg) -> str:
-    return _resolve_loss(loss)[0]
+    return resolve_loss(loss)[0]
 
 
 def _evaluate_tensors(
@@ -227,7 +227,7 @@ def _evaluate_tensors(
                 xb, yb = X[i : i + batch_size], y[i : i + batch_size]
                 out = model(xb)
                 total += float(loss_fn(out, yb)) * len(xb)
-                correct += _accuracy_count(out, yb)  # nan unless class labels
+                correct += accuracy_count(out, yb)  # nan unless class labels
     finally:
         model.train(was_training)
     return {"loss": total / n, "accuracy": correct / y.numel()}
