@@ -20,11 +20,12 @@ __version__ = "0.1.0"
 _LAZY_MODULES = {
     "datasets", "zoo", "training", "store", "directions", "landscape", "hessian", "trajectory",
     "shapes", "mining", "connect", "similarity", "taxonomy", "sweep", "executors", "plot",
+    "runs",
 }
 _LAZY_ATTRS = {
     "train": ("training", "train"),
-    "Recorder": ("training", "Recorder"),
-    "load_run": ("training", "load_run"),
+    "Recorder": ("runs", "Recorder"),
+    "load_run": ("runs", "load_run"),
     "curve": ("landscape", "curve"),
     "surface": ("landscape", "surface"),
     "interpolate": ("landscape", "interpolate"),

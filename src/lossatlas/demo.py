@@ -24,7 +24,8 @@ from rich.table import Table
 from torch import nn
 
 from lossatlas.errors import LossAtlasError
-from lossatlas.training import Run, train
+from lossatlas.runs import Run
+from lossatlas.training import train
 
 __all__ = ["DEFAULTS", "SECTIONS", "DemoContext", "DemoResult", "SectionResult", "run_demo"]
 

@@ -20,7 +20,7 @@ the same file is refused.
 >>> net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
 >>> obj = la.Objective(net, (X, y))
 >>> d1, d2 = (la.directions.gaussian(net, seed=s) for s in (0, 1))
->>> s = la.surface(obj, d1, d2, resolution=5, progress=False)
+>>> s = la.surface(obj, d1, d2, resolution=5, orthogonalize=True, progress=False)
 >>> s.loss.shape, bool(abs(s.loss[2, 2] - obj.loss()) < 1e-6)
 ((5, 5), True)
 """

@@ -22,7 +22,7 @@ Guarantees:
 >>> X, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
 >>> model = torch.nn.Linear(3, 2)
 >>> obj = la.Objective(model, (X, y), batch_size=4)
->>> abs(obj.loss() - float(torch.nn.functional.cross_entropy(model(X), y))) < 1e-6
+>>> abs(obj.loss() - float(torch.nn.functional.cross_entropy(model(X).detach(), y))) < 1e-6
 True
 """
 

@@ -150,8 +150,8 @@ def load_checkpoint(
     ``path`` is a run folder (checkpoint ``index``, default the last) or a ``.pt`` file holding
     a state dict (or a dict with a ``"state_dict"`` / ``"model"`` entry).
     """
+    from lossatlas.runs import MANIFEST, load_run
     from lossatlas.store import read_state_dict
-    from lossatlas.training import MANIFEST, load_run
 
     path = Path(path)
     if not path.exists():

@@ -59,7 +59,7 @@ def load_point(path: str | os.PathLike, names: Sequence[str], index: int | None 
     if not path.exists():
         raise LossAtlasError(f"checkpoint path {str(path)!r} does not exist; check the path")
     if path.is_dir():
-        from lossatlas.training import load_run
+        from lossatlas.runs import load_run
 
         run = load_run(path)
         state = run.states[-1 if index is None else index]

@@ -2,7 +2,7 @@
 
 A *source* is a list of checkpoints that are read one at a time, never all at once:
 
-* a :class:`~lossatlas.training.Run` (``la.train`` / ``la.training.load_run``) or a run folder,
+* a :class:`~lossatlas.runs.Run` (``la.train`` / ``la.load_run``) or a run folder,
 * a lazy ``run.checkpoints`` sequence (or any ``Sequence`` of points / state dicts),
 * a list of ``.pt`` files holding state dicts (or dicts with a ``"state_dict"`` / ``"model"``
   entry), read with ``torch.load(weights_only=True)`` on access.
@@ -159,7 +159,7 @@ def as_source(checkpoints: Any, names: Sequence[str] | None = None) -> Source:
     """A :class:`Source` over ``checkpoints`` (a Run, a run folder, a Sequence of points or
     state dicts, or a list of ``.pt`` files); a Source passes through (re-selected by
     ``names`` when given)."""
-    from lossatlas.training import MANIFEST, Run, load_run
+    from lossatlas.runs import MANIFEST, Run, load_run
 
     if isinstance(checkpoints, Source):
         if names is None or list(names) == checkpoints.names:

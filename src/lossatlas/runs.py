@@ -1,0 +1,420 @@
+"""Run folders: :class:`Recorder` writes one from any training loop, :class:`Run` and
+:func:`load_run` read it back lazily (``run.checkpoints[i]`` is a
+:class:`~lossatlas.params.Point` over the trainable parameters). A *run* is a folder::
+
+    out/
+      manifest.json              run-level info + one entry per checkpoint (rewritten atomically)
+      checkpoints/ckpt_00000.pt  full state_dict (buffers included), CPU tensors
+
+or, with ``out=None``, the same kept in memory.
+
+``manifest.json`` (format ``"lossatlas.run"``, ``format_version`` 1) holds ``status``
+(running / finished / stopped / interrupted), ``stopped_reason``, ``record``,
+``hyperparameters``, ``seed``, ``data`` (train/test: class, len, name, num_classes,
+input_shape, info), ``model`` (class, repr, num_parameters), ``parameter_names`` and
+``parameter_shapes`` (the trainable parameters a point covers), ``buffer_names``,
+``steps_per_epoch``, ``device``, ``init_hash`` (:func:`~lossatlas.params.hash_point` of the
+initialization), ``lossatlas_version``, ``torch_version``, ``created``, ``config`` (what
+identifies the run when a folder is reused) and ``checkpoints``: a list of entries ``index,
+epoch, step, lr, train_loss, train_acc, test_loss, test_acc, time, file`` (``lr`` is the rate
+of the latest step, the initial one at index 0; ``epoch`` is fractional for step records;
+NaN is written as ``null``; ``time`` is seconds since the start).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lossatlas import __version__
+from lossatlas.errors import LossAtlasError
+from lossatlas.params import Point, select
+
+__all__ = ["CKPT_DIR", "MANIFEST", "Recorder", "Run", "load_run"]
+
+FORMAT = "lossatlas.run"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CKPT_DIR = "checkpoints"
+_ARRAYS = {
+    "epochs": "epoch",
+    "steps": "step",
+    "lrs": "lr",
+    "train_loss": "train_loss",
+    "train_acc": "train_acc",
+    "test_loss": "test_loss",
+    "test_acc": "test_acc",
+}
+
+Record = str | int | None
+
+
+# -- JSON helpers ---------------------------------------------------------------------------
+def _clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null, tuples lists, numpy/torch scalars Python."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b": value} (to name what differs between two configs)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=1, allow_nan=False)
+    _write_atomic(path, lambda p: p.write_text(text + "\n"))
+
+
+# -- Run ------------------------------------------------------------------------------------
+class _Lazy(Sequence):
+    """A lazy view of a run's checkpoints: ``kind="point"`` or ``"state"``."""
+
+    def __init__(self, run: Run, kind: str, indices: range | None = None):
+        self._run, self._kind, self._indices = run, kind, indices
+
+    def _range(self) -> range:
+        return self._indices if self._indices is not None else range(len(self._run))
+
+    def __len__(self) -> int:
+        return len(self._range())
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return _Lazy(self._run, self._kind, self._range()[i])
+        try:
+            j = self._range()[i]
+        except IndexError:
+            raise IndexError(f"index {i} out of range for {len(self)} checkpoints") from None
+        state = self._run._state(j)
+        if self._kind == "state":
+            return state
+        entry = self._run.manifest[j]
+        meta = {k: entry.get(k) for k in ("index", "epoch", "step")}
+        return Point({n: state[n] for n in self._run.parameter_names}, meta=meta)
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} {self._kind}s of {self._run!r}>"
+
+
+class Run:
+    """A recorded training run, read lazily from its folder (or from memory).
+
+    ``manifest`` is the list of checkpoint entries (``index, epoch, step, lr, train_loss,
+    train_acc, test_loss, test_acc, file, time`` plus any metrics given to
+    :meth:`Recorder.record`); ``info`` the run-level record (model, hyperparameters, seed, data,
+    versions, parameter names). ``checkpoints[i]`` is a :class:`Point` over the trainable
+    parameters, ``states[i]`` the full state dict; both load on access.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        info: dict,
+        manifest: list[dict],
+        memory: list[dict[str, torch.Tensor]] | None = None,
+    ):
+        self.path = Path(path) if path is not None else None
+        self.info = info
+        self.manifest = manifest
+        self._memory = memory
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _state(self, j: int) -> dict[str, torch.Tensor]:
+        if self._memory is not None:
+            return {k: v.clone() for k, v in self._memory[j].items()}
+        assert self.path is not None
+        file = self.path / self.manifest[j]["file"]
+        return torch.load(file, map_location="cpu", weights_only=True)
+
+    @property
+    def checkpoints(self) -> Sequence[Point]:
+        """Lazy sequence of points (trainable parameters), index 0 = the initialization."""
+        return _Lazy(self, "point")
+
+    @property
+    def states(self) -> Sequence[dict[str, torch.Tensor]]:
+        """Lazy sequence of full state dicts (buffers included)."""
+        return _Lazy(self, "state")
+
+    @property
+    def final(self) -> Point:
+        """The last recorded point."""
+        if not len(self):
+            raise LossAtlasError("the run has no checkpoints yet; record one before asking for it")
+        return self.checkpoints[-1]
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return list(self.info.get("parameter_names", []))
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why training stopped early (e.g. a non-finite loss), or None."""
+        return self.info.get("stopped_reason")
+
+    @property
+    def status(self) -> str:
+        """``running``, ``finished``, ``stopped`` (early, see :attr:`stopped_reason`) or
+        ``interrupted``."""
+        return self.info.get("status", "running")
+
+    def load_into(self, model: nn.Module, index: int = -1) -> nn.Module:
+        """Load checkpoint ``index`` (default the last) into ``model`` (full state dict)."""
+        n = len(self)
+        if not -n <= index < n:
+            raise LossAtlasError(
+                f"index={index} is out of range for a run with {n} checkpoints; "
+                f"use 0..{n - 1} or a negative index"
+            )
+        try:
+            model.load_state_dict(self.states[index])
+        except RuntimeError as exc:
+            raise LossAtlasError(
+                f"checkpoint {index} does not fit the model ({str(exc).splitlines()[0]}); build "
+                f"the model the run was trained with ({self.info.get('model', {}).get('class')})"
+            ) from None
+        return model
+
+    # -- per-checkpoint arrays --------------------------------------------------------------
+    def metric(self, key: str) -> np.ndarray:
+        """Float array of manifest field ``key`` over checkpoints (NaN where missing)."""
+        vals = [e.get(key) for e in self.manifest]
+        return np.array([math.nan if v is None else float(v) for v in vals], dtype=float)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name in _ARRAYS:
+            return self.metric(_ARRAYS[name])
+        raise AttributeError(name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(_ARRAYS))
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.path is not None else "memory"
+        return f"Run({where!r}, {len(self)} checkpoints, {self.status})"
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read a run folder written by :func:`train` or :class:`Recorder`."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise LossAtlasError(
+            f"path={str(path)!r} holds no {MANIFEST}; pass a run folder written by lossatlas train"
+        )
+    doc = json.loads(mpath.read_text())
+    if doc.get("format") != FORMAT:
+        raise LossAtlasError(f"{mpath} is not a lossatlas run manifest; pass a run folder")
+    entries = doc.pop("checkpoints", [])
+    return Run(path, doc, entries)
+
+
+# -- Recorder -------------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_every(every: Record, name: str = "record") -> Record:
+    if every is None or every == "epoch":
+        return every
+    if _is_int(every) and every >= 1:
+        return int(every)
+    raise LossAtlasError(
+        f"{name}={every!r} is not valid; use 'epoch', a positive number of steps, or None"
+    )
+
+
+def _model_info(model: nn.Module) -> dict:
+    names = select(model) if any(p.requires_grad for p in model.parameters()) else []
+    params = dict(model.named_parameters())
+    return {
+        "model": {
+            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "repr": repr(model),
+            "num_parameters": sum(params[n].numel() for n in names),
+        },
+        "parameter_names": names,
+        "parameter_shapes": {n: list(params[n].shape) for n in names},
+        "buffer_names": [n for n, _ in model.named_buffers()],
+    }
+
+
+class Recorder:
+    """Record checkpoints from any training loop into a run folder (or memory if ``out=None``).
+
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 2)
+    >>> rec = Recorder(None, model)
+    >>> for epoch in range(3):
+    ...     _ = rec.record(model, epoch=epoch, step=10 * epoch, train_loss=1 / (epoch + 1))
+    >>> rec.run.train_loss.tolist()
+    [1.0, 0.5, 0.3333333333333333]
+
+    ``every`` ("epoch", k steps or None) is stored in the run info and answers :meth:`due`.
+    ``info`` adds run-level fields (hyperparameters, data, ...); ``config`` is what identifies
+    the run: a folder that already holds a run with another config raises unless
+    ``overwrite=True``; one with the same config is replaced.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike | None = None,
+        model: nn.Module | None = None,
+        every: Record = "epoch",
+        *,
+        info: Mapping | None = None,
+        config: Mapping | None = None,
+        overwrite: bool = False,
+    ):
+        self.every = _check_every(every, "every")
+        self.path = Path(out) if out is not None else None
+        self._memory: list[dict[str, torch.Tensor]] | None = [] if out is None else None
+        self._t0 = time.perf_counter()
+        self.info: dict = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "lossatlas_version": __version__,
+            "torch_version": torch.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "status": "running",
+            "stopped_reason": None,
+            "record": self.every,
+            **_clean(dict(info or {})),
+            "config": _clean(dict(config or {})),
+        }
+        self.entries: list[dict] = []
+        if model is not None:
+            self.info.update(_model_info(model))
+            self.info["config"].setdefault("model_class", self.info["model"]["class"])
+            self.info["config"].setdefault("parameter_shapes", self.info["parameter_shapes"])
+        if self.path is not None:
+            self._prepare(overwrite)
+            self._write_manifest()
+        self.run = Run(self.path, self.info, self.entries, self._memory)
+
+    def _prepare(self, overwrite: bool) -> None:
+        assert self.path is not None
+        if self.path.exists() and not self.path.is_dir():
+            raise LossAtlasError(f"out={str(self.path)!r} is a file; pass a folder path")
+        mpath = self.path / MANIFEST
+        if mpath.is_file() and not overwrite:
+            try:
+                old = json.loads(mpath.read_text()).get("config")
+            except (OSError, ValueError):
+                old = None
+            new = self.info["config"]
+            if old != new:
+                o, n = _flat(old or {}), _flat(new)
+                keys = sorted(k for k in set(o) | set(n) if o.get(k) != n.get(k))
+                raise LossAtlasError(
+                    f"out={str(self.path)!r} already holds a different run (differs in "
+                    f"{', '.join(keys[:6]) or 'format'}); choose another folder or pass "
+                    "overwrite=True (--overwrite)"
+                )
+        ckdir = self.path / CKPT_DIR
+        ckdir.mkdir(parents=True, exist_ok=True)
+        for old_file in [*ckdir.glob("ckpt_*.pt"), *ckdir.glob("ckpt_*.pt.tmp")]:
+            old_file.unlink()  # only our own files: a same-config rerun or overwrite=True
+
+    def _write_manifest(self) -> None:
+        if self.path is not None:
+            _write_json(self.path / MANIFEST, {**self.info, "checkpoints": self.entries})
+
+    def due(self, step: int, end_of_epoch: bool) -> bool:
+        """Whether ``every`` asks for a checkpoint after global step ``step``."""
+        if self.every == "epoch":
+            return end_of_epoch
+        if isinstance(self.every, int):
+            return step % self.every == 0
+        return False
+
+    def record(
+        self,
+        model: nn.Module,
+        *,
+        epoch: float | None = None,
+        step: int | None = None,
+        lr: float | None = None,
+        **metrics: Any,
+    ) -> dict:
+        """Append a checkpoint of ``model`` (full state dict, on CPU) and its manifest entry."""
+        if "parameter_names" not in self.info:
+            self.info.update(_model_info(model))
+        names = set(self.info["parameter_names"])
+        missing = names - set(model.state_dict())
+        if missing:
+            raise LossAtlasError(
+                f"model lacks parameters {sorted(missing)[:3]} recorded earlier in this run; "
+                "record the same model every time"
+            )
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        index = len(self.entries)
+        entry: dict[str, Any] = {"index": index, "epoch": epoch, "step": step, "lr": lr}
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            entry[key] = metrics.pop(key, None)
+        entry.update(metrics)
+        entry["time"] = round(time.perf_counter() - self._t0, 4)
+        if self.path is None:
+            assert self._memory is not None
+            self._memory.append(state)
+            entry["file"] = None
+        else:
+            rel = f"{CKPT_DIR}/ckpt_{index:05d}.pt"
+            _write_atomic(self.path / rel, lambda p: torch.save(state, p))
+            entry["file"] = rel
+        entry = _clean(entry)
+        self.entries.append(entry)
+        self._write_manifest()
+        return entry
+
+    def update_info(self, **fields: Any) -> None:
+        """Add run-level fields and rewrite the manifest."""
+        self.info.update(_clean(fields))
+        self._write_manifest()
+
+    def stop(self, reason: str) -> None:
+        """Mark the run as stopped early with ``reason`` (kept in the manifest)."""
+        self.update_info(status="stopped", stopped_reason=reason)
+
+    def finish(self) -> Run:
+        """Mark the run finished (unless stopped) and return it."""
+        if self.info["status"] == "running":
+            self.update_info(status="finished")
+        return self.run
+
+
