@@ -310,3 +310,14 @@ def test_cli_trajectory(tmp_path):
     assert plane.method == "li2018" and plane.center_index == 4
     r = CliRunner().invoke(app, ["trajectory", str(tmp_path / "run"), "--method", "pca"])
     assert r.exit_code != 0
+    # a parameter subset: only the matching tensors enter the plane
+    sub = tmp_path / "sub"
+    r = CliRunner().invoke(app, ["trajectory", str(tmp_path / "run"), "--exclude", "*.bias",
+                                 "--resolution", "3", "--width", "8", "--data-arg",
+                                 "train_size=150", "--out", str(sub)])
+    assert r.exit_code == 0, r.output
+    names = la.load(sub / "plane.h5").names
+    assert names and not any(n.endswith(".bias") for n in names)
+    r = CliRunner().invoke(app, ["trajectory", str(tmp_path / "run"), "--include", "nothing*",
+                                 "--width", "8", "--data-arg", "train_size=150"])
+    assert r.exit_code != 0 and "--include" in str(r.exception)

@@ -41,6 +41,7 @@ __all__ = [
     "is_bias_or_bn",
     "layer_norms",
     "lincomb",
+    "match_names",
     "norm",
     "of",
     "select",
@@ -150,19 +151,10 @@ def select(
     ``trainable_only`` drops parameters with ``requires_grad=False``; ``skip_1d`` drops biases
     and normalization parameters (see :func:`is_bias_or_bn`).
     """
-    inc = [include] if isinstance(include, str) else list(include or [])
-    exc = [exclude] if isinstance(exclude, str) else list(exclude or [])
-    names = []
-    for name, p in model.named_parameters():
-        if trainable_only and not p.requires_grad:
-            continue
-        if inc and not any(fnmatch.fnmatchcase(name, pat) for pat in inc):
-            continue
-        if any(fnmatch.fnmatchcase(name, pat) for pat in exc):
-            continue
-        if skip_1d and is_bias_or_bn(name, p):
-            continue
-        names.append(name)
+    names = [name for name, p in model.named_parameters()
+             if not (trainable_only and not p.requires_grad)
+             and not (skip_1d and is_bias_or_bn(name, p))]
+    names = match_names(names, include, exclude)
     if not names:
         raise LossAtlasError(
             f"no parameter of the model matches include={include!r}, exclude={exclude!r}, "
@@ -170,6 +162,21 @@ def select(
             "and widen the patterns"
         )
     return names
+
+
+def match_names(names: Sequence[str], include: str | Sequence[str] | None = None,
+                exclude: str | Sequence[str] | None = None) -> list[str]:
+    """The ``names`` (in order) matching any ``include`` glob (all when None) and no
+    ``exclude`` glob, e.g. ``include="layer1.*"``, ``exclude="*.bias"``.
+
+    >>> match_names(["0.weight", "0.bias", "2.weight"], exclude="*.bias")
+    ['0.weight', '2.weight']
+    """
+    inc = [include] if isinstance(include, str) else list(include or [])
+    exc = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    return [n for n in names
+            if (not inc or any(fnmatch.fnmatchcase(n, pat) for pat in inc))
+            and not any(fnmatch.fnmatchcase(n, pat) for pat in exc)]
 
 
 def of(model: nn.Module, names: Sequence[str] | None = None, **selection) -> Point:

@@ -33,7 +33,8 @@ from lossatlas.errors import LossAtlasError
 
 
 def _objective(run_path: Path, center: int, model: str, data: str | None, width, depth,
-               model_arg, data_arg, device, batch_size: int, bn: str, split: str):
+               model_arg, data_arg, device, batch_size: int, bn: str, split: str,
+               include: list[str] | None = None, exclude: list[str] | None = None):
     import lossatlas as la
 
     if split not in ("train", "test"):
@@ -45,8 +46,12 @@ def _objective(run_path: Path, center: int, model: str, data: str | None, width,
         model, data, checkpoint=run_path, index=center,
         model_opts=model_options(width, depth, model_arg),
         data_opts=parse_options(data_arg, "--data-arg"), device=device)
+    names = la.params.match_names(run.parameter_names, include, exclude)
+    if not names:
+        raise LossAtlasError(f"--include {include} / --exclude {exclude} leave no parameter of "
+                             f"the run ({run.parameter_names[:4]}...); widen the patterns")
     obj = la.Objective(net, train_set if split == "train" else test_set,
-                       batch_size=batch_size, bn=bn, params=run.parameter_names)
+                       batch_size=batch_size, bn=bn, params=names)
     return run, obj
 
 
@@ -111,6 +116,12 @@ def trajectory(
     compare: Annotated[int, typer.Option(
         help="Also project on this many random filter-normalized planes.")] = 0,
     log: Annotated[bool, typer.Option(help="Contour log10 of the loss.")] = True,
+    include: Annotated[list[str] | None, typer.Option(
+        help="Only parameters matching this glob enter the PCA and move on the plane "
+        "(repeatable), e.g. '0.*'; the others stay at the center checkpoint's values, for "
+        "the true losses too.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Leave out parameters matching this glob (repeatable), e.g. '*.bias'.")] = None,
     model: ModelOpt = "mlp",
     data: Annotated[str | None, typer.Option(
         "--data", "-d", help="Dataset (default: the run's).")] = None,
@@ -138,7 +149,7 @@ def trajectory(
         raise LossAtlasError(f"--center {c} must be a checkpoint index in [-{n}, {n - 1}]")
     c %= n
     runobj, obj = _objective(run, c, model, data, width, depth, model_arg, data_arg, device,
-                             batch_size, bn, split)
+                             batch_size, bn, split, include, exclude)
     out = Path(out or Path(run) / f"trajectory-{method}-c{c}")
     res = analyse(obj, runobj, out, method=method, center=c, slice_=slice_,
                   resolution=resolution, xspan=xspan, yspan=yspan, margin=margin,

@@ -143,7 +143,9 @@ def project(
     """Project checkpoints on ``plane`` and compare true and projected losses (module
     docstring). ``checkpoints``: as for :func:`lossatlas.trajectory.pca` (the same sequence
     the plane's indices refer to); ``indices`` / ``slice``: which ones (default all).
-    Returns a :class:`Trajectory` with the Fitting Error."""
+    When the plane covers a subset of the parameters (``names``), the others keep the
+    objective's values (its model's) at every checkpoint, for the true loss too: the path is
+    the trajectory of that subset. Returns a :class:`Trajectory` with the Fitting Error."""
     if not isinstance(obj, Objective):
         raise LossAtlasError(f"obj must be a lossatlas.Objective, got {type(obj).__name__}")
     if not isinstance(plane, Plane):
