@@ -109,3 +109,15 @@ def test_cli_curve_and_surface_commands(tmp_path, monkeypatch):
     assert la.load("s.h5").complete and (tmp_path / "s-contour.png").exists()
     r = runner.invoke(app, [*args[:2], "4", *args[3:]])
     assert r.exit_code != 0  # a mismatched rerun on the same file is refused
+
+
+def test_cli_surface_on_two_worker_processes(tmp_path, monkeypatch):
+    """--workers 2 sends the chunks to processes; the driver writes the same numbers."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    base = ["surface", "--resolution", "4", "--width", "16", "--plot", "contour"]
+    assert runner.invoke(app, [*base, "-o", "one.h5"]).exit_code == 0
+    r = runner.invoke(app, [*base, "-o", "two.h5", "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(la.load("one.h5").loss, la.load("two.h5").loss)
+    assert runner.invoke(app, [*base, "-o", "z.h5", "--workers", "0"]).exit_code != 0

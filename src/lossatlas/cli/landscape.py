@@ -12,6 +12,7 @@ a figure is written next to it.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -177,6 +178,12 @@ def surface(
     model_arg: ModelArgOpt = None,
     data_arg: DataArgOpt = None,
     device: DeviceOpt = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Send the grid's chunks to Ray: auto, ADDRESS or local (only this "
+        "process writes the file).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", help="Local worker processes, one torch thread each (1: this "
+        "process, torch's default threads).")] = 1,
 ) -> None:
     """2D surface L(θ + a·d₁ + b·d₂) on a grid, written as computed to OUT (.h5); rerun the
     same command to resume. Figures: OUT-contour.png and OUT.html by default."""
@@ -191,11 +198,19 @@ def surface(
                           data_arg, device, batch_size, bn, split)
     d1, d2 = parse_directions([x_direction, y_direction], obj, model=net)
     out = Path(out or "surface.h5")
-    with warnings.catch_warnings(record=True) as caught:
+    if workers < 1:
+        raise LossAtlasError(f"--workers {workers} must be at least 1; pass --workers 2.")
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if ray or workers > 1:
+            from lossatlas.executors import make_executor
+
+            executor = stack.enter_context(make_executor(ray=ray, workers=workers))
+        caught = stack.enter_context(warnings.catch_warnings(record=True))
         warnings.simplefilter("always")
         res = la.surface(obj, d1, d2, span=span, resolution=resolution, xspan=xspan,
                          yspan=yspan, xres=xres, yres=yres, orthogonalize=orthogonalize,
-                         path=out)
+                         path=out, executor=executor)
     for w in caught:
         typer.secho(f"warning: {w.message}", err=True, fg="yellow")
     _report(res, out, _figures(res, out, kinds, log=log))
