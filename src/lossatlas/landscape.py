@@ -10,10 +10,20 @@ the Objective's (``keep`` or ``recalibrate``) and is recorded. Loss and accuracy
 engine in :mod:`lossatlas._fastpath` (the exact affine first-layer trick where it applies).
 
 Files (``path=``): one HDF5 file written as the points are computed, one chunk at a time, each
-chunk flushed; the classic keys of Li et al.'s code (``xcoordinates``, ``ycoordinates``,
-``train_loss``, ``train_acc``) plus a ``done`` mask and provenance attributes. A rerun with the
-same arguments resumes (finished points are never recomputed); a rerun with other arguments on
-the same file is refused.
+chunk flushed, in the layout of Li et al.'s code (tomgoldstein/loss-landscape), so that its own
+``plot_1D.py``, ``plot_2D.py`` and ``h52vtp.py`` draw our files right:
+
+- ``xcoordinates`` (nx,), ``ycoordinates`` (ny,);
+- ``train_loss`` / ``train_acc`` (``test_loss`` / ``test_acc`` with ``split="test"``; the
+  ``split`` attribute names it) of shape (nx,) for a curve and **(ny, nx)** for a surface, with
+  ``Z[j, i] = L(x[i], y[j])`` (what ``meshgrid(x, y)`` expects); accuracy in **percent**;
+- a ``done`` mask of the same shape, provenance attributes and ``format_version`` (2).
+
+In memory a :class:`Surface` keeps ``loss[i, j]`` at ``(x[i], y[j])`` and accuracy as a
+fraction. Files of format 1 (no ``format_version``: ``[i, j]`` arrays, accuracy a fraction,
+always under ``train_*``) are read and resumed in their own layout. A rerun with the same
+arguments resumes (finished points are never recomputed); a rerun with other arguments on the
+same file is refused, and so is a second process writing the same file (a lock naming its pid).
 
 >>> import torch, lossatlas as la
 >>> X, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
@@ -43,6 +53,7 @@ import torch
 
 from lossatlas import _fastpath, store
 from lossatlas import params as P
+from lossatlas._locks import writer_lock
 from lossatlas._progress import track
 from lossatlas.errors import LossAtlasError
 from lossatlas.objective import Objective
@@ -50,6 +61,51 @@ from lossatlas.objective import Objective
 __all__ = ["Curve", "Interpolation", "Surface", "curve", "interpolate", "surface"]
 
 COSINE_WARNING = 0.1  # |cos(d1, d2)| above which a surface's axes are called far from orthogonal
+FORMAT_VERSION = 2  # 2: Goldstein layout ((ny, nx) arrays, percent); 1 (no attribute): [i, j]
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class FileLayout:
+    """How a landscape file stores the in-memory arrays (``loss[i, j]``, accuracy a fraction).
+
+    Format 2 (Li et al.'s readers): arrays transposed, shape (ny, nx), accuracy in percent, keys
+    ``{split}_loss`` / ``{split}_acc``. Format 1: as in memory, always ``train_*`` keys.
+    """
+
+    version: int = FORMAT_VERSION
+    split: str = "train"
+
+    @property
+    def loss_key(self) -> str:
+        return f"{self.split}_loss" if self.version >= 2 else "train_loss"
+
+    @property
+    def acc_key(self) -> str:
+        return f"{self.split}_acc" if self.version >= 2 else "train_acc"
+
+    @property
+    def acc_scale(self) -> float:
+        return 100.0 if self.version >= 2 else 1.0
+
+    def to_file(self, a: np.ndarray) -> np.ndarray:
+        """In-memory ``[i, j]`` array -> the file's layout (``.T``: a no-op on curves)."""
+        return np.ascontiguousarray(a.T) if self.version >= 2 else a
+
+    def to_memory(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a.T) if self.version >= 2 else a
+
+    def file_index(self, flat: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        """Flat in-memory indices (C order of ``shape``) -> index arrays into the file's array."""
+        idx = np.unravel_index(flat, shape)
+        return tuple(reversed(idx)) if self.version >= 2 else idx
+
+    @classmethod
+    def of(cls, f: h5py.File) -> FileLayout:
+        version = int(f.attrs.get("format_version", 1))
+        split = f.attrs.get("split", "train")
+        split = split.decode() if isinstance(split, bytes) else str(split)
+        return cls(version, split if version >= 2 else "train")
 
 
 # -- results --------------------------------------------------------------------------------
@@ -63,11 +119,13 @@ class _Result:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
+        lay = FileLayout(split=self.meta.get("split") or "train")
         with h5py.File(tmp, "w") as f:
-            _layout(f, self.kind, self._coords(), self.meta, self.directions)
-            f["train_loss"][...] = self.loss
-            f["train_acc"][...] = self.accuracy
-            f["done"][...] = self.done
+            _layout(f, self.kind, self._coords(), self.meta, self.directions, lay)
+            f[lay.loss_key][...] = lay.to_file(np.asarray(self.loss, dtype=float))
+            f[lay.acc_key][...] = lay.to_file(np.asarray(self.accuracy, dtype=float)
+                                              * lay.acc_scale)
+            f["done"][...] = lay.to_file(np.asarray(self.done, dtype=bool))
         os.replace(tmp, path)
         return path
 
@@ -99,8 +157,9 @@ class Interpolation(Curve):
 @store.result("surface")
 @dataclass
 class Surface(_Result):
-    """Loss on a plane: ``x`` (nx,), ``y`` (ny,), ``loss[i, j]`` and ``accuracy[i, j]`` at
-    θ + x[i]·d₁ + y[j]·d₂, ``done`` (nx, ny) marks computed points."""
+    """Loss on a plane: ``x`` (nx,), ``y`` (ny,), ``loss[i, j]`` and ``accuracy[i, j]`` (a
+    fraction) at θ + x[i]·d₁ + y[j]·d₂, ``done`` (nx, ny) marks computed points. The file holds
+    the transposes, (ny, nx), accuracy in percent (Li et al.'s layout, see the module doc)."""
 
     x: np.ndarray = None  # type: ignore[assignment]
     y: np.ndarray = None  # type: ignore[assignment]
@@ -117,18 +176,20 @@ _KINDS = {"curve": Curve, "interpolation": Interpolation, "surface": Surface}
 
 # -- file layout ----------------------------------------------------------------------------
 def _layout(f: h5py.File, kind: str, coords: Sequence[np.ndarray], meta: Mapping,
-            directions: Sequence[Mapping]) -> None:
-    """Create the file's datasets (NaN / not done) and attributes."""
+            directions: Sequence[Mapping], lay: FileLayout) -> None:
+    """Create the file's datasets (NaN / not done) and attributes, in layout ``lay``."""
     store._stamp(f, kind)
-    shape = tuple(len(c) for c in coords)
+    shape = tuple(len(c) for c in reversed(coords))  # (ny, nx): Li et al.'s meshgrid(x, y)
     f.create_dataset("xcoordinates", data=np.asarray(coords[0], dtype=np.float64))
     if len(coords) > 1:
         f.create_dataset("ycoordinates", data=np.asarray(coords[1], dtype=np.float64))
     # contiguous, allocated at creation: later writes touch raw data only (safe on SIGKILL)
-    f.create_dataset("train_loss", data=np.full(shape, np.nan))
-    f.create_dataset("train_acc", data=np.full(shape, np.nan))
+    f.create_dataset(lay.loss_key, data=np.full(shape, np.nan))
+    f.create_dataset(lay.acc_key, data=np.full(shape, np.nan))
     f.create_dataset("done", data=np.zeros(shape, dtype=bool))
-    store.write_attrs(f, {k: v for k, v in meta.items() if k != "signature"})
+    store.write_attrs(f, {k: v for k, v in meta.items() if k not in ("signature", "split")})
+    f.attrs["format_version"] = lay.version
+    f.attrs["split"] = lay.split
     f.attrs["signature"] = json.dumps(store._jsonable(meta.get("signature", {})), sort_keys=True)
     if directions:
         g = f.create_group("directions")
@@ -139,17 +200,20 @@ def _layout(f: h5py.File, kind: str, coords: Sequence[np.ndarray], meta: Mapping
 def _read(f: h5py.File):
     kind = f.attrs["lossatlas_kind"]
     kind = kind.decode() if isinstance(kind, bytes) else kind
+    lay = FileLayout.of(f)
     attrs = store.read_attrs(f)
-    for k in ("lossatlas_kind", "torch_version", "created"):
+    for k in ("lossatlas_kind", "torch_version", "created", "format_version"):
         attrs.pop(k, None)
+    attrs["split"] = lay.split if lay.version >= 2 else None  # format 1 did not record it
     attrs["signature"] = json.loads(f.attrs["signature"]) if "signature" in f.attrs else {}
     dirs = []
     if "directions" in f:
         g = f["directions"]
         dirs = [store._read_point(g[str(i)]) for i in range(len(g))]
     cls = _KINDS[kind]
-    common = dict(loss=f["train_loss"][()], accuracy=f["train_acc"][()], done=f["done"][()],
-                  meta=attrs, directions=dirs)
+    common = dict(loss=lay.to_memory(f[lay.loss_key][()]),
+                  accuracy=lay.to_memory(f[lay.acc_key][()]) / lay.acc_scale,
+                  done=lay.to_memory(f["done"][()]), meta=attrs, directions=dirs)
     if cls is Surface:
         return Surface(x=f["xcoordinates"][()], y=f["ycoordinates"][()], **common)
     return cls(x=f["xcoordinates"][()], **common)
@@ -283,9 +347,13 @@ def _run(
     callback: Callable[[int, int], Any] | None,
     progress: bool,
     store_directions: bool,
+    split: str = "train",
 ):
     if not isinstance(obj, Objective):
         raise LossAtlasError(f"obj must be a lossatlas.Objective, got {type(obj).__name__}")
+    if split not in SPLITS:
+        raise LossAtlasError(f"split={split!r} is unknown; pass 'train' or 'test' (the data the "
+                             "objective averages over, named in the file's keys)")
     shape = tuple(len(c) for c in coords)
     desc = obj.describe()
     signature = {
@@ -312,26 +380,56 @@ def _run(
         "num_classes": obj.num_classes,
         "resolution": list(shape),
         "span": [[float(c[0]), float(c[-1])] for c in coords],
+        "split": split,
         "signature": signature,
     }
     stored = list(directions) if store_directions else []
     cls = _KINDS[kind]
     arrays = {"loss": np.full(shape, np.nan), "accuracy": np.full(shape, np.nan),
               "done": np.zeros(shape, dtype=bool)}
-    f = None
+    f = lock = None
     if path is not None:
         path = Path(path)
-        if path.exists():
-            _check_signature(path, kind, signature)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            with h5py.File(tmp, "w") as g:
-                _layout(g, kind, coords, meta, stored)
-            os.replace(tmp, path)
-        f = h5py.File(path, "r+")
-        arrays = {"loss": f["train_loss"][()], "accuracy": f["train_acc"][()],
-                  "done": f["done"][()]}
+        lock = writer_lock(path.with_name(path.name + ".lock"), f"path={str(path)!r}")
+    try:
+        if path is not None:
+            if path.exists():
+                _check_signature(path, kind, signature)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".tmp")
+                with h5py.File(tmp, "w") as g:
+                    _layout(g, kind, coords, meta, stored, FileLayout(split=meta["split"]))
+                os.replace(tmp, path)
+            f = h5py.File(path, "r+")
+            lay = FileLayout.of(f)
+            if lay.version >= 2 and lay.split != meta["split"]:
+                raise LossAtlasError(
+                    f"path={str(path)!r} holds a {kind} on the {lay.split} split, not "
+                    f"{meta['split']}; pass split={lay.split!r} to resume, or another path")
+            # the file's arrays, kept in the file's layout and units: a resume rewrites the
+            # finished points bit for bit (no percent -> fraction -> percent round trip)
+            held = {"loss": f[lay.loss_key][()], "accuracy": f[lay.acc_key][()],
+                    "done": f["done"][()]}
+            arrays["done"] = lay.to_memory(held["done"])
+        _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f,
+                  (lay, held) if f is not None else None, chunk_size, executor, fast,
+                  callback, progress)
+    finally:
+        if f is not None:
+            f.close()
+        if lock is not None:
+            lock.release()
+    if path is not None:
+        with h5py.File(path, "r") as g:
+            return _read(g)
+    return cls(meta=meta, directions=stored, **dict(zip(("x", "y"), coords)), **arrays)
+
+
+def _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f, held,
+              chunk_size, executor, fast, callback, progress) -> None:
+    """Compute the points not yet done, chunk by chunk, into ``arrays`` (in memory, ``[i, j]``)
+    and, with a file ``f``, into its ``held`` arrays (file layout), flushed after each chunk."""
     token = uuid.uuid4().hex
     try:
         todo = np.flatnonzero(~arrays["done"].reshape(-1))
@@ -354,9 +452,14 @@ def _run(
                 arrays[name].reshape(-1)[idx] = vals
             arrays["done"].reshape(-1)[idx] = True
             if f is not None:
-                f["train_loss"][...] = arrays["loss"]
-                f["train_acc"][...] = arrays["accuracy"]
-                f["done"][...] = arrays["done"]
+                lay, fa = held
+                at = lay.file_index(idx, shape)
+                fa["loss"][at] = loss
+                fa["accuracy"][at] = np.asarray(acc, dtype=float) * lay.acc_scale
+                fa["done"][at] = True
+                f[lay.loss_key][...] = fa["loss"]
+                f[lay.acc_key][...] = fa["accuracy"]
+                f["done"][...] = fa["done"]
                 f.flush()
             if callback is not None:
                 callback(finished, n_chunks)
@@ -366,12 +469,6 @@ def _run(
                 store.write_attrs(f, {"engine": meta["engine"]})
     finally:
         _fastpath.release(token)
-        if f is not None:
-            f.close()
-    if path is not None:
-        with h5py.File(path, "r") as g:
-            return _read(g)
-    return cls(meta=meta, directions=stored, **dict(zip(("x", "y"), coords)), **arrays)
 
 
 def _check_orthogonal(d1: P.Point, d2: P.Point, orthogonalize: bool):
@@ -403,17 +500,20 @@ def curve(
     callback: Callable[[int, int], Any] | None = None,
     progress: bool = True,
     store_directions: bool = True,
+    split: str = "train",
 ) -> Curve:
     """Loss and accuracy at θ + a·d for ``points`` values of a evenly spaced over ``span``
     (Li et al. 2018, Sec. 3). ``center`` defaults to the objective's parameters. With ``path``
     the result is written as it is computed and a rerun resumes. ``executor`` is any object
     with ``map(fn, chunks)`` (default: in-process); ``callback(done, total)`` runs after each
-    chunk. Returns a :class:`Curve`: ``x`` (points,), ``loss``, ``accuracy``."""
+    chunk. ``split`` names the data the objective averages over ("train" or "test"): the
+    file's keys are ``{split}_loss`` / ``{split}_acc``. Returns a :class:`Curve`: ``x``
+    (points,), ``loss``, ``accuracy``."""
     center = _prepare_center(obj, center)
     d = _prepare_direction(obj, d, "d")
     x = _grid(span, points, "span")
     return _run("curve", obj, center, [d], [x], {}, path, chunk_size, executor, fast,
-                callback, progress, store_directions)
+                callback, progress, store_directions, split)
 
 
 def surface(
@@ -436,6 +536,7 @@ def surface(
     callback: Callable[[int, int], Any] | None = None,
     progress: bool = True,
     store_directions: bool = True,
+    split: str = "train",
 ) -> Surface:
     """Loss and accuracy at θ + a·d₁ + b·d₂ on a grid (Li et al. 2018, Sec. 3 and 4).
 
@@ -443,7 +544,7 @@ def surface(
     and ``resolution``); ``loss[i, j]`` is at ``(x[i], y[j])``. Warns when |cos(d₁, d₂)| >
     0.1; ``orthogonalize=True`` replaces d₂ by its part orthogonal to d₁ (same norm). Written
     to ``path`` row chunk by row chunk (``chunk_size`` points) and resumable; ``executor``,
-    ``callback``: as in :func:`curve`."""
+    ``callback``, ``split``: as in :func:`curve`."""
     center = _prepare_center(obj, center)
     d1 = _prepare_direction(obj, d1, "d1")
     d2 = _prepare_direction(obj, d2, "d2")
@@ -452,7 +553,7 @@ def surface(
     y = _grid(yspan if yspan is not None else span, yres or resolution, "yspan")
     extra = {"cosine": cos, "orthogonalized": bool(orthogonalize)}
     return _run("surface", obj, center, [d1, d2], [x, y], extra, path, chunk_size, executor,
-                fast, callback, progress, store_directions)
+                fast, callback, progress, store_directions, split)
 
 
 def interpolate(
@@ -469,10 +570,12 @@ def interpolate(
     callback: Callable[[int, int], Any] | None = None,
     progress: bool = True,
     store_directions: bool = True,
+    split: str = "train",
 ) -> Interpolation:
     """Loss and accuracy at θ_a + t·(θ_b − θ_a) for t evenly spaced over ``span`` (t = 0 is
     ``a``, t = 1 is ``b``; spans beyond [0, 1] extrapolate). BN statistics follow the
-    objective's policy (``keep``: the objective model's buffers at every t)."""
+    objective's policy (``keep``: the objective model's buffers at every t). ``split``: as in
+    :func:`curve`."""
     from lossatlas.directions import between
 
     a = _prepare_direction(obj, a, "a")
@@ -481,4 +584,4 @@ def interpolate(
     t = _grid(span, points, "span")
     return _run("interpolation", obj, a, [d], [t], {"a_hash": P.hash_point(a),
                 "b_hash": P.hash_point(b)}, path, chunk_size, executor, fast, callback,
-                progress, store_directions)
+                progress, store_directions, split)

@@ -137,11 +137,12 @@ def curve(
     if len(specs) > 1:
         from lossatlas.cli.shapes import overlay_curves
 
-        overlay_curves(obj, net, specs, span, points, out, title=f"{model} on {data}")
+        overlay_curves(obj, net, specs, span, points, out, title=f"{model} on {data}",
+                       split=split)
         return
     d = parse_direction(specs[0], obj, model=net)
     span = span or tuple(d.meta.get("span", (-1.0, 1.0)))
-    res = la.curve(obj, d, span=span, points=points, path=out)
+    res = la.curve(obj, d, span=span, points=points, path=out, split=split)
     _report(res, out, _figures(res, out, [], log=log))
 
 
@@ -210,7 +211,7 @@ def surface(
         warnings.simplefilter("always")
         res = la.surface(obj, d1, d2, span=span, resolution=resolution, xspan=xspan,
                          yspan=yspan, xres=xres, yres=yres, orthogonalize=orthogonalize,
-                         path=out, executor=executor)
+                         path=out, executor=executor, split=split)
     for w in caught:
         typer.secho(f"warning: {w.message}", err=True, fg="yellow")
     _report(res, out, _figures(res, out, kinds, log=log))
@@ -249,7 +250,7 @@ def interpolate(
                         data_arg, device, batch_size, bn, split)
     b = load_point(to, obj.names, to_index)
     out = Path(out or "interpolation.h5")
-    res = la.interpolate(obj, obj.center, b, span=span, points=points, path=out)
+    res = la.interpolate(obj, obj.center, b, span=span, points=points, path=out, split=split)
     _report(res, out, _figures(res, out, [], log=log))
 
 
