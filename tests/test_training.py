@@ -236,7 +236,8 @@ def test_bad_input(kwargs, word):
 def test_out_with_a_different_run(tmp_path):
     data = make_data()
     T.train(make_model(), data, epochs=1, out=tmp_path)
-    T.train(make_model(), data, epochs=1, out=tmp_path)  # the same run: replaced
+    again = T.train(make_model(), data, epochs=1, out=tmp_path)  # the same run: left alone
+    assert again.already_done and again.status == "finished"
     with pytest.raises(LossAtlasError, match=r"different run.*hyperparameters\.lr"):
         T.train(make_model(), data, epochs=1, lr=0.2, out=tmp_path)
     with pytest.raises(LossAtlasError, match=r"different run.*init_hash"):

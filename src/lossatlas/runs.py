@@ -19,6 +19,18 @@ identifies the run when a folder is reused) and ``checkpoints``: a list of entri
 epoch, step, lr, train_loss, train_acc, test_loss, test_acc, time, file`` (``lr`` is the rate
 of the latest step, the initial one at index 0; ``epoch`` is fractional for step records;
 NaN is written as ``null``; ``time`` is seconds since the start).
+
+Nothing finished is lost:
+
+- ``checkpoints/resume_NNNNN.pt`` holds what continuing after checkpoint NNNNN needs (optimizer
+  and RNG state, position in the epoch; written by :func:`~lossatlas.training.train`); only the
+  latest is kept. Files are written in the order checkpoint, resume state, manifest, so the
+  manifest never names a checkpoint that is not whole.
+- A folder is replaced (``overwrite=True``, or a :class:`Recorder` without ``resume``) only once
+  the new run has finished: it is recorded into the sibling folder ``OUT.partial`` and swapped
+  in at :meth:`Recorder.finish` (files of the old folder that are not the run's stay). An
+  interrupted replacement leaves the old run whole; running it again continues ``OUT.partial``.
+- One writer per folder: ``OUT.lock`` (see :mod:`lossatlas._locks`).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import datetime as _dt
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +50,7 @@ import torch
 from torch import nn
 
 from lossatlas import __version__
+from lossatlas._locks import writer_lock
 from lossatlas.errors import LossAtlasError
 from lossatlas.params import Point, select
 
@@ -46,6 +60,7 @@ FORMAT = "lossatlas.run"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CKPT_DIR = "checkpoints"
+DONE = ("finished", "stopped")  # statuses of a run that a rerun leaves alone
 _ARRAYS = {
     "epochs": "epoch",
     "steps": "step",
@@ -149,6 +164,7 @@ class Run:
         self.info = info
         self.manifest = manifest
         self._memory = memory
+        self.already_done = False  # set by train() when a rerun found the run finished
 
     # -- checkpoints ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -288,7 +304,10 @@ class Recorder:
     ``every`` ("epoch", k steps or None) is stored in the run info and answers :meth:`due`.
     ``info`` adds run-level fields (hyperparameters, data, ...); ``config`` is what identifies
     the run: a folder that already holds a run with another config raises unless
-    ``overwrite=True``; one with the same config is replaced.
+    ``overwrite=True``. With ``resume=True`` a run of the same config is continued
+    (:attr:`resume_state` is what the last checkpoint left, ``None`` for a fresh run) or, when
+    it has finished, left alone (:attr:`already_done`); otherwise it is replaced. A replaced
+    run stays whole until the new one finishes (see the module docstring).
     """
 
     def __init__(
@@ -300,9 +319,14 @@ class Recorder:
         info: Mapping | None = None,
         config: Mapping | None = None,
         overwrite: bool = False,
+        resume: bool = False,
     ):
         self.every = _check_every(every, "every")
         self.path = Path(out) if out is not None else None
+        self.final = self.path  # where the run ends up (self.path is OUT.partial while replacing)
+        self.already_done = False
+        self.resume_state: dict | None = None
+        self._lock = None
         self._memory: list[dict[str, torch.Tensor]] | None = [] if out is None else None
         self._t0 = time.perf_counter()
         self.info: dict = {
@@ -323,33 +347,75 @@ class Recorder:
             self.info["config"].setdefault("model_class", self.info["model"]["class"])
             self.info["config"].setdefault("parameter_shapes", self.info["parameter_shapes"])
         if self.path is not None:
-            self._prepare(overwrite)
-            self._write_manifest()
+            self._lock = writer_lock(self.path.with_name(self.path.name + ".lock"),
+                                     f"out={str(self.path)!r}")
+            try:
+                self._prepare(overwrite, resume)
+                if not self.already_done:
+                    self._write_manifest()
+            except BaseException:
+                self.close()
+                raise
         self.run = Run(self.path, self.info, self.entries, self._memory)
 
-    def _prepare(self, overwrite: bool) -> None:
+    def _prepare(self, overwrite: bool, resume: bool) -> None:
         assert self.path is not None
-        if self.path.exists() and not self.path.is_dir():
-            raise LossAtlasError(f"out={str(self.path)!r} is a file; pass a folder path")
-        mpath = self.path / MANIFEST
-        if mpath.is_file() and not overwrite:
-            try:
-                old = json.loads(mpath.read_text()).get("config")
-            except (OSError, ValueError):
-                old = None
-            new = self.info["config"]
-            if old != new:
-                o, n = _flat(old or {}), _flat(new)
-                keys = sorted(k for k in set(o) | set(n) if o.get(k) != n.get(k))
-                raise LossAtlasError(
-                    f"out={str(self.path)!r} already holds a different run (differs in "
-                    f"{', '.join(keys[:6]) or 'format'}); choose another folder or pass "
-                    "overwrite=True (--overwrite)"
-                )
+        final = self.path
+        if final.exists() and not final.is_dir():
+            raise LossAtlasError(f"out={str(final)!r} is a file; pass a folder path")
+        _recover_swap(final)
+        old = _read_manifest(final)
+        if old is not None and not overwrite and old.get("config") != self.info["config"]:
+            o, n = _flat(old.get("config") or {}), _flat(self.info["config"])
+            keys = sorted(k for k in set(o) | set(n) if o.get(k) != n.get(k))
+            raise LossAtlasError(
+                f"out={str(final)!r} already holds a different run (differs in "
+                f"{', '.join(keys[:6]) or 'format'}); choose another folder or pass "
+                "overwrite=True (--overwrite)"
+            )
+        if old is not None and resume and not overwrite:
+            if old.get("status") in DONE:
+                self.already_done = True
+                self.info, self.entries = old, old.pop("checkpoints", [])
+                return
+            self._continue(final, old)
+            return
+        if old is not None and old.get("checkpoints"):  # replaced only once the new run ends
+            self.path = _partial(final)
+            staged = _read_manifest(self.path)
+            if (staged is not None and resume and staged.get("config") == self.info["config"]
+                    and staged.get("status") not in DONE and self._continue(self.path, staged,
+                                                                            strict=False)):
+                return
+            shutil.rmtree(self.path, ignore_errors=True)
         ckdir = self.path / CKPT_DIR
         ckdir.mkdir(parents=True, exist_ok=True)
-        for old_file in [*ckdir.glob("ckpt_*.pt"), *ckdir.glob("ckpt_*.pt.tmp")]:
-            old_file.unlink()  # only our own files: a same-config rerun or overwrite=True
+        for tmp in ckdir.glob("*.tmp"):
+            tmp.unlink()
+
+    def _continue(self, folder: Path, old: dict, strict: bool = True) -> bool:
+        """Continue the interrupted run in ``folder`` after its last checkpoint."""
+        entries = old.pop("checkpoints", [])
+        state = _read_resume(folder, len(entries) - 1) if entries else None
+        if state is None:
+            if not strict:
+                return False
+            raise LossAtlasError(
+                f"out={str(self.final)!r} holds an unfinished run ({len(entries)} checkpoints, "
+                f"status {old.get('status')}) without the optimizer and RNG state that "
+                "continuing it exactly needs; pass overwrite=True (--overwrite) to train it "
+                "again from the start, or choose another folder"
+            )
+        resumes = [*old.get("resumes", []), {"after_index": len(entries) - 1, "at": _now()}]
+        self.info = {**old, "status": "running", "resumes": resumes}
+        self.entries = entries
+        self.resume_state = state
+        self._t0 = time.perf_counter() - float(entries[-1].get("time") or 0.0)
+        ckdir = folder / CKPT_DIR
+        for stale in [*ckdir.glob("*.tmp"), *ckdir.glob("resume_*.pt")]:
+            if stale.name != _resume_name(len(entries) - 1):
+                stale.unlink()
+        return True
 
     def _write_manifest(self) -> None:
         if self.path is not None:
@@ -370,9 +436,15 @@ class Recorder:
         epoch: float | None = None,
         step: int | None = None,
         lr: float | None = None,
+        resume: Mapping[str, Any] | None = None,
         **metrics: Any,
     ) -> dict:
-        """Append a checkpoint of ``model`` (full state dict, on CPU) and its manifest entry."""
+        """Append a checkpoint of ``model`` (full state dict, on CPU) and its manifest entry;
+        ``resume`` (tensors, numbers, dicts) is what continuing after it needs, written to
+        ``checkpoints/resume_NNNNN.pt`` before the manifest names the checkpoint."""
+        if self.already_done:
+            raise LossAtlasError(f"out={str(self.final)!r} holds a finished run; pass "
+                                 "overwrite=True to record a new one there")
         if "parameter_names" not in self.info:
             self.info.update(_model_info(model))
         names = set(self.info["parameter_names"])
@@ -397,9 +469,14 @@ class Recorder:
             rel = f"{CKPT_DIR}/ckpt_{index:05d}.pt"
             _write_atomic(self.path / rel, lambda p: torch.save(state, p))
             entry["file"] = rel
+            if resume is not None:
+                _write_atomic(self.path / CKPT_DIR / _resume_name(index),
+                              lambda p: torch.save(dict(resume), p))
         entry = _clean(entry)
         self.entries.append(entry)
         self._write_manifest()
+        if self.path is not None and index > 0:
+            (self.path / CKPT_DIR / _resume_name(index - 1)).unlink(missing_ok=True)
         return entry
 
     def update_info(self, **fields: Any) -> None:
@@ -412,9 +489,93 @@ class Recorder:
         self.update_info(status="stopped", stopped_reason=reason)
 
     def finish(self) -> Run:
-        """Mark the run finished (unless stopped) and return it."""
+        """Mark the run finished (unless stopped), swap it in over the run it replaces (if
+        any), release the folder and return the run."""
+        if self.already_done:
+            self.close()
+            return self.run
         if self.info["status"] == "running":
             self.update_info(status="finished")
+        if self.path is not None:  # a finished run is not continued: its resume state goes
+            for stale in (self.path / CKPT_DIR).glob("resume_*.pt"):
+                stale.unlink()
+        if self.path is not None and self.final is not None and self.path != self.final:
+            _swap_in(self.path, self.final)
+            self.path = self.run.path = self.final
+        self.close()
         return self.run
+
+    def close(self) -> None:
+        """Release the folder's writer lock (:meth:`finish` does it; also on interruption)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+# -- resume and replace ---------------------------------------------------------------------
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _resume_name(index: int) -> str:
+    return f"resume_{index:05d}.pt"
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    """The manifest of ``folder`` as a dict, or None when there is none (or it is unreadable)."""
+    try:
+        doc = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _read_resume(folder: Path, index: int) -> dict | None:
+    """The resume state saved with checkpoint ``index`` (``weights_only`` load), or None."""
+    path = folder / CKPT_DIR / _resume_name(index)
+    if not (path.is_file() and (folder / CKPT_DIR / f"ckpt_{index:05d}.pt").is_file()):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged file: refuse to continue rather than guess
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _partial(final: Path) -> Path:
+    return final.with_name(final.name + ".partial")
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace the run in ``final`` by the finished one in ``staging``; files of ``final`` that
+    are not the run's (figures, notes) move over. Safe to redo after a crash at any step."""
+    old = final.with_name(final.name + ".replaced")
+    if final.exists() and staging.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(final, old)
+    if staging.exists() and not final.exists():
+        os.rename(staging, final)
+    if old.exists():
+        for item in old.iterdir():
+            if item.name not in (MANIFEST, CKPT_DIR) and not (final / item.name).exists():
+                os.rename(item, final / item.name)
+        shutil.rmtree(old)
+
+
+def _recover_swap(final: Path) -> None:
+    """Finish a swap that a crash cut short (see :func:`_swap_in`)."""
+    old = final.with_name(final.name + ".replaced")
+    if not old.exists():
+        return
+    staging = _partial(final)
+    if not final.exists() and not staging.exists():
+        os.rename(old, final)  # nothing to swap in: the old run comes back
+        return
+    _swap_in(staging, final)
 
 

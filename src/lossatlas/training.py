@@ -310,6 +310,11 @@ def train(
       ``train_loss/acc`` (and ``test_loss/acc`` when ``test_data`` is given) of every
       checkpoint are exact full-dataset means in eval mode.
     - ``out``: run folder (see the module docstring); ``None`` keeps checkpoints in memory.
+      Rerunning the same call on a finished run trains nothing: the run is returned as it is
+      (``run.already_done``), its last weights loaded into ``model``. An interrupted run
+      continues from its last checkpoint (optimizer, RNG and data order restored: the result
+      is bit-identical to an uninterrupted run). ``overwrite=True`` replaces the run in
+      ``out``, but only once the new one has finished (it is recorded in ``OUT.partial``).
     - A non-finite minibatch loss (or parameter) stops training with a ``RuntimeWarning``;
       ``run.stopped_reason`` says why and every earlier checkpoint is kept.
     - ``data``: a dataset with ``.tensors``, a pair ``(X, y)``, or any map-style dataset of
@@ -353,20 +358,29 @@ def train(
             "steps_per_epoch": steps_per_epoch, "device": str(dev), "init_hash": init_hash,
         },
         config={"hyperparameters": hyper, "data": data_info, "init_hash": init_hash},
-        overwrite=overwrite,
+        overwrite=overwrite, resume=True,
     )
+    if rec.already_done:  # the same run, finished: nothing to train
+        rec.run.load_into(model)
+        run = rec.finish()
+        run.already_done = True
+        return run
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
+    where = {"epoch": 0, "pos": 0, "generator": gen.get_state()}  # data order of this epoch
 
-    def checkpoint(epoch: float, step: int, lr_now: float) -> None:
+    def checkpoint(epoch: float, step: int, lr_now: float, running: float) -> None:
         metrics = _evaluate_tensors(model, X, y, loss_fn, eval_batch_size)
         extra = {"train_loss": metrics["loss"], "train_acc": metrics["accuracy"]}
         if test is not None:
             tm = _evaluate_tensors(model, *test, loss_fn, eval_batch_size)
             extra.update(test_loss=tm["loss"], test_acc=tm["accuracy"])
-        rec.record(model, epoch=epoch, step=step, lr=lr_now, **extra)
-
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
+        resume = {**where, "step": step, "lr": lr_now, "running": running,
+                  "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}
+        if fork_devices:
+            resume["cuda_rng"] = torch.cuda.get_rng_state(fork_devices[0])
+        rec.record(model, epoch=epoch, step=step, lr=lr_now, resume=resume, **extra)
     total = epochs * steps_per_epoch
     show = progress and not _progress.quiet()
     was_training = model.training
@@ -379,21 +393,38 @@ def train(
         ):
             torch.manual_seed(seed)
             task = bar.add_task("training", total=total) if bar is not None else None
-            try:
-                checkpoint(0, 0, lr_at(0))
-            except (RuntimeError, ValueError, IndexError) as exc:
-                if isinstance(exc, LossAtlasError):
-                    raise
-                raise LossAtlasError(
-                    f"the model cannot be evaluated on train_data with loss={_loss_name(loss)!r} "
-                    f"(inputs {tuple(X.shape)}, targets {tuple(y.shape)}: "
-                    f"{str(exc).splitlines()[0]}); build the model for this dataset's shapes"
-                ) from exc
             step, lr_now, running = 0, lr_at(0), math.nan
-            for epoch in range(epochs):
+            if rec.resume_state is None:
+                try:
+                    checkpoint(0, 0, lr_at(0), running)
+                except (RuntimeError, ValueError, IndexError) as exc:
+                    if isinstance(exc, LossAtlasError):
+                        raise
+                    raise LossAtlasError(
+                        f"the model cannot be evaluated on train_data with loss="
+                        f"{_loss_name(loss)!r} (inputs {tuple(X.shape)}, targets "
+                        f"{tuple(y.shape)}: {str(exc).splitlines()[0]}); build the model for "
+                        "this dataset's shapes"
+                    ) from exc
+            else:  # continue after the last checkpoint, exactly where it was
+                st = rec.resume_state
+                rec.run.load_into(model)
+                opt.load_state_dict(st["optimizer"])
+                gen.set_state(st["generator"])
+                torch.set_rng_state(st["torch_rng"])
+                if fork_devices and "cuda_rng" in st:
+                    torch.cuda.set_rng_state(st["cuda_rng"], fork_devices[0])
+                where.update(epoch=int(st["epoch"]), pos=int(st["pos"]))
+                step, lr_now, running = int(st["step"]), float(st["lr"]), float(st["running"])
+                if bar is not None:
+                    bar.update(task, advance=step)
+            for epoch in range(where["epoch"], epochs):
                 model.train()
+                start = where["pos"] if epoch == where["epoch"] else 0
+                where.update(epoch=epoch, generator=gen.get_state())
                 perm = torch.randperm(n, generator=gen).to(dev)
-                for i in range(0, n, batch_size):
+                for i in range(start, n, batch_size):
+                    where["pos"] = i + batch_size
                     idx = perm[i : i + batch_size]
                     lr_now = lr_at(step)
                     for group in opt.param_groups:
@@ -426,7 +457,7 @@ def train(
                             break
                         whole = record == "epoch" or step % steps_per_epoch == 0
                         ep = step // steps_per_epoch if whole else round(step / steps_per_epoch, 6)
-                        checkpoint(ep, step, lr_now)
+                        checkpoint(ep, step, lr_now, running)
                 else:
                     continue
                 warnings.warn(f"training stopped: {reason}", RuntimeWarning, stacklevel=2)
@@ -437,4 +468,5 @@ def train(
         model.train(was_training)
         if not finished:
             rec.update_info(status="interrupted")
+            rec.close()
     return rec.finish()

@@ -93,13 +93,17 @@ def train(
     index: IndexOpt = None,
     device: DeviceOpt = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace a different run already in --out.")
+        bool, typer.Option(help="Train again and replace the run in --out (the old one stays "
+                           "until the new one has finished).")
     ] = False,
     figure: Annotated[bool, typer.Option(help="Write training.png into the run folder.")] = True,
 ) -> None:
     """Train MODEL on DATA with SGD, recording checkpoints into a run folder.
 
     The folder (default runs/MODEL-DATA-seedSEED) gets manifest.json, checkpoints/ and training.png.
+
+    The same command again does nothing on a finished run and continues an interrupted one
+    from its last checkpoint (bit-identical to an uninterrupted run).
 
     --seed sets both the initialization and the data order.
 
@@ -120,6 +124,10 @@ def train(
         weight_decay=weight_decay, batch_size=batch_size, schedule=schedule, milestones=ms,
         gamma=gamma, seed=seed, record=rec, out=out, device=device, overwrite=overwrite,
     )
+    if run.already_done:
+        typer.echo(f"{out}: already trained ({run.status}, {summary(run)}); nothing to do "
+                   "(--overwrite trains it again)")
+        return
     if figure:
         from lossatlas.plot.training import training_curves
 
