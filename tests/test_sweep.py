@@ -237,3 +237,31 @@ def test_executor_with_map_only(spec, tiny, tmp_path):
     assert res.cells == tiny[1].cells
     with pytest.raises(LossAtlasError, match="executor"):
         S.run(spec, tmp_path / "p", executor=object(), progress=False)
+
+
+def test_torn_last_line_is_cut_and_its_job_redone(spec, tiny, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tiny[0], out)
+    lines = (out / S.RESULTS).read_text().splitlines()
+    # a crash in the middle of writing the last row: no newline after the fragment
+    (out / S.RESULTS).write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])
+    S.run(spec, out, progress=False)
+    text = (out / S.RESULTS).read_text()
+    rows = [json.loads(x) for x in text.splitlines()]  # every line parses: nothing glued
+    assert text.endswith("\n") and len(rows) == len(lines)
+    assert [r["key"] for r in rows] == [json.loads(x)["key"] for x in lines]
+    assert S.load_results(out).cells == tiny[1].cells  # n_models 2 everywhere, as before
+
+
+def test_second_sweep_on_a_folder_is_refused(spec, tiny, tmp_path):
+    import os
+
+    from lossatlas._locks import writer_lock
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny[0], out)
+    before = (out / S.RESULTS).read_bytes()
+    with (writer_lock(tmp_path / "out.lock", "test"),
+          pytest.raises(LossAtlasError, match=f"sweep folder.*process {os.getpid()}")):
+        S.run(spec, out, progress=False)
+    assert (out / S.RESULTS).read_bytes() == before

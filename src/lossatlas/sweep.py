@@ -38,8 +38,9 @@ A sweep is described in a TOML file::
     cka = 0.9
 
 Results go to ``OUT/results.jsonl``, one JSON line per finished job (a model, or a pair of
-seeds), appended and flushed as each job finishes; every line carries the hash of the job's
-configuration, so a rerun skips what is done and resumes where it stopped. The trained weights
+seeds), appended (one write with its newline, then fsync) as each job finishes; every line
+carries the hash of the job's configuration, so a rerun skips what is done and resumes where it
+stopped (a last line torn by a crash is cut on open, and its job runs again). The trained weights
 go to ``OUT/models/<hash>.pt`` (so connectivity and similarity can be recomputed later), the
 resolved sweep to ``OUT/sweep.json`` and the per-cell table to ``OUT/cells.csv``. Only the
 driver writes files: the jobs (local, in worker processes or on Ray) return values.
@@ -66,6 +67,7 @@ import tomllib
 import torch
 
 from lossatlas import __version__
+from lossatlas._locks import writer_lock
 from lossatlas._progress import track
 from lossatlas.errors import LossAtlasError
 
@@ -478,8 +480,29 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _append(path: Path, row: Mapping) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row, allow_nan=False) + "\n")
+    """Append one row and its newline in a single write, then fsync: a crash leaves at most a
+    torn last line, which :func:`_repair_tail` cuts on the next open."""
+    data = (json.dumps(row, allow_nan=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a torn last line (no trailing newline: a crash during its write) so that its job
+    runs again, instead of the next row being glued onto it."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    with path.open("r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
         f.flush()
         os.fsync(f.fileno())
 
@@ -533,16 +556,24 @@ def run(
     ``as_completed(fn, items)`` or ``map(fn, items)`` (see :mod:`lossatlas.executors`); default
     in-process with the spec's ``threads``. Jobs whose
     hash is already in ``OUT/results.jsonl`` are skipped. First the models (one job per cell and
-    seed), then the pairs of seeds of every cell.
+    seed), then the pairs of seeds of every cell. One writer per folder: a second run on
+    ``out`` while this one holds ``OUT.lock`` is refused, naming this process.
     """
-    from lossatlas.executors import LocalExecutor
-
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     out = Path(out or spec.out or Path("sweeps") / spec.name)
+    with writer_lock(out.with_name(out.name + ".lock"), f"the sweep folder {str(out)!r}"):
+        return _run(spec, out, executor, progress)
+
+
+def _run(spec: SweepSpec, out: Path, executor, progress: bool) -> SweepResult:
+    """:func:`run` once ``out`` is locked for this process."""
+    from lossatlas.executors import LocalExecutor
+
     out.mkdir(parents=True, exist_ok=True)
     (out / SPEC).write_text(json.dumps(spec.to_dict(), indent=2, default=str))
     results = out / RESULTS
+    _repair_tail(results)
     done = {r.get("key") for r in _read_rows(results)}
     n_threads = spec.measure.get("threads", 1)
     executor = executor or LocalExecutor(threads=n_threads)
