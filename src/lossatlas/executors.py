@@ -12,6 +12,7 @@ of ``items``:
 chunks are not all built at once. The driver (the caller) alone writes files: workers only
 return values. Every job runs with ``threads`` torch threads (1 by default), in every executor,
 so a job computes the same floats wherever it runs: a Ray run equals the local run bit for bit.
+Worker processes die with the process that started them, even when it is SIGKILLed.
 
 >>> ex = LocalExecutor()
 >>> sorted(ex.map(abs, [-2, 1, -3]))
@@ -107,10 +108,69 @@ class LocalExecutor(Executor):
             yield item, run_job(fn, item, self.threads)
 
 
-def _init_worker(n_threads: int | None) -> None:
+def _init_worker(n_threads: int | None, driver: int | None = None) -> None:
     if n_threads is not None:
         torch.set_num_threads(n_threads)
     os.environ.setdefault("LOSSATLAS_QUIET", "1")  # no progress bars from inside workers
+    if driver is not None:
+        _die_with(driver)
+
+
+def _parent_is_forkserver() -> bool:
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return b"forkserver" in f.read()
+    except OSError:
+        return False
+
+
+def _die_with(driver: int) -> None:
+    """Make this worker die with the ``driver`` process, even when the driver is SIGKILLed.
+
+    Workers are children of the fork server, not of the driver, and nothing tells them the
+    driver is gone: a watch thread waits on the driver's pidfd (Linux >= 5.3; elsewhere it
+    polls), then kills the fork server (the worker's parent) and this worker. On Linux the
+    worker also gets ``PR_SET_PDEATHSIG`` = SIGKILL, so it dies when the fork server does.
+    The resource tracker exits by itself once they are all gone."""
+    import signal
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+    def alive() -> bool:
+        try:
+            os.kill(driver, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(driver)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])  # readable once the driver has exited
+        else:
+            while alive():
+                time.sleep(0.5)
+        if _parent_is_forkserver():
+            with contextlib.suppress(OSError):
+                os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if not alive():
+        watch()
+    threading.Thread(target=watch, name="lossatlas-lifeline", daemon=True).start()
 
 
 #: Modules the fork server imports once, so that workers forked from it start warm.
@@ -153,7 +213,7 @@ class ProcessExecutor(Executor):
         if self._pool is None:
             self._pool = futures.ProcessPoolExecutor(
                 self._workers, mp_context=self._context, initializer=_init_worker,
-                initargs=(self.threads,),
+                initargs=(self.threads, os.getpid()),
             )
         return self._pool
 
