@@ -209,3 +209,33 @@ def test_second_writer_is_refused_with_the_holder_pid(tmp_path):
     assert not path.exists()
     _surface(path)  # the lock is gone with its holder
     assert not (tmp_path / "s.h5.lock").exists()
+
+
+def test_cli_test_split_writes_test_keys(tmp_path):
+    from typer.testing import CliRunner
+
+    from lossatlas.cli import app
+
+    out = tmp_path / "c.h5"
+    res = CliRunner().invoke(app, ["curve", "--data", "digits", "--data-arg", "train_size=100",
+                                   "--width", "8", "--points", "5", "--split", "test",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    with h5py.File(out, "r") as f:
+        assert f.attrs["split"] == "test" and f["test_loss"].shape == (5,)
+        assert "train_loss" not in f and 0 <= f["test_acc"][()].min() <= 100
+
+
+def test_our_vtp_export_reads_the_new_layout_right(tmp_path):
+    import re
+
+    from lossatlas import plot
+
+    _, obj, d1, d2 = _surface(tmp_path / "s.h5")
+    s = la.load(tmp_path / "s.h5")
+    vtp = plot.to_vtp(s, tmp_path / "s.vtp").read_text()
+    pts = np.array(re.search(r'NumberOfComponents="3" format="ascii">([^<]*)<', vtp).group(1)
+                   .split(), dtype=float).reshape(-1, 3)
+    assert len(pts) == NX * NY
+    for a, b, z in pts[[0, 4, 7, 14]]:
+        assert z == pytest.approx(_hand(obj, d1, d2, a, b)[0], rel=1e-5)
