@@ -27,7 +27,13 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["WriterLock", "writer_lock"]
+__all__ = ["WriterLock", "lock_path", "writer_lock"]
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of ``target`` (a file or folder): its sibling ``NAME.lock``."""
+    target = Path(target).absolute()  # "." has no name; its absolute path has
+    return target.with_name(target.name + ".lock")
 
 
 class WriterLock:

@@ -53,7 +53,7 @@ import torch
 
 from lossatlas import _fastpath, store
 from lossatlas import params as P
-from lossatlas._locks import writer_lock
+from lossatlas._locks import lock_path, writer_lock
 from lossatlas._progress import track
 from lossatlas.errors import LossAtlasError
 from lossatlas.objective import Objective
@@ -390,7 +390,7 @@ def _run(
     f = lock = None
     if path is not None:
         path = Path(path)
-        lock = writer_lock(path.with_name(path.name + ".lock"), f"path={str(path)!r}")
+        lock = writer_lock(lock_path(path), f"path={str(path)!r}")
     try:
         if path is not None:
             if path.exists():

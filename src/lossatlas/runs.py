@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from lossatlas import __version__
-from lossatlas._locks import writer_lock
+from lossatlas._locks import lock_path, writer_lock
 from lossatlas.errors import LossAtlasError
 from lossatlas.params import Point, select
 
@@ -347,8 +347,7 @@ class Recorder:
             self.info["config"].setdefault("model_class", self.info["model"]["class"])
             self.info["config"].setdefault("parameter_shapes", self.info["parameter_shapes"])
         if self.path is not None:
-            self._lock = writer_lock(self.path.with_name(self.path.name + ".lock"),
-                                     f"out={str(self.path)!r}")
+            self._lock = writer_lock(lock_path(self.path), f"out={str(self.path)!r}")
             try:
                 self._prepare(overwrite, resume)
                 if not self.already_done:
@@ -547,13 +546,14 @@ def _read_resume(folder: Path, index: int) -> dict | None:
 
 
 def _partial(final: Path) -> Path:
+    final = final.absolute()  # "." has no name; its absolute path has
     return final.with_name(final.name + ".partial")
 
 
 def _swap_in(staging: Path, final: Path) -> None:
     """Replace the run in ``final`` by the finished one in ``staging``; files of ``final`` that
     are not the run's (figures, notes) move over. Safe to redo after a crash at any step."""
-    old = final.with_name(final.name + ".replaced")
+    old = final.absolute().with_name(final.absolute().name + ".replaced")
     if final.exists() and staging.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -569,7 +569,7 @@ def _swap_in(staging: Path, final: Path) -> None:
 
 def _recover_swap(final: Path) -> None:
     """Finish a swap that a crash cut short (see :func:`_swap_in`)."""
-    old = final.with_name(final.name + ".replaced")
+    old = final.absolute().with_name(final.absolute().name + ".replaced")
     if not old.exists():
         return
     staging = _partial(final)

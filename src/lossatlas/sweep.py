@@ -67,7 +67,7 @@ import tomllib
 import torch
 
 from lossatlas import __version__
-from lossatlas._locks import writer_lock
+from lossatlas._locks import lock_path, writer_lock
 from lossatlas._progress import track
 from lossatlas.errors import LossAtlasError
 
@@ -562,7 +562,7 @@ def run(
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     out = Path(out or spec.out or Path("sweeps") / spec.name)
-    with writer_lock(out.with_name(out.name + ".lock"), f"the sweep folder {str(out)!r}"):
+    with writer_lock(lock_path(out), f"the sweep folder {str(out)!r}"):
         return _run(spec, out, executor, progress)
 
 
