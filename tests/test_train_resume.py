@@ -138,3 +138,10 @@ def test_cli_rerun_says_so_in_one_line(tmp_path):
     assert "already trained" in res.output and "--overwrite" in res.output
     assert (tmp_path / "r" / "manifest.json").read_text() == manifest
     assert json.loads(manifest)["status"] == "finished"
+
+
+def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path):
+    T.Recorder(tmp_path / "r", model(), config={"other": 1}).close()  # a manifest, no entries
+    fit(tmp_path / "r")
+    fit(tmp_path / "full")
+    same_run(tmp_path / "full", tmp_path / "r")

@@ -364,6 +364,8 @@ class Recorder:
             raise LossAtlasError(f"out={str(final)!r} is a file; pass a folder path")
         _recover_swap(final)
         old = _read_manifest(final)
+        if old is not None and not old.get("checkpoints"):
+            old = None  # killed before its first checkpoint: nothing there to keep
         if old is not None and not overwrite and old.get("config") != self.info["config"]:
             o, n = _flat(old.get("config") or {}), _flat(self.info["config"])
             keys = sorted(k for k in set(o) | set(n) if o.get(k) != n.get(k))
