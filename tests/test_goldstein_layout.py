@@ -145,8 +145,10 @@ def test_test_split_goes_under_test_keys(tmp_path):
     np.testing.assert_array_equal(back.loss, s.loss)
     back.save(tmp_path / "copy.h5")  # a saved copy keeps the split and the layout
     np.testing.assert_array_equal(read_like_plot_2d(tmp_path / "copy.h5", "test_loss")[2], Z)
-    with pytest.raises(LossAtlasError, match="split"):
+    before = (tmp_path / "t.h5").read_bytes()
+    with pytest.raises(LossAtlasError, match="holds a surface on the test split, not the train"):
         _surface(tmp_path / "t.h5", split="train")  # other data: refused, file kept
+    assert (tmp_path / "t.h5").read_bytes() == before
     net, train, _, d1, _ = _problem()
     with pytest.raises(LossAtlasError, match="split='valid'"):
         la.curve(la.Objective(net, train), d1, points=3, split="valid")

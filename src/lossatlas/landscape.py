@@ -262,16 +262,21 @@ def _direction_info(d: Mapping) -> dict:
     return {**meta, "hash": P.hash_point(d)}
 
 
-def _check_signature(path: Path, kind: str, signature: dict) -> None:
+def _check_signature(path: Path, kind: str, signature: dict, split: str = "train") -> None:
     with h5py.File(path, "r") as f:
         fkind = f.attrs.get("lossatlas_kind")
         fkind = fkind.decode() if isinstance(fkind, bytes) else fkind
         old = json.loads(f.attrs["signature"]) if "signature" in f.attrs else None
+        lay = FileLayout.of(f)
     if fkind != kind or old is None:
         raise LossAtlasError(
             f"path={str(path)!r} holds a {fkind or 'foreign'} file, not a resumable {kind}; "
             "pass another path or delete the file"
         )
+    if lay.version >= 2 and lay.split != split:
+        raise LossAtlasError(
+            f"path={str(path)!r} holds a {kind} on the {lay.split} split, not the {split} "
+            f"split; pass split={lay.split!r} (--split {lay.split}) to resume, or another path")
     new = json.loads(json.dumps(store._jsonable(signature), sort_keys=True))
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -394,7 +399,7 @@ def _run(
     try:
         if path is not None:
             if path.exists():
-                _check_signature(path, kind, signature)
+                _check_signature(path, kind, signature, split)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.name + ".tmp")
@@ -403,10 +408,6 @@ def _run(
                 os.replace(tmp, path)
             f = h5py.File(path, "r+")
             lay = FileLayout.of(f)
-            if lay.version >= 2 and lay.split != meta["split"]:
-                raise LossAtlasError(
-                    f"path={str(path)!r} holds a {kind} on the {lay.split} split, not "
-                    f"{meta['split']}; pass split={lay.split!r} to resume, or another path")
             # the file's arrays, kept in the file's layout and units: a resume rewrites the
             # finished points bit for bit (no percent -> fraction -> percent round trip)
             held = {"loss": f[lay.loss_key][()], "accuracy": f[lay.acc_key][()],
