@@ -69,8 +69,10 @@ def test_interrupted_run_continues_bit_identically(tmp_path, record, stops):
         with pytest.raises(KeyboardInterrupt):
             fit(tmp_path / "cut", stop_at=stop, record=record)
         assert T.load_run(tmp_path / "cut").status == "interrupted"
+    last = len(T.load_run(tmp_path / "cut")) - 1
     run = fit(tmp_path / "cut", record=record)
     assert not run.already_done and len(run.info["resumes"]) == len(stops)
+    assert run.resumed_after == last
     same_run(tmp_path / "full", tmp_path / "cut")
 
 

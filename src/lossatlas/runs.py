@@ -165,6 +165,7 @@ class Run:
         self.manifest = manifest
         self._memory = memory
         self.already_done = False  # set by train() when a rerun found the run finished
+        self.resumed_after: int | None = None  # set by train() when it continued a run
 
     # -- checkpoints ------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -312,9 +312,10 @@ def train(
     - ``out``: run folder (see the module docstring); ``None`` keeps checkpoints in memory.
       Rerunning the same call on a finished run trains nothing: the run is returned as it is
       (``run.already_done``), its last weights loaded into ``model``. An interrupted run
-      continues from its last checkpoint (optimizer, RNG and data order restored: the result
-      is bit-identical to an uninterrupted run). ``overwrite=True`` replaces the run in
-      ``out``, but only once the new one has finished (it is recorded in ``OUT.partial``).
+      continues from its last checkpoint (``run.resumed_after``: its index; optimizer, RNG and
+      data order restored: the result is bit-identical to an uninterrupted run).
+      ``overwrite=True`` replaces the run in ``out``, but only once the new one has finished
+      (it is recorded in ``OUT.partial``).
     - A non-finite minibatch loss (or parameter) stops training with a ``RuntimeWarning``;
       ``run.stopped_reason`` says why and every earlier checkpoint is kept.
     - ``data``: a dataset with ``.tensors``, a pair ``(X, y)``, or any map-style dataset of
@@ -376,7 +377,8 @@ def train(
         if test is not None:
             tm = _evaluate_tensors(model, *test, loss_fn, eval_batch_size)
             extra.update(test_loss=tm["loss"], test_acc=tm["accuracy"])
-        resume = {**where, "step": step, "lr": lr_now, "running": running,
+        resume = {**where, "index": len(rec.entries), "step": step, "lr": lr_now,
+                  "running": running,
                   "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}
         if fork_devices:
             resume["cuda_rng"] = torch.cuda.get_rng_state(fork_devices[0])
@@ -469,4 +471,7 @@ def train(
         if not finished:
             rec.update_info(status="interrupted")
             rec.close()
-    return rec.finish()
+    run = rec.finish()
+    if rec.resume_state is not None:
+        run.resumed_after = rec.resume_state["index"]
+    return run

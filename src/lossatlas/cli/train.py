@@ -128,6 +128,8 @@ def train(
         typer.echo(f"{out}: already trained ({run.status}, {summary(run)}); nothing to do "
                    "(--overwrite trains it again)")
         return
+    if run.resumed_after is not None:
+        typer.echo(f"continued the interrupted run after checkpoint {run.resumed_after}")
     if figure:
         from lossatlas.plot.training import training_curves
 
