@@ -14,7 +14,9 @@ Built-in names (options in brackets, see each ``_make_*`` function):
   ``(1, 40)`` with ``channels=True`` for 1-D convolutions; MNIST-1D's own options
   (``num_samples``, ``shuffle_seq``, ...) pass through.
 - ``gaussians``, ``spirals``, ``teacher``: synthetic vectors; ``tokens``: int64 sequences.
-- ``cifar10``, ``cifar100``: read from ``root`` (the official python-pickle layout).
+- ``cifar10``, ``cifar100``: read from ``root`` (the official python-pickle layout) with a
+  restricted unpickler that admits only dicts, lists, bytes, str, ints and plain numpy arrays
+  (:mod:`lossatlas._restricted_pickle`): a crafted file runs no code.
 
 The data itself is fixed (``data_seed``); the ``seed`` of :func:`load` only chooses the
 ``train_size`` subset and the ``label_noise`` flips, which touch the training set alone.
@@ -34,7 +36,6 @@ import functools
 import importlib
 import inspect
 import os
-import pickle
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lossatlas import _restricted_pickle as restricted_pickle
 from lossatlas.errors import LossAtlasError
 
 __all__ = [
@@ -679,8 +681,11 @@ def _read_pickle(path: Path, name: str) -> dict:
             f"root: {name} expects the file {path} (official python-pickle layout); "
             "re-extract the archive there."
         )
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+    fix = f"re-extract the official {name} archive into root"
+    d = restricted_pickle.load(path.read_bytes(), f"root: the file {path}", fix)
+    if not isinstance(d, dict):
+        raise LossAtlasError(f"root: the file {path} holds a {type(d).__name__}, not the dict "
+                             f"of the official layout; {fix}")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 

@@ -42,7 +42,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,7 @@ from lossatlas import __version__
 from lossatlas._locks import lock_path, writer_lock
 from lossatlas.errors import LossAtlasError
 from lossatlas.params import Point, select
+from lossatlas.store import read_state_dict
 
 __all__ = ["CKPT_DIR", "MANIFEST", "Recorder", "Run", "load_run"]
 
@@ -174,9 +175,19 @@ class Run:
     def _state(self, j: int) -> dict[str, torch.Tensor]:
         if self._memory is not None:
             return {k: v.clone() for k, v in self._memory[j].items()}
-        assert self.path is not None
-        file = self.path / self.manifest[j]["file"]
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return read_state_dict(self.file(j), self._what(j))
+
+    def _what(self, j: int) -> str:
+        return f"checkpoint {j} of the run {str(self.path)!r}:"
+
+    def file(self, j: int) -> Path:
+        """The file of checkpoint ``j``, confined to the run folder: a manifest entry that is
+        absolute, climbs out with ``..`` or leads outside through a symlink is refused (the
+        file itself is opened only when regular, see :func:`lossatlas.store.open_regular`)."""
+        if self.path is None:
+            raise LossAtlasError("the run is kept in memory and has no files; pass out= to "
+                                 "la.train to write a run folder")
+        return confined(self.path, self.manifest[j].get("file"), self._what(j))
 
     @property
     def checkpoints(self) -> Sequence[Point]:
@@ -258,7 +269,30 @@ def load_run(path: str | os.PathLike) -> Run:
     if doc.get("format") != FORMAT:
         raise LossAtlasError(f"{mpath} is not a lossatlas run manifest; pass a run folder")
     entries = doc.pop("checkpoints", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise LossAtlasError(f"{mpath} has no list of checkpoint entries; pass a run folder "
+                             "written by lossatlas train")
+    for j, e in enumerate(entries):
+        confined(path, e.get("file"), f"checkpoint {j} of the run {str(path)!r}:")
     return Run(path, doc, entries)
+
+
+def confined(root: Path, name: Any, what: str) -> Path:
+    """``root / name`` for a manifest entry ``name`` that stays inside ``root``: a relative
+    path without ``..`` whose resolved location (symlinks followed) is under ``root``."""
+    fix = "the manifest may have been edited; restore the run folder lossatlas train wrote"
+    if not isinstance(name, str) or not name:
+        raise LossAtlasError(f"{what} its manifest entry file={name!r} names no file; {fix}")
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or PureWindowsPath(name).is_absolute() or ".." in rel.parts \
+            or "\\" in name:
+        raise LossAtlasError(f"{what} its manifest entry file={name!r} leaves the run folder "
+                             f"(absolute or with ..), which is refused; {fix}")
+    full = root / rel
+    if not full.resolve().is_relative_to(root.resolve()):
+        raise LossAtlasError(f"{what} {name!r} is a link that leads outside the run folder, "
+                             f"which is refused; {fix}")
+    return full
 
 
 # -- Recorder -------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,8 @@ import torch
 
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["load", "read_attrs", "read_state_dict", "register_loader", "result", "save",
-           "write_attrs"]
+__all__ = ["load", "open_regular", "read_attrs", "read_state_dict", "register_loader", "result",
+           "save", "write_attrs"]
 
 _REGISTRY: dict[str, type] = {}
 _LOADERS: dict[str, Any] = {}
@@ -67,23 +69,61 @@ def register_loader(kind: str, fn) -> None:
     _LOADERS[kind] = fn
 
 
+def open_regular(path: str | os.PathLike, what: str):
+    """``path`` opened for binary reading, refused unless it is a regular file.
+
+    Opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open descriptor, so a FIFO,
+    a device or a socket is refused at once (instead of hanging on ``open``) and nothing can
+    swap the file between the check and the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise LossAtlasError(f"{what} {str(path)!r} cannot be opened ({exc.strerror}); check "
+                             "the path") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a device or socket")
+        raise LossAtlasError(f"{what} {str(path)!r} is {kind}, not a regular file; pass a "
+                             "checkpoint file")
+    if hasattr(os, "O_NONBLOCK"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _pickle_reason(exc: BaseException) -> str:
+    """The one reason in torch's multi-paragraph ``weights_only`` refusal."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it asks for {found.group(1)}, which loading with weights_only=True refuses "
+                "as it could run code")
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return first.rstrip(".")
+
+
 def read_state_dict(path: str | os.PathLike, what: str = "checkpoint"
                     ) -> dict[str, torch.Tensor]:
     """The tensors of a ``.pt`` file holding a state dict, or a dict with a ``"state_dict"`` /
-    ``"model"`` entry (the common training-script layouts); read with ``weights_only=True``.
+    ``"model"`` entry (the common training-script layouts); read with ``weights_only=True``
+    from a regular file only (:func:`open_regular`).
 
-    ``what`` names the argument in the one-sentence error (``"--checkpoint"``, ``"checkpoint"``).
+    ``what`` names the argument in the one-sentence error (``"--checkpoint"``, ``"checkpoint"``);
+    every file that is not a plain state dict (a pickle asking for code, a truncated file) gets
+    the same sentence whether it comes as a ``.pt`` file or from a run folder.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise LossAtlasError(f"{what} {str(path)!r} is not a file; check the path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LossAtlasError(
-            f"{what} {str(path)!r} cannot be read as a torch state dict ({exc}); save it with "
-            "torch.save(model.state_dict(), path)"
-        ) from None
+    with open_regular(path, what) as f:
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise LossAtlasError(
+                f"{what} {str(path)!r} cannot be read as a torch state dict "
+                f"({_pickle_reason(exc)}); save it with torch.save(model.state_dict(), path)"
+            ) from None
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), Mapping):

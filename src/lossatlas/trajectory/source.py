@@ -15,6 +15,7 @@ BatchNorm running statistic. Pass ``names=obj.names`` to match an Objective exac
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ class Source:
         if self.files is None:
             return None
         try:
+            if not stat.S_ISREG(os.stat(self.files[i]).st_mode):  # a FIFO would block open
+                return None
             state = torch.load(self.files[i], map_location="cpu", weights_only=True, mmap=True)
         except Exception:
             return None
@@ -152,7 +155,7 @@ class Source:
 def _run_files(run, rng: range) -> list[Path] | None:
     if run.path is None or getattr(run, "_memory", None) is not None:
         return None
-    return [run.path / run.manifest[j]["file"] for j in rng]
+    return [run.file(j) for j in rng]
 
 
 def as_source(checkpoints: Any, names: Sequence[str] | None = None) -> Source:
