@@ -10,7 +10,13 @@ Three ways to evaluate one grid point, the fastest that applies is chosen per ru
       Z₀ = layer(x; W, c),  Z_k = layer(x; D_k, e_k)
 
   so Z₀, Z₁, Z₂ are computed once per data batch and each grid point replaces that layer's
-  forward by the combination (restored in ``finally``). Exact up to float rounding.
+  forward by the combination (restored in ``finally``). Exact up to float rounding, which is
+  proved for the model in hand, not assumed: one forward under a ``TorchFunctionMode`` records
+  every read of the layer's weight and bias outside its own call (tied weights such as
+  ``F.linear(h, self.inp.weight)``); when there is one, those parameters are written at every
+  point as well. Then the trick is checked against a plain forward at two off-center points
+  (:data:`GUARD_POINTS`, relative loss gap at most :data:`GUARD_RTOL`) before it is used;
+  a model that fails falls back to ``"inplace"`` and the reason is recorded.
 * ``"inplace"``: a private copy of the model whose parameters are overwritten with
   ``θ + a·d₁ + b·d₂`` (computed from the center every time) before a plain forward.
 * ``"functional"``: :meth:`Objective.evaluate` at ``params.axpy(θ, c, d)`` (when the model
@@ -34,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from lossatlas import params as P
 from lossatlas.batching import Batch, slice_batch
@@ -46,6 +54,10 @@ __all__ = ["Chunk", "Engine", "evaluate_chunk", "find_affine_first_layer"]
 _AFFINE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 FASTPATH_MEMORY = 2 * 2**30  # bytes of precomputed first-layer outputs allowed
 MIN_FAN_IN = 16
+#: Off-center coefficient rows (cycled over the directions) where the affine trick is checked
+#: against a plain forward before it is used, and the relative loss gap allowed there.
+GUARD_POINTS = ((0.61, -0.37), (-0.83, 0.29))
+GUARD_RTOL = 1e-5
 
 
 # -- loss and accuracy in one pass ---------------------------------------------------------
@@ -217,8 +229,74 @@ def find_affine_first_layer(model: nn.Module, obj: Objective) -> tuple[FirstLaye
     bias = pre + "bias" if getattr(first, "bias", None) is not None else None
     own = {id(first.weight)} | ({id(first.bias)} if bias else set())
     uses = sum(id(p) in own for _, p in model.named_parameters(remove_duplicate=False))
-    tied = uses > len(own)
-    return FirstLayer(prefix, first, weight, bias, tied), "ok"
+    reads = _reads_outside(model, obj, batch, first)
+    tied = uses > len(own) or bool(reads)
+    reason = "ok"
+    if reads:
+        reason = (f"ok; the first layer's parameters are also read elsewhere in the forward "
+                  f"({', '.join(sorted(set(reads)))}), so they are written at every point too")
+    return FirstLayer(prefix, first, weight, bias, tied), reason
+
+
+#: Tensor attributes that read no values (reading them cannot make the trick inexact).
+_METADATA = frozenset({
+    "shape", "dtype", "device", "ndim", "layout", "requires_grad", "is_leaf", "grad_fn",
+    "is_cuda", "is_sparse", "is_quantized", "is_meta", "names", "size", "dim", "numel",
+    "stride", "is_contiguous", "is_floating_point", "is_complex", "element_size", "nelement",
+    "data_ptr", "__len__", "_version",
+})
+
+
+def _func_name(func) -> str:
+    name = getattr(func, "__name__", str(func))
+    if name in ("__get__", "__set__"):  # a Tensor property: name it by its descriptor
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    return name
+
+
+class _ReadWatch(TorchFunctionMode):
+    """Records every torch function that receives one of ``watched`` (by identity) while
+    ``inside[0]`` is 0, i.e. outside the first layer's own call."""
+
+    def __init__(self, watched: list[torch.Tensor], inside: list[int]):
+        super().__init__()
+        self.watched, self.inside, self.reads = watched, inside, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.inside[0]:
+            name = _func_name(func)
+            if name not in _METADATA:
+                for t in tree_flatten((args, kwargs))[0]:
+                    if any(t is w for w in self.watched):
+                        self.reads.append(name)
+                        break
+        return func(*args, **kwargs)
+
+
+def _reads_outside(model: nn.Module, obj: Objective, batch: Batch, first: nn.Module
+                   ) -> list[str]:
+    """Names of the torch functions that read the first layer's weight or bias anywhere in
+    one forward except inside that layer's own call (tied weights such as
+    ``F.linear(h, self.inp.weight)``, a penalty on the weights in ``forward``, ...)."""
+    watched = [t for t in (first.weight, getattr(first, "bias", None)) if t is not None]
+    inside = [0]
+
+    def enter(m, args):
+        inside[0] += 1
+
+    def leave(m, args, out):
+        inside[0] -= 1
+
+    hs = [first.register_forward_pre_hook(enter), first.register_forward_hook(leave)]
+    watch = _ReadWatch(watched, inside)
+    try:
+        with torch.no_grad(), watch:
+            _call_model(model, obj, batch)
+    finally:
+        for h in hs:
+            h.remove()
+    return watch.reads
 
 
 def _fan_in(m: nn.Module) -> int:
@@ -291,12 +369,51 @@ class Engine:
                     "forward is cheaper than the trick"
                 first = None
             if first is not None and eng._precompute(first):
+                all_slots = eng._slots
                 eng.first, eng.mode = first, "affine"
                 if not first.tied:
                     skip = {first.weight, first.bias}
                     eng._slots = [(params[k], center[k], [d[k] for d in dirs])
                                   for k in obj.names if k not in skip]
+                gap = eng._gap_to_plain(all_slots)
+                if not gap <= GUARD_RTOL:
+                    eng.first, eng.mode, eng._slots = None, "inplace", all_slots
+                    eng._Z, eng._buf, eng._rows, eng._rows_buf = [], [], [], []
+                    eng.reason = (f"the affine trick differed from a plain forward by "
+                                  f"{gap:.2g} (relative) at an off-center point")
         return eng
+
+    def _gap_to_plain(self, all_slots: list) -> float:
+        """The guard run before committing to the affine trick: the largest relative
+        difference |L_fast − L_plain| / max(|L_plain|, 1e-3), over :data:`GUARD_POINTS`, of the
+        first batch's loss with the trick and with a plain forward of the private model at the
+        same point (every parameter written, the first layer's own forward). BN statistics
+        are the center's for both (the check is about the forward, not the BN policy)."""
+        obj, first = self.obj, self.first
+        assert first is not None
+        b = obj.batches[0]
+        k = len(self.directions)
+        worst = 0.0
+        feeder = _Feeder(self)
+        with torch.no_grad():
+            try:
+                for base in GUARD_POINTS:
+                    c = [base[i % len(base)] for i in range(k)]
+                    self._write(c)
+                    feeder.start(c)
+                    first.module.forward = feeder
+                    try:
+                        fast = float(obj.loss_fn(_call_model(self.model, obj, b), b.targets))
+                    finally:
+                        del first.module.forward
+                    _write_slots(all_slots, c)
+                    plain = float(obj.loss_fn(_call_model(self.model, obj, b), b.targets))
+                    gap = abs(fast - plain) / max(abs(plain), 1e-3)
+                    worst = max(worst, gap if math.isfinite(gap) else math.inf)
+            finally:
+                _write_slots(all_slots, [0.0] * k)
+                self._rows = [(None, None)] * len(self._rows)
+        return worst
 
     def _precompute(self, first: FirstLayer) -> bool:
         """Z₀ (center), Z_k (direction k, its bias component included) for every batch."""
@@ -344,14 +461,7 @@ class Engine:
     # -- one point ------------------------------------------------------------------------
     def _write(self, coeffs: Sequence[float]) -> None:
         """Parameters of the private model := θ + Σ c_k d_k (from the center, every time)."""
-        for p, c, ds in self._slots:
-            if coeffs and coeffs[0] != 0:
-                torch.add(c, ds[0], alpha=coeffs[0], out=p)
-            else:
-                p.copy_(c)
-            for a, d in zip(coeffs[1:], ds[1:]):
-                if a != 0:
-                    p.add_(d, alpha=a)
+        _write_slots(self._slots, coeffs)
 
     def _combine(self, i: int, coeffs: Sequence[float]) -> torch.Tensor:
         """Z₀ + c₀Z₁ + c₁Z₂ for batch i. Z₀ + c₀Z₁ is kept while c₀ stays the same (a row of
@@ -543,6 +653,18 @@ class Engine:
                 best, best_t = k, dt
         self.per_pass = best
         return best
+
+
+def _write_slots(slots: list, coeffs: Sequence[float]) -> None:
+    """Each (parameter, center, [d_k]) of ``slots``: parameter := center + Σ c_k d_k."""
+    for p, c, ds in slots:
+        if coeffs and coeffs[0] != 0:
+            torch.add(c, ds[0], alpha=coeffs[0], out=p)
+        else:
+            p.copy_(c)
+        for a, d in zip(coeffs[1:], ds[1:]):
+            if a != 0:
+                p.add_(d, alpha=a)
 
 
 class _StopPass(Exception):  # noqa: N818 - control flow, not an error
