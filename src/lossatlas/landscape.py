@@ -327,6 +327,12 @@ def _prepare_direction(obj: Objective, d: Mapping, name: str) -> P.Point:
         if v.shape != obj.center[k].shape:
             raise LossAtlasError(f"{name}[{k!r}] has shape {tuple(v.shape)}, the parameter "
                                  f"{tuple(obj.center[k].shape)}")
+    bad = next((k for k, v in out.items() if not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # else every point would be NaN and marked done
+        raise LossAtlasError(
+            f"{name}[{bad!r}] holds NaN or inf entries; pass a finite {name} (check how it was "
+            "built, e.g. a normalization by a zero norm or a diverged checkpoint)"
+        )
     return out
 
 
