@@ -199,3 +199,28 @@ def setup(
     if device is not None:
         net.to(device)
     return net, train, test
+
+
+PartialOpt = Annotated[bool, typer.Option(
+    "--partial", help="Accept a half-computed file: analyse only its computed points and say "
+    "so in the output.")]
+
+
+def completeness(result: Any, file: str | os.PathLike, partial: bool) -> str:
+    """``""`` for a whole result; for a half-computed one (some ``done`` False) refuse unless
+    ``partial``, and then return the note ``"partial: 5 of 11 points"`` to print."""
+    import numpy as np
+
+    done = getattr(result, "done", None)
+    if done is None or bool(np.all(done)):
+        return ""
+    n, total = int(np.sum(done)), int(np.size(done))
+    if n == 0:
+        raise LossAtlasError(f"FILE {str(file)!r} has no computed point yet (0 of {total}); "
+                             "rerun the command that wrote it to compute them")
+    if not partial:
+        raise LossAtlasError(
+            f"FILE {str(file)!r} is half-computed ({n} of {total} points); rerun the command "
+            "that wrote it to finish it, or pass --partial to analyse only the computed points"
+        )
+    return f"partial: {n} of {total} points"

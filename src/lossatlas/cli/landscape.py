@@ -30,8 +30,10 @@ from lossatlas.cli._common import (
     IndexOpt,
     ModelArgOpt,
     ModelOpt,
+    PartialOpt,
     SeedOpt,
     WidthOpt,
+    completeness,
     model_options,
     parse_options,
     setup,
@@ -262,14 +264,20 @@ def plot_cmd(
     log: Annotated[bool, typer.Option(help="Log scale / log10 of the loss.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o",
                                              help="Figure base name (default: FILE).")] = None,
+    partial: PartialOpt = False,
 ) -> None:
-    """Draw a saved landscape file, choosing the figure by the result's kind."""
+    """Draw a saved landscape file, choosing the figure by the result's kind. A half-computed
+    file is refused unless --partial (then its missing points are left blank and the figure's
+    title says "partial")."""
     import lossatlas as la
 
     res = la.load(file)
     if getattr(res, "kind", None) not in ("curve", "interpolation", "surface"):
         raise LossAtlasError(f"FILE {str(file)!r} holds a {getattr(res, 'kind', '?')} result; "
                              "lossatlas plot draws curves, interpolations and surfaces")
+    note = completeness(res, file, partial)
+    if note:
+        typer.echo(f"{note}: the figures show only the computed points")
     kinds = list(kind) if kind else ["contour", "contourf", "heatmap", "surface3d", "html"]
     if "all" in kinds:
         kinds = list(PlotKinds)

@@ -26,8 +26,10 @@ from lossatlas.cli._common import (
     IndexOpt,
     ModelArgOpt,
     ModelOpt,
+    PartialOpt,
     SeedOpt,
     WidthOpt,
+    completeness,
     model_options,
     parse_options,
     setup,
@@ -181,23 +183,33 @@ def shapes(
     num_classes: Annotated[int | None, typer.Option(
         help="C: the curve is clipped at the random-guess loss log C.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw the curves overlaid here.")] = None,
+    partial: PartialOpt = False,
 ) -> None:
     """Name the type of each saved curve (v-basin, v-side, w-basin, w-peak, vvv-basin, other)
-    with its evidence: stationary points, minima, maxima, where the center sits."""
+    with its evidence: stationary points, minima, maxima, where the center sits. A
+    half-computed file is refused unless --partial (then only its computed points count)."""
+    import numpy as np
+
     import lossatlas as la
 
     log_c = math.log(num_classes) if num_classes else None
     curves, labels = [], []
     for f in files:
         res = la.load(f)
-        if not hasattr(res, "x") or not hasattr(res, "loss"):
+        if not hasattr(res, "x") or not hasattr(res, "loss") or np.ndim(res.loss) != 1:
             raise LossAtlasError(f"{f} holds a {type(res).__name__}, not a curve; pass files "
                                  "written by `lossatlas curve` or la.curve(...).save")
-        s = la.shapes.classify(res.x, res.loss, log_c=log_c)
+        note = completeness(res, f, partial)
+        x, y = np.asarray(res.x), np.asarray(res.loss)
+        if note:
+            done = np.asarray(res.done, dtype=bool)
+            x, y = x[done], y[done]
+        s = la.shapes.classify(x, y, log_c=log_c)
         above = f", above log C on {s.above_log_c}" if s.above_log_c else ""
         typer.echo(f"{f}: {s.kind} [{s.stationary}] extrema {s.pattern or 'none'} "
                    f"minima {_fmt(s.minima)} maxima {_fmt(s.maxima)} center at {s.center_at}"
-                   f"{above} ({s.reason})")
+                   f"{above} ({s.reason})" + (f" [{note}: the type of the computed points "
+                                              "only]" if note else ""))
         curves.append(res)
         labels.append(Path(f).stem)
     if plot is not None:

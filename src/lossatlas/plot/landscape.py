@@ -91,6 +91,9 @@ def _title(result) -> str:
         bits.append(f"{'/'.join(sorted(norms))}-normalized")
     if meta.get("bn"):
         bits.append(f"bn={meta['bn']}")
+    done = getattr(result, "done", None)
+    if done is not None and not np.all(done):
+        bits.append(f"partial: {int(np.sum(done))} of {np.size(done)} points")
     return ", ".join(bits)
 
 
