@@ -40,10 +40,16 @@ A sweep is described in a TOML file::
 Results go to ``OUT/results.jsonl``, one JSON line per finished job (a model, or a pair of
 seeds), appended (one write with its newline, then fsync) as each job finishes; every line
 carries the hash of the job's configuration, so a rerun skips what is done and resumes where it
-stopped (a last line torn by a crash is cut on open, and its job runs again). The trained weights
-go to ``OUT/models/<hash>.pt`` (so connectivity and similarity can be recomputed later), the
-resolved sweep to ``OUT/sweep.json`` and the per-cell table to ``OUT/cells.csv``. Only the
-driver writes files: the jobs (local, in worker processes or on Ray) return values.
+stopped (a last line torn by a crash is cut on open, and its job runs again). A job that raised
+(or whose measurement raised on a model that trained normally) is written with ``"status":
+"failed"`` and its errors, counts for no cell, is listed by :attr:`SweepResult.failures` and
+run again by the next rerun; ``lossatlas sweep`` then exits non-zero. Every table of the TOML
+is checked: a key the called function does not take is refused with the valid keys.
+
+The trained weights go to ``OUT/models/<hash>.pt`` (so connectivity and similarity can be
+recomputed later), the resolved sweep to ``OUT/sweep.json`` and the per-cell table to
+``OUT/cells.csv``. Only the driver writes files: the jobs (local, in worker processes or on
+Ray) return values.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,7 +263,83 @@ def load_spec(source: str | os.PathLike | Mapping) -> SweepSpec:
     for sec in ("data", "model", "train"):
         if "seed" in getattr(spec, sec) and sec != "data":
             raise LossAtlasError(f"[{sec}] must not set seed; list the seeds in seeds = [...].")
+    for what in ("load", "temperature"):
+        _check_keys(what, raw.get(what) or {}, {"param", "values", "label"})
+    _check_settings(spec)
     return spec
+
+
+#: What the sweep itself passes to la.train / la.connect.train_curve (not settable in the spec).
+_SET_BY_SWEEP = {"train": {"seed", "record", "out", "test_data", "progress"},
+                 "connect": {"points", "seed", "progress"}}
+
+
+def _check_keys(table: str, given: Mapping | Iterable[str], valid: Iterable[str] | None) -> None:
+    """Refuse keys of ``[table]`` outside ``valid`` (None: anything goes), listing the valid."""
+    if valid is None:
+        return
+    valid = set(valid)
+    unknown = sorted(set(given) - valid)
+    if unknown:
+        raise LossAtlasError(f"[{table}] has unknown keys {unknown}; use {sorted(valid)}.")
+
+
+def _keywords(fn: Any, skip: Iterable[str] = (), open_ended: bool = False) -> set[str] | None:
+    """The named keyword arguments ``fn`` takes (less ``skip``); None when it also takes
+    ``**kwargs`` (unless ``open_ended``) or hides its signature."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    if not open_ended and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n for n, p in params.items() if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD)} - set(skip)
+
+
+def _factory(module: Any, name: Any) -> Any:
+    """The factory behind a dataset / model name (registered or ``pkg.mod:fn``), or None."""
+    from lossatlas.datasets import import_spec
+
+    if not isinstance(name, str):
+        return None
+    if ":" in name:
+        return import_spec(name, "name")
+    return module._REGISTRY.get(name)
+
+
+def _check_settings(spec: SweepSpec) -> None:
+    """Every key of [data], [model], [train], [measure.connect] and [phases] (and every
+    ``section.KEY`` an axis sets) must be one the called function takes."""
+    from dataclasses import fields
+
+    from lossatlas import connect, datasets, taxonomy, training, zoo
+
+    own = {"data": _keywords(datasets.load, {"name"}, open_ended=True) or set(),
+           "model": _keywords(zoo.build, {"name", "dataset", "seed"}, open_ended=True) or set()}
+    valid: dict[str, set[str] | None] = {}
+    for sec, module in (("data", datasets), ("model", zoo)):
+        factory = _factory(module, getattr(spec, sec).get("name"))
+        kw = _keywords(factory) if factory is not None else None
+        valid[sec] = None if kw is None else {"name"} | own[sec] | kw
+    valid["train"] = _keywords(training.train, {"model", "train_data"} | _SET_BY_SWEEP["train"])
+    for sec in ("data", "model", "train"):
+        _check_keys(sec, getattr(spec, sec), valid[sec])
+    for what, axis in (("load", spec.load), ("temperature", spec.temperature)):
+        ok = valid[axis.section]
+        if ok is not None and axis.key not in ok:
+            raise LossAtlasError(f"[{what}] param={axis.param!r} sets no known [{axis.section}] "
+                                 f"key; use one of {sorted(ok)}.")
+    connect_kw = spec.measure.get("connect") or {}
+    if not isinstance(connect_kw, Mapping):
+        raise LossAtlasError("[measure.connect] must be a table of la.connect.train_curve "
+                             "options, e.g. epochs = 20.")
+    valid = _keywords(connect.train_curve, {"obj", "theta_a", "theta_b", "data"}
+                      | _SET_BY_SWEEP["connect"])
+    _check_keys("measure.connect", connect_kw, None if valid is None else valid | {"metric"})
+    _check_keys("phases", spec.phases, {f.name for f in fields(taxonomy.Thresholds)})
 
 
 # -- cells and jobs ------------------------------------------------------------------------
@@ -462,6 +545,24 @@ def pair_job(job: Mapping) -> dict:
             "errors": errors, "seconds": time.perf_counter() - t0}
 
 
+def guarded(fn, job: Mapping) -> dict:
+    """``fn(job)``, or ``{"failed": "Type: message"}`` when it raises: a job that raised is
+    recorded as failed (and retried on resume) instead of ending the sweep."""
+    try:
+        return fn(job)
+    except Exception as exc:
+        return {"failed": f"{type(exc).__name__}: {exc}"}
+
+
+def failed(row: Mapping) -> bool:
+    """True for the row of a job that did not complete: it raised, or one of its measurements
+    raised on a model that trained normally (a diverged model's measurements may fail: that
+    is its result, recorded, not retried)."""
+    if row.get("status") is not None:
+        return row["status"] == "failed"
+    return bool(row.get("errors")) and not row.get("stopped_reason")
+
+
 # -- the driver ----------------------------------------------------------------------------
 def _read_rows(path: Path) -> list[dict]:
     rows = []
@@ -574,7 +675,10 @@ def _run(spec: SweepSpec, out: Path, executor, progress: bool) -> SweepResult:
     (out / SPEC).write_text(json.dumps(spec.to_dict(), indent=2, default=str))
     results = out / RESULTS
     _repair_tail(results)
-    done = {r.get("key") for r in _read_rows(results)}
+    rows = _read_rows(results)
+    done = {r.get("key") for r in rows if not failed(r)}
+    stopped = {(r.get("cell"), r.get("seed")): r.get("stopped_reason") for r in rows
+               if r.get("kind") == "model" and not failed(r)}
     n_threads = spec.measure.get("threads", 1)
     executor = executor or LocalExecutor(threads=n_threads)
     grid = cells(spec)
@@ -590,18 +694,28 @@ def _run(spec: SweepSpec, out: Path, executor, progress: bool) -> SweepResult:
             todo.append({"key": key, "cell": cell, "seed": s})
     items = ({"config": t["cell"].config, "measure": t["cell"].measure, "seed": t["seed"],
               "_task": t} for t in todo)
-    for item, res in track(_as_completed(executor, model_job, items, n_threads),
+    job = functools.partial(guarded, model_job)
+    for item, res in track(_as_completed(executor, job, items, n_threads),
                            f"sweep {spec.name}: models", total=len(todo), disable=disable):
         t = item["_task"]
         cell, s = t["cell"], t["seed"]
+        if "failed" in res:  # no weights: the pairs of this seed wait for a rerun
+            _append(results, {"kind": "model", "key": t["key"], **_cell_fields(spec, cell),
+                              "seed": s, "status": "failed", "errors": {"job": res["failed"]},
+                              "metrics": {}, "version": __version__})
+            continue
         file = out / MODELS / f"{cell.train_key(s)}.pt"
         _save_state(file, res["state"])  # the weights first: a row implies its model file
-        _append(results, {
+        row = {
             "kind": "model", "key": t["key"], **_cell_fields(spec, cell), "seed": s,
             "metrics": res["metrics"], "errors": res["errors"],
             "stopped_reason": res["stopped_reason"], "model_file": str(file.relative_to(out)),
             "seconds": res["seconds"], "version": __version__,
-        })
+        }
+        row["status"] = "failed" if failed(row) else "done"
+        _append(results, row)
+        if row["status"] == "done":
+            stopped[(cell.key, s)] = res["stopped_reason"]
 
     # 2. pairs of seeds in every cell
     pairs = []
@@ -609,7 +723,9 @@ def _run(spec: SweepSpec, out: Path, executor, progress: bool) -> SweepResult:
         for cell in grid:
             for a, b in itertools.combinations(spec.seeds, 2):
                 key = cell.pair_key(a, b)
-                if key not in done:
+                trained = all((out / MODELS / f"{cell.train_key(x)}.pt").is_file()
+                              for x in (a, b))
+                if key not in done and trained:
                     pairs.append({"key": key, "cell": cell, "seeds": (a, b)})
 
     def pair_items() -> Iterable[dict]:
@@ -620,17 +736,35 @@ def _run(spec: SweepSpec, out: Path, executor, progress: bool) -> SweepResult:
             yield {"config": cell.config, "measure": cell.measure, "seeds": t["seeds"],
                    "states": states, "_task": t}
 
-    for item, res in track(_as_completed(executor, pair_job, pair_items(), n_threads),
+    job = functools.partial(guarded, pair_job)
+    for item, res in track(_as_completed(executor, job, pair_items(), n_threads),
                            f"sweep {spec.name}: pairs", total=len(pairs), disable=disable):
         t = item["_task"]
-        _append(results, {
-            "kind": "pair", "key": t["key"], **_cell_fields(spec, t["cell"]),
-            "seeds": list(t["seeds"]), "metrics": res["metrics"], "curve": res["curve"],
-            "errors": res["errors"], "seconds": res["seconds"], "version": __version__,
-        })
+        diverged = [stopped.get((t["cell"].key, x)) for x in t["seeds"]]
+        row = {"kind": "pair", "key": t["key"], **_cell_fields(spec, t["cell"]),
+               "seeds": list(t["seeds"]), "metrics": res.get("metrics", {}),
+               "curve": res.get("curve", {}), "errors": res.get("errors", {}),
+               "seconds": res.get("seconds"), "version": __version__}
+        if "failed" in res:
+            row["errors"] = {"job": res["failed"]}
+        row["stopped_reason"] = next((r for r in diverged if r), None)
+        row["status"] = "failed" if "failed" in res or failed(row) else "done"
+        _append(results, row)
     result = load_results(out, spec)
     result.to_csv(out / CELLS)
+    if result.failures:
+        warnings.warn(f"{len(result.failures)} sweep job(s) failed and will be retried by a "
+                      f"rerun; the first: {describe_failure(result.failures[0])}",
+                      stacklevel=2)
     return result
+
+
+def describe_failure(row: Mapping) -> str:
+    """One line: which job (cell, seed or seeds) and its errors."""
+    who = f"seed {row['seed']}" if row.get("kind") == "model" else f"seeds {row.get('seeds')}"
+    errs = "; ".join(f"{k}: {v}" for k, v in (row.get("errors") or {}).items())
+    return (f"{row.get('kind')} job at {row.get('load_param')}={row.get('load')}, "
+            f"{row.get('temperature_param')}={row.get('temperature')}, {who}: {errs}")
 
 
 # -- reading results back ------------------------------------------------------------------
@@ -679,11 +813,26 @@ class SweepResult:
             arr[c["j"], c["i"]] = c.get(metric, np.nan if metric != "phase" else None)
         return arr
 
+    @property
+    def failures(self) -> list[dict]:
+        """Rows of this spec's jobs that failed and have not succeeded since (a rerun
+        retries them)."""
+        ok = {r.get("key") for r in self.rows if not failed(r)}
+        mine = set()
+        for cell in cells(self.spec):
+            mine |= {cell.model_key(s) for s in self.spec.seeds}
+            mine |= {cell.pair_key(a, b) for a, b in itertools.combinations(self.spec.seeds, 2)}
+        last: dict[Any, dict] = {}
+        for r in self.rows:
+            if failed(r) and r.get("key") not in ok and r.get("key") in mine:
+                last[r.get("key")] = r
+        return list(last.values())
+
     def curves(self) -> list[dict]:
         """The pair rows that carry an mc curve: ``i``, ``j``, ``seeds``, ``t``, ``values``."""
         out = []
         for r in self.rows:
-            if r.get("kind") == "pair" and r.get("curve", {}).get("t"):
+            if r.get("kind") == "pair" and r.get("curve", {}).get("t") and not failed(r):
                 out.append({"i": r["i"], "j": r["j"], "seeds": r["seeds"], **r["curve"],
                             "mc": r["metrics"].get("mc")})
         return out
@@ -716,7 +865,8 @@ def aggregate(spec: SweepSpec, rows: Sequence[Mapping]) -> list[dict]:
     table = []
     by_key = {}
     for r in rows:
-        by_key[r.get("key")] = r
+        if not failed(r):  # a failed job measured nothing (its rerun appends the row)
+            by_key[r.get("key")] = r
     for cell in cells(spec):
         models = [by_key[k] for k in (cell.model_key(s) for s in spec.seeds) if k in by_key]
         pairs = [by_key[k] for k in (cell.pair_key(a, b) for a, b in

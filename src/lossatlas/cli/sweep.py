@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -79,12 +80,21 @@ def sweep(
         typer.echo(f"sweep {spec.name}: {len(spec.load.values)} x "
                    f"{len(spec.temperature.values)} cells x {len(spec.seeds)} seeds "
                    f"-> {target} ({type(executor).__name__}, {executor.workers} workers)")
-        result = S.run(spec, target, executor=executor)
+        with warnings.catch_warnings():  # the failures are listed below, one line each
+            warnings.simplefilter("ignore", UserWarning)
+            result = S.run(spec, target, executor=executor)
     print_table(result)
     if plot:
         for p in write_figures(result, target):
             typer.echo(f"wrote {p}")
     typer.echo(f"wrote {target / S.RESULTS} and {target / S.CELLS}")
+    if result.failures:
+        for row in result.failures:
+            typer.secho(f"failed: {S.describe_failure(row)}", err=True, fg="red")
+        typer.secho(f"{len(result.failures)} job(s) failed (their cells lack those numbers); "
+                    f"fix the cause and rerun `lossatlas sweep {file}` to retry only them",
+                    err=True, fg="red")
+        raise typer.Exit(1)
 
 
 @app.command()
