@@ -18,7 +18,7 @@ import torch
 from lossatlas.errors import LossAtlasError
 from lossatlas.losses import IGNORE_INDEX
 
-__all__ = ["Batch", "as_batches", "cat", "length_of", "slice_batch"]
+__all__ = ["Batch", "as_batches", "cat", "check_loader_visits_all", "length_of", "slice_batch"]
 
 
 @dataclass
@@ -135,6 +135,8 @@ def _materialize(data) -> Any:
     if isinstance(data, torch.utils.data.DataLoader) or (
         not hasattr(data, "__getitem__") and isinstance(data, Iterable)
     ):
+        if isinstance(data, torch.utils.data.DataLoader):
+            check_loader_visits_all(data)
         batches = [_as_tensor(b) for b in data]
         if not batches:
             raise LossAtlasError("data: the loader yielded no batch; pass a non-empty dataset")
@@ -154,6 +156,53 @@ def _materialize(data) -> Any:
         f"data of type {type(data).__name__} is not understood; pass a Dataset, a DataLoader, "
         "an (inputs, targets) tuple of tensors or a dict of tensors"
     )
+
+
+def check_loader_visits_all(loader: torch.utils.data.DataLoader) -> None:
+    """Refuse a DataLoader that does not yield every sample of its dataset exactly once (a
+    full-data mean over it would silently be over another subset each time): ``drop_last``
+    with a partial last batch, a sampler of another length, or, decisively, one draw of its
+    indices that is not a permutation of ``range(len(dataset))`` (a subset or weighted
+    sampler). The draw uses a copy of the RNG state, so the loader's own draws are unchanged.
+    An IterableDataset is its own stream; only ``drop_last`` is refused there."""
+    fix = ("pass loader.dataset instead (the Objective batches it itself) or a loader "
+           "with shuffle=False, drop_last=False and the default sampler")
+    ds = loader.dataset
+    if isinstance(ds, torch.utils.data.IterableDataset):
+        if loader.drop_last:
+            raise LossAtlasError(f"data: the DataLoader drops its last partial batch "
+                                 f"(drop_last=True), so some samples are never seen; {fix}")
+        return
+    n = len(ds)  # type: ignore[arg-type]
+    bs = loader.batch_size
+    if loader.drop_last and bs and n % bs:
+        raise LossAtlasError(
+            f"data: the DataLoader has drop_last=True and {n} samples, not a multiple of "
+            f"batch_size={bs}, so {n % bs} samples (others each time when shuffled) are never "
+            f"seen; {fix}"
+        )
+    sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    with torch.random.fork_rng(devices=[]):
+        gen = getattr(getattr(loader, "sampler", None), "generator", None)
+        saved = gen.get_state() if isinstance(gen, torch.Generator) else None
+        try:
+            drawn = []
+            for idx in sampler:
+                drawn.extend(idx if isinstance(idx, (list, tuple)) else
+                             np.asarray(idx).reshape(-1).tolist())
+        finally:
+            if saved is not None:
+                gen.set_state(saved)
+    try:
+        visits_all = len(drawn) == n and sorted(int(i) for i in drawn) == list(range(n))
+    except (TypeError, ValueError):  # keys that are not integer indices: cannot judge
+        return
+    if not visits_all:
+        raise LossAtlasError(
+            f"data: the DataLoader's sampler yields {len(drawn)} indices, not each of the "
+            f"{n} samples once (a subset or weighted sampler?), so the mean would be over "
+            f"other data; {fix}"
+        )
 
 
 def as_batches(
