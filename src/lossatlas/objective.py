@@ -77,6 +77,10 @@ def _eval_mode(model: nn.Module, bn_train: bool = False) -> Iterator[None]:
 class Objective:
     """L(θ) = Σ_b (n_b/N) · loss(model(x_b; θ), y_b): the full-data mean loss of ``model``.
 
+    The weights are a snapshot: ``center`` and the buffers are copied at construction, so
+    ``obj.loss()`` is the loss of the model *as it was then*; after changing the model, build
+    a new Objective (the snapshot keeps resumed files and hashed provenance consistent).
+
     Parameters
     ----------
     model : any ``nn.Module``; read, never mutated.
@@ -406,5 +410,6 @@ class Objective:
         return (
             f"Objective({type(self.model).__name__}, {self.num_samples} samples in "
             f"{len(self.batches)} batches, loss={self.loss_name}, bn={self.bn}, "
-            f"{self.center.numel()} parameters)"
+            f"{self.center.numel()} parameters, weights snapshot "
+            f"{P.hash_point(self.center)[:8]} taken at construction)"
         )
