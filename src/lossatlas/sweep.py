@@ -77,6 +77,7 @@ from lossatlas import __version__
 from lossatlas._locks import lock_path, writer_lock
 from lossatlas._progress import track
 from lossatlas.errors import LossAtlasError
+from lossatlas.store import read_state_dict
 
 __all__ = [
     "ALIASES",
@@ -731,7 +732,7 @@ def _run(spec: SweepSpec, out: Path, executor, progress: bool) -> SweepResult:
     def pair_items() -> Iterable[dict]:
         for t in pairs:
             cell = t["cell"]
-            states = [torch.load(out / MODELS / f"{cell.train_key(s)}.pt", weights_only=True)
+            states = [read_state_dict(out / MODELS / f"{cell.train_key(s)}.pt", "model file")
                       for s in t["seeds"]]
             yield {"config": cell.config, "measure": cell.measure, "seeds": t["seeds"],
                    "states": states, "_task": t}
