@@ -92,9 +92,10 @@ def _title(result) -> str:
     if meta.get("bn"):
         bits.append(f"bn={meta['bn']}")
     done = getattr(result, "done", None)
+    partial = ""
     if done is not None and not np.all(done):
-        bits.append(f"partial: {int(np.sum(done))} of {np.size(done)} points")
-    return ", ".join(bits)
+        partial = f"\npartial: {int(np.sum(done))} of {np.size(done)} points computed"
+    return ", ".join(bits) + partial
 
 
 def _levels(z: np.ndarray, n: int = 30) -> np.ndarray:
