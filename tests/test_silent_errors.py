@@ -25,7 +25,8 @@ from lossatlas.errors import LossAtlasError
 
 TIED = textwrap.dedent('''
     import torch
-        from torch import nn
+    import torch.nn.functional as F
+    from torch import nn
 
     class Tied(nn.Module):
         """The first layer's weight is used again later: F.linear(h, self.inp.weight)."""
@@ -345,3 +346,4 @@ def test_objective_says_it_holds_a_snapshot():
     assert "weights snapshot" in repr(obj) and "taken at construction" in repr(obj)
     assert "snapshot" in la.Objective.__doc__.split("\n\n")[1]
     assert la.Objective(model, _data()).loss() != before
+
