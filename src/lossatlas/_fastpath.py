@@ -229,7 +229,10 @@ def find_affine_first_layer(model: nn.Module, obj: Objective) -> tuple[FirstLaye
     bias = pre + "bias" if getattr(first, "bias", None) is not None else None
     own = {id(first.weight)} | ({id(first.bias)} if bias else set())
     uses = sum(id(p) in own for _, p in model.named_parameters(remove_duplicate=False))
-    reads = _reads_outside(model, obj, batch, first)
+    try:
+        reads = _reads_outside(model, obj, batch, first)
+    except Exception as exc:  # a forward that cannot run under a TorchFunctionMode
+        return None, f"reads of the first layer could not be traced ({type(exc).__name__})"
     tied = uses > len(own) or bool(reads)
     reason = "ok"
     if reads:
