@@ -756,7 +756,7 @@ def _run(spec: SweepSpec, out: Path, executor, progress: bool) -> SweepResult:
     if result.failures:
         warnings.warn(f"{len(result.failures)} sweep job(s) failed and will be retried by a "
                       f"rerun; the first: {describe_failure(result.failures[0])}",
-                      stacklevel=2)
+                      stacklevel=3)
     return result
 
 
