@@ -21,6 +21,17 @@ on the train error in percent (range [−100, 100], the paper's choice) or on th
 a barrier (poorly connected); mc ≈ 0: well connected; mc > 0: the ends are not minima. The
 same number along the straight line is the linear-interpolation baseline.
 
+With ``align="weights"`` (or ``"activations"``) θ′ is first permuted to match θ
+(:func:`lossatlas.align.align`, Ainsworth et al. 2023 / Entezari et al. 2022): the function of θ′
+is unchanged, only its hidden units are reordered. The result then holds the straight line, its
+mc and its loss barrier before alignment (``unaligned_*``) beside the ones after, and, unless
+``unaligned_curve=False``, Yang's mc of a curve trained between the unaligned ends too. The loss
+barrier along a path (Entezari et al. 2022) is
+
+    B = max_t [ v(t) − ((1 − t) v(0) + t v(1)) ],
+
+the height of the path above the chord between its ends (0 for a convex path).
+
 >>> import torch
 >>> a, b = {"w": torch.zeros(2)}, {"w": torch.ones(2)}
 >>> bezier([a, {"w": torch.tensor([0.5, 2.5])}, b], 0.5)["w"].tolist()
@@ -32,6 +43,7 @@ ModeConnectivity(mc=-7.0, t_star=0.5)
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +55,7 @@ from torch import nn
 
 from lossatlas import params as P
 from lossatlas._progress import track
+from lossatlas.align import align, match
 from lossatlas.batching import Batch, cat
 from lossatlas.errors import LossAtlasError
 from lossatlas.objective import Objective, _bn_modules
@@ -51,6 +64,8 @@ from lossatlas.store import result
 __all__ = [
     "ConnectResult",
     "ModeConnectivity",
+    "align",
+    "barrier",
     "bernstein",
     "bezier",
     "dense_profile",
@@ -156,6 +171,21 @@ def mode_connectivity(t: Sequence[float], values: Sequence[float]) -> ModeConnec
     return ModeConnectivity(float(dev[i]), float(t[i]))
 
 
+def barrier(t: Sequence[float], values: Sequence[float]) -> float:
+    """Entezari et al.'s barrier max_t [v(t) − ((1 − t) v(0) + t v(1))] on a path sampled at
+    ``t`` (which must contain 0 and 1); >= 0 since the ends contribute 0.
+
+    >>> barrier([0, 0.5, 1], [1.0, 4.0, 3.0])
+    2.0
+    """
+    t = np.asarray(t, dtype=float)
+    v = np.asarray(values, dtype=float)
+    mode_connectivity(t, v)  # the same checks on t and values
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    return float(np.max(v - ((1 - t) * v[0] + t * v[-1])))
+
+
 # -- evaluation -----------------------------------------------------------------------------
 def _has_bn(obj: Objective) -> bool:
     return bool(_bn_modules(obj.model))
@@ -194,14 +224,16 @@ def evaluate_curve(obj: Objective, control: Sequence[Mapping], points: int | Seq
 
 def linear_barrier(obj: Objective, theta_a: Mapping, theta_b: Mapping,
                    points: int | Sequence[float] = 5, metric: str = "error") -> dict[str, Any]:
-    """The straight-line baseline: loss / error along θ + t (θ′ − θ) and its mc.
-    Returns ``{"t", "loss", "error", "mc", "t_star"}``."""
+    """The straight-line baseline: loss / error along θ + t (θ′ − θ), its mc and its barrier
+    (:func:`barrier`) on ``metric``. Returns ``{"t", "loss", "error", "mc", "t_star",
+    "barrier"}``."""
     a, b = _ends(obj, theta_a, theta_b)
     ts = _grid(points)
     d = b - a
     out = _evaluate_points(obj, [P.axpy(a, [float(x)], [d]) for x in ts], "line")
     mc = mode_connectivity(ts, out[_metric(metric)])
-    return {"t": ts, **out, "mc": mc.mc, "t_star": mc.t_star}
+    return {"t": ts, **out, "mc": mc.mc, "t_star": mc.t_star,
+            "barrier": barrier(ts, out[_metric(metric)])}
 
 
 def dense_profile(obj: Objective, res: ConnectResult, points: int = 21,
@@ -253,7 +285,14 @@ class ConnectResult:
     t (n,), loss (n,), error (n,) in percent along the curve; ``metric`` ("error" | "loss") is
     what ``mc`` / ``t_star`` use; ``linear_loss`` / ``linear_error`` / ``linear_mc`` /
     ``linear_t_star`` the straight-line baseline at the same t; ``control`` the k+1 control
-    points (ends included); ``history`` the mean training loss on the curve per epoch.
+    points (ends included); ``history`` the mean training loss on the curve per epoch;
+    ``linear_barrier`` the straight line's :func:`barrier` on the metric.
+
+    After ``align="weights" | "activations"`` θ′ (``control[-1]``) is the aligned model and
+    ``unaligned_linear_loss`` / ``unaligned_linear_error`` / ``unaligned_linear_mc`` /
+    ``unaligned_linear_barrier`` describe the straight line before alignment,
+    ``unaligned_mc`` / ``unaligned_t_star`` a curve trained between the unaligned ends (nan
+    when it was not trained); ``align`` is "" without alignment.
     """
 
     t: np.ndarray
@@ -270,6 +309,14 @@ class ConnectResult:
     history: np.ndarray | None = None
     settings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    linear_barrier: float = float("nan")
+    align: str = ""
+    unaligned_linear_loss: np.ndarray | None = None
+    unaligned_linear_error: np.ndarray | None = None
+    unaligned_linear_mc: float = float("nan")
+    unaligned_linear_barrier: float = float("nan")
+    unaligned_mc: float = float("nan")
+    unaligned_t_star: float = float("nan")
 
     @property
     def values(self) -> np.ndarray:
@@ -295,7 +342,12 @@ class ConnectResult:
         out: dict[str, Any] = {"t": self.t.tolist(), "values": self.values.tolist(),
                                "mc": self.mc, "t_star": self.t_star, "metric": self.metric}
         if self.linear is not None:
-            out.update(linear=self.linear.tolist(), mc_linear=self.linear_mc)
+            out.update(linear=self.linear.tolist(), mc_linear=self.linear_mc,
+                       barrier_linear=self.linear_barrier)
+        if self.align:
+            out.update(align=self.align, mc_unaligned=self.unaligned_mc,
+                       mc_linear_unaligned=self.unaligned_linear_mc,
+                       barrier_linear_unaligned=self.unaligned_linear_barrier)
         return out
 
 
@@ -354,6 +406,8 @@ def train_curve(
     linear: bool = True,
     seed: int = 0,
     progress: bool | None = None,
+    align: str | None = None,
+    unaligned_curve: bool = True,
 ) -> ConnectResult:
     """Train the bends of a Bezier curve from θ (``theta_a``) to θ′ (``theta_b``) and measure mc.
 
@@ -364,9 +418,18 @@ def train_curve(
     epochs=50, lr=0.01, points=5. Then the curve (and the straight line when ``linear``) is
     evaluated at ``points`` t values with BN recalibrated at every t, and mc / t* are computed
     on ``metric`` ("error": train error in percent, or "loss"). Deterministic for a ``seed``.
+
+    ``align="weights"`` (Git Re-Basin weight matching) or ``"activations"`` (on the training
+    data) permutes θ′ to match θ first (same function, reordered units); the result then also
+    reports the line (and, with ``unaligned_curve``, a curve) between the unaligned ends.
     """
     metric = _metric(metric)
     obj = _objective(obj, data, 512)
+    if align is not None:
+        return _train_aligned(obj, theta_a, theta_b, align, unaligned_curve, dict(
+            bends=bends, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+            batch_size=batch_size, points=points, metric=metric, linear=True, seed=seed,
+            progress=progress))
     a, b = _ends(obj, theta_a, theta_b)
     if not isinstance(epochs, int) or epochs < 0:
         raise LossAtlasError(f"epochs={epochs!r} must be an integer >= 0")
@@ -429,7 +492,49 @@ def train_curve(
         linear_t_star=lin["t_star"] if lin else float("nan"),
         control=control, history=np.array(history), settings=settings,
         provenance={**obj.describe(), "hash_a": P.hash_point(a), "hash_b": P.hash_point(b)},
+        linear_barrier=lin["barrier"] if lin else float("nan"),
     )
+
+
+def _as_model(obj: Objective, theta, name: str) -> nn.Module:
+    """``theta`` itself when a module, else a copy of the objective's model holding it."""
+    if isinstance(theta, nn.Module):
+        return theta
+    if not isinstance(theta, Mapping):
+        raise LossAtlasError(f"{name} must be a point, a state dict or an nn.Module")
+    model = copy.deepcopy(obj.model)
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    with torch.no_grad():
+        for k, v in theta.items():
+            if k in tensors:
+                tensors[k].copy_(torch.as_tensor(v))
+    return model
+
+
+def _train_aligned(obj: Objective, theta_a, theta_b, method: str, unaligned_curve: bool,
+                   kw: dict) -> ConnectResult:
+    """train_curve between θ and θ′ permuted to match θ, with the unaligned baselines."""
+    model_a, model_b = _as_model(obj, theta_a, "theta_a"), _as_model(obj, theta_b, "theta_b")
+    data = None
+    if method == "activations":
+        data = cat([bt.inputs for bt in obj.batches])
+    found = match(model_a, model_b, method, data, seed=kw["seed"])
+    if unaligned_curve:
+        before = train_curve(obj, model_a, model_b, **kw)
+        lin = {"loss": before.linear_loss, "error": before.linear_error,
+               "mc": before.linear_mc, "barrier": before.linear_barrier}
+    else:
+        before = None
+        lin = linear_barrier(obj, model_a, model_b, kw["points"], kw["metric"])
+    res = train_curve(obj, model_a, found.model, **kw)
+    res.align = method
+    res.unaligned_linear_loss, res.unaligned_linear_error = lin["loss"], lin["error"]
+    res.unaligned_linear_mc, res.unaligned_linear_barrier = lin["mc"], lin["barrier"]
+    if before is not None:
+        res.unaligned_mc, res.unaligned_t_star = before.mc, before.t_star
+    res.settings.update(align=method, align_converged=bool(found.converged),
+                        align_passes=max(len(found.history) - 1, 0))
+    return res
 
 
 def mode_connectivity_between(

@@ -10,8 +10,9 @@ measures, as the paper does:
   random training samples** (App. B: "one batch of 200 random samples can already give stable
   results");
 - per pair of seeds: mode connectivity ``mc`` on the train error in percent along a trained
-  Bezier curve (Eq. 4), linear CKA ``cka`` of the softmax outputs on 640 mixup samples (Eq. 3,
-  App. A.1) and the parameter distance ``l2``.
+  Bezier curve (Eq. 4) (``mc_aligned`` too when ``[measure] mc_aligned = true``: the same
+  after Git Re-Basin weight matching of the second model), linear CKA ``cka`` of the softmax
+  outputs on 640 mixup samples (Eq. 3, App. A.1) and the parameter distance ``l2``.
 
 A sweep is described in a TOML file::
 
@@ -116,6 +117,7 @@ MEASURE_DEFAULTS: dict[str, Any] = {
     "connect": {},              # kwargs of la.connect.train_curve; {} = its defaults
     "connect_points": 5,        # t values where the curve's train error is evaluated
     "mc": True,
+    "mc_aligned": False,        # mc after Git Re-Basin weight matching of the second model
     "cka": True,
     "cka_samples": 640,         # mixup samples, λ ~ Beta(16, 16) (App. A.1)
     "l2": True,
@@ -125,7 +127,7 @@ MEASURE_DEFAULTS: dict[str, Any] = {
 #: Per-model and per-pair metrics of the cell table (means over seeds / pairs; ``*_std`` too).
 MODEL_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss", "train_error",
                  "hessian_max", "hessian_trace")
-PAIR_METRICS = ("mc", "mc_linear", "cka", "l2")
+PAIR_METRICS = ("mc", "mc_linear", "mc_aligned", "mc_linear_aligned", "cka", "l2")
 METRICS = MODEL_METRICS + PAIR_METRICS
 
 RESULTS = "results.jsonl"
@@ -375,6 +377,8 @@ class Cell:
     def pair_key(self, a: int, b: int) -> str:
         keep = {k: self.measure[k] for k in
                 ("connect", "connect_points", "mc", "cka", "cka_samples", "l2")}
+        if self.measure.get("mc_aligned"):  # only then, so older sweeps keep their keys
+            keep["mc_aligned"] = True
         return _hash({"a": self.train_key(a), "b": self.train_key(b), "measure": keep,
                       "job": "pair"})
 
@@ -488,6 +492,16 @@ def _connectivity(model_a, model_b, train, measure: Mapping, seed: int) -> dict:
     return out
 
 
+def _aligned_connectivity(model_a, model_b, train, measure: Mapping, seed: int) -> dict:
+    """mc (curve and line) after permuting model_b to match model_a (Git Re-Basin weight
+    matching, Ainsworth et al. 2023): ``mc_aligned``, ``mc_linear_aligned``."""
+    from lossatlas import align
+
+    found = _connectivity(model_a, align.align(model_a, model_b, seed=seed), train, measure,
+                          seed)
+    return {"mc_aligned": found["mc"], "mc_linear_aligned": found.get("mc_linear")}
+
+
 def _similarity(model_a, model_b, train, measure: Mapping, seed: int) -> dict:
     from lossatlas import similarity
 
@@ -532,6 +546,14 @@ def pair_job(job: Mapping) -> dict:
             metrics.update({k: found[k] for k in ("mc", "mc_linear", "t_star") if k in found})
         except Exception as exc:
             errors["mc"] = f"{type(exc).__name__}: {exc}"
+    if measure.get("mc_aligned"):
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(30_000 + seed)
+                metrics.update(_aligned_connectivity(models[0], models[1], train, measure,
+                                                     seed))
+        except Exception as exc:
+            errors["mc_aligned"] = f"{type(exc).__name__}: {exc}"
     if measure.get("cka"):
         try:
             with torch.random.fork_rng(devices=[]):
@@ -720,7 +742,7 @@ def _run(spec: SweepSpec, out: Path, executor, progress: bool) -> SweepResult:
 
     # 2. pairs of seeds in every cell
     pairs = []
-    if any(spec.measure.get(k) for k in ("mc", "cka", "l2")):
+    if any(spec.measure.get(k) for k in ("mc", "mc_aligned", "cka", "l2")):
         for cell in grid:
             for a, b in itertools.combinations(spec.seeds, 2):
                 key = cell.pair_key(a, b)

@@ -2,6 +2,7 @@
 mode-connectivity curve between two seeds.
 
     lossatlas connect runs/mlp-digits-seed0 runs/mlp-digits-seed1 --epochs 50 -o mc.h5
+    lossatlas connect runs/mlp-digits-seed0 runs/mlp-digits-seed1 --align weights
     lossatlas cka runs/mlp-digits-seed0 runs/mlp-digits-seed1 --layers net.1 --layers net.3
 
 A and B are run folders (their last checkpoint, or ``--index``) or state-dict ``.pt`` files of
@@ -67,6 +68,12 @@ def connect(
     dense: Annotated[int, typer.Option(help="t values drawn in the figure (0: only --points).")
                      ] = 21,
     metric: Annotated[str, typer.Option(help="error (train error in %) or loss.")] = "error",
+    align: Annotated[str | None, typer.Option(
+        help="Permute B's hidden units to match A first: weights (Git Re-Basin weight "
+             "matching) or activations (on the training data).")] = None,
+    unaligned_curve: Annotated[bool, typer.Option(
+        help="With --align, also train a curve between the unaligned ends (mc before).")
+                               ] = True,
     seed: SeedOpt = 0,
     batch_size: BatchSizeOpt = 128,
     out: Annotated[Path, typer.Option("--out", "-o", help="Result file (.h5); figure next to it.")
@@ -81,7 +88,9 @@ def connect(
 
     mc = ½(v(0) + v(1)) − v(t*) on the train error (percent): < 0 a barrier (poorly connected),
     ≈ 0 well connected, > 0 the ends are not minima. The straight line is the baseline. Writes
-    the curve (control points included) to --out and its figure to OUT.png.
+    the curve (control points included) to --out and its figure to OUT.png. With --align, B is
+    first permuted to match A (same function) and the line and curve before alignment are
+    reported beside the ones after.
     """
     import lossatlas as la
     from lossatlas.plot import connect as plot
@@ -91,7 +100,8 @@ def connect(
     obj = la.Objective(net_a, train_set, batch_size=512)
     res = la.connect.train_curve(obj, net_a, net_b, bends=bends, epochs=epochs, lr=lr,
                                  weight_decay=weight_decay, batch_size=batch_size,
-                                 points=points, metric=metric, seed=seed)
+                                 points=points, metric=metric, seed=seed, align=align,
+                                 unaligned_curve=unaligned_curve)
     res.save(out)
     prof = la.connect.dense_profile(obj, res, dense) if dense >= 2 else None
     fig = out.with_suffix(".png")
@@ -102,6 +112,14 @@ def connect(
     typer.echo("t      " + " ".join(f"{t:8.2f}" for t in res.t))
     typer.echo("curve  " + " ".join(f"{v:8.3f}" for v in res.values))
     typer.echo("line   " + " ".join(f"{v:8.3f}" for v in res.linear))
+    if res.align:
+        before = res.unaligned_linear_error if metric == "error" else res.unaligned_linear_loss
+        typer.echo("line, unaligned " + " ".join(f"{v:8.3f}" for v in before))
+        typer.echo(f"aligned by {res.align}: line barrier {res.unaligned_linear_barrier:.3f}{unit}"
+                   f" -> {res.linear_barrier:.3f}{unit}; line mc {res.unaligned_linear_mc:+.3f}"
+                   f"{unit} -> {res.linear_mc:+.3f}{unit}; curve mc "
+                   + (f"{res.unaligned_mc:+.3f}{unit}" if unaligned_curve else "(not trained)")
+                   + f" -> {res.mc:+.3f}{unit}")
     typer.echo(f"wrote {out} and {fig}")
 
 

@@ -49,6 +49,10 @@ def _draw(ax, res, dense: Mapping | None, metric: str, small: bool) -> None:
         if lin is not None:
             ax.plot(res.t, lin, "s--", color="0.45", ms=2 if small else 4, lw=1.0,
                     label="straight line")
+    before = getattr(res, f"unaligned_linear_{metric}", None)
+    if getattr(res, "align", "") and before is not None:
+        ax.plot(res.t, before, "^:", color="tab:orange", ms=2 if small else 4, lw=1.0,
+                label="straight line, before alignment")
     ref = 0.5 * (v[0] + v[-1])
     ax.axhline(ref, color="tab:red", lw=0.7, ls=":", label="½(v(0)+v(1))")
     if metric == res.metric:

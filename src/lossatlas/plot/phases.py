@@ -39,6 +39,8 @@ TITLES = {
     "l2": "ℓ2 distance",
     "train_error": "train error (%)",
     "mc_linear": "linear-path mc (train error %)",
+    "mc_aligned": "mc after alignment (train error %)",
+    "mc_linear_aligned": "linear-path mc after alignment (train error %)",
 }
 LOG_METRICS = {"train_loss", "hessian_max", "hessian_trace"}
 PHASE_COLORS = {"I": "#d62728", "II": "#ff9896", "III": "#1f77b4", "IV-A": "#98df8a",
@@ -89,7 +91,7 @@ def heatmap(result, metric: str, ax=None, path: str | os.PathLike | None = None,
     finite = data[np.isfinite(data)]
     norm = None
     cmap = "viridis"
-    if metric in ("mc", "mc_linear"):
+    if metric in ("mc", "mc_linear", "mc_aligned", "mc_linear_aligned"):
         lim = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
         norm, cmap = colors.TwoSlopeNorm(0.0, -lim, lim), "RdBu_r"
     elif metric in LOG_METRICS and finite.size and (finite > 0).all():
