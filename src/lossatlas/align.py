@@ -407,25 +407,32 @@ def weight_matching(spec: PermutationSpec, theta_a: Mapping[str, torch.Tensor],
         return inner_product(a, {k: _permuted(k, v, spec, perms) for k, v in b.items()
                                  if k in a})
 
+    # a group's cost matrix changes only when a group sharing one of its tensors moved: solve
+    # only such "dirty" groups (the result is the same as re-solving all of them every pass)
+    share = {g: {gg for name, _, _ in spec.members(g) for _, gg, _ in spec.axes[name]}
+             for g in spec.groups}
+    dirty = set(spec.groups)
     history = [objective()]
-    converged = not spec.sizes
     for _ in track(range(max_iter), "weight matching", total=max_iter,
                    disable=True if progress is None and sum(spec.sizes.values()) < 4096
                    else (None if progress is None else not progress)):
-        changed = False
-        for g in rng.permutation(spec.groups):
-            cost = _cost(int(g), spec, a, b, perms)
-            _, cols = linear_sum_assignment(cost, maximize=True)
-            old, new = cost[np.arange(len(cols)), perms[g]].sum(), cost[np.arange(len(cols)),
-                                                                        cols].sum()
-            if new > old + 1e-12 * max(1.0, abs(old)) and not np.array_equal(cols, perms[g]):
-                perms[int(g)] = cols
-                changed = True
-        history.append(objective())
-        if not changed:
-            converged = True
+        if not dirty:
             break
-    return perms, history, converged
+        for g in (int(x) for x in rng.permutation(spec.groups)):
+            if g not in dirty:
+                continue
+            dirty.discard(g)
+            cost = _cost(g, spec, a, b, perms)
+            _, cols = linear_sum_assignment(cost, maximize=True)
+            rows = np.arange(len(cols))
+            old, new = cost[rows, perms[g]].sum(), cost[rows, cols].sum()
+            if new > old + 1e-12 * max(1.0, abs(old)) and not np.array_equal(cols, perms[g]):
+                perms[g] = cols
+                dirty |= share[g] - ({g} if all(
+                    sum(gg == g for _, gg, _ in spec.axes[n]) == 1 for n, _, _ in
+                    spec.members(g)) else set())
+        history.append(objective())
+    return perms, history, not dirty
 
 
 # -- activation matching --------------------------------------------------------------------
