@@ -112,7 +112,7 @@ def timing(reps: int, epochs: int) -> dict:
         found = la.align.match(a, b, "weights")
         times.append(time.perf_counter() - t0)
     c = found.model
-    X, y = train.tensors
+    X = train.X
     with torch.no_grad():
         diff = float((c(X) - b(X)).abs().max())
     obj = la.Objective(b, train, batch_size=2048)

@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 
 from lossatlas import _restricted_pickle as restricted_pickle
 from lossatlas.errors import LossAtlasError
+from lossatlas.losses import IGNORE_INDEX
 
 __all__ = [
     "ArrayDataset",
@@ -64,6 +65,9 @@ Pair = tuple["ArrayDataset", "ArrayDataset"]
 
 class ArrayDataset(Dataset):
     """An in-memory dataset: ``X`` (N, *input_shape) and ``y`` (N,) int64 labels in ``[0, C)``.
+
+    Token sequences ``X`` (N, L) may carry per-token targets ``y`` (N, L) instead (a language
+    model's next tokens), where ``-100`` (``losses.IGNORE_INDEX``) marks a position without one.
 
     ``tensors`` is ``(X, y)`` for fast whole-set evaluation; ``dataset[i]`` is ``(X[i], y[i])``.
     ``info`` records how the set was made (seed, train_size, label_noise, flipped, ...).
@@ -84,23 +88,25 @@ class ArrayDataset(Dataset):
         y = torch.as_tensor(np.ascontiguousarray(y) if isinstance(y, np.ndarray) else y)
         if X.is_floating_point():
             X = X.to(torch.float32)
-        if y.is_floating_point() or y.dtype == torch.bool or y.ndim != 1:
+        per_token = (y.ndim == 2 and not X.is_floating_point() and y.shape == X.shape)
+        if y.is_floating_point() or y.dtype == torch.bool or (y.ndim != 1 and not per_token):
             raise LossAtlasError(
                 f"y must be a 1-D tensor of integer class labels, got dtype {y.dtype} and shape "
                 f"{tuple(y.shape)}; pass class indices in [0, num_classes)."
             )
         y = y.to(torch.int64)
+        kept = y[y != IGNORE_INDEX] if per_token else y  # per-token targets may be ignored
         if X.ndim < 1 or len(X) != len(y):
             raise LossAtlasError(
                 f"X and y must hold the same number of samples, got X of shape {tuple(X.shape)} "
                 f"and y of shape {tuple(y.shape)}; pass one label per row of X."
             )
         if num_classes is None:
-            num_classes = int(y.max()) + 1 if len(y) else 0
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            num_classes = int(kept.max()) + 1 if len(kept) else 0
+        if len(kept) and (int(kept.min()) < 0 or int(kept.max()) >= num_classes):
             raise LossAtlasError(
-                f"labels must lie in [0, num_classes={num_classes}), got [{int(y.min())}, "
-                f"{int(y.max())}]; pass num_classes= large enough or remap the labels."
+                f"labels must lie in [0, num_classes={num_classes}), got [{int(kept.min())}, "
+                f"{int(kept.max())}]; pass num_classes= large enough or remap the labels."
             )
         if X.is_floating_point():
             vocab_size = None
@@ -326,6 +332,8 @@ def take(dataset: ArrayDataset, size: int, *, seed: int = 0) -> ArrayDataset:
     _check_seed(seed)
     rng = _rng(seed, 0)
     y = dataset.y.numpy()
+    if y.ndim > 1:  # per-token targets: no class to balance, a plain random subset
+        y = np.zeros(n, dtype=np.int64)
     key = np.empty(n)
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
@@ -352,6 +360,11 @@ def corrupt_labels(dataset: ArrayDataset, fraction: float, *, seed: int = 0) -> 
             "label_noise=0.2 to change 20% of the training labels."
         )
     n, C = len(dataset), dataset.num_classes
+    if dataset.y.ndim > 1 and fraction:
+        raise LossAtlasError(
+            f"label_noise={fraction} applies to one label per sample, but this dataset has "
+            "per-token targets; pass label_noise=0."
+        )
     m = round(fraction * n)
     if m and C < 2:
         raise LossAtlasError(
@@ -612,16 +625,27 @@ def _make_tokens(
     n_train: int = 2000,
     n_test: int = 1000,
     data_seed: int = 0,
+    task: str = "classify",
 ) -> Pair:
     """Uniform random token sequences; X (N, seq_len) int64 in ``[0, vocab_size)``.
 
     Token v lies in bucket ``v * num_classes // vocab_size``; the label is the most frequent
     bucket in the sequence (ties go to the smallest bucket).
+
+    ``task="lm"``: sequences of a fixed random Markov chain instead (each token is followed by
+    one of 2 tokens with probability 0.45 each, else by a uniform one: a learnable next-token
+    law), and per-token targets y (N, seq_len): y[:, t] = X[:, t + 1], the last one -100
+    (ignored), so a causal LM's logits (N, seq_len, vocab_size) meet them without a shift;
+    ``num_classes`` is then the vocabulary.
     """
     _check_sizes(
         "tokens", vocab_size=vocab_size, seq_len=seq_len, num_classes=num_classes,
         n_train=n_train, n_test=n_test,
     )
+    if task not in ("classify", "lm"):
+        raise LossAtlasError(f"task={task!r} for dataset 'tokens' must be 'classify' or 'lm'.")
+    if task == "lm":
+        return _markov_tokens(vocab_size, seq_len, n_train, n_test, data_seed)
     if vocab_size < num_classes:
         raise LossAtlasError(
             f"vocab_size={vocab_size} must be at least num_classes={num_classes} for dataset "
@@ -639,6 +663,29 @@ def _make_tokens(
     return _pair(
         "tokens", Xtr, ytr, Xte, yte, num_classes, vocab_size=vocab_size, data_seed=data_seed
     )
+
+
+def _markov_tokens(vocab_size: int, seq_len: int, n_train: int, n_test: int,
+                   data_seed: int) -> Pair:
+    rng = np.random.default_rng([data_seed, 7])
+    P = np.full((vocab_size, vocab_size), 0.1 / vocab_size)
+    for v in range(vocab_size):
+        P[v, rng.choice(vocab_size, 2, replace=False)] += 0.45
+    cum = np.cumsum(P / P.sum(1, keepdims=True), axis=1)
+
+    def sample(n):
+        X = np.empty((n, seq_len), dtype=np.int64)
+        X[:, 0] = rng.integers(0, vocab_size, n)
+        for t in range(1, seq_len):
+            u = rng.random(n)[:, None]
+            X[:, t] = np.minimum((u > cum[X[:, t - 1]]).sum(1), vocab_size - 1)
+        y = np.full_like(X, IGNORE_INDEX)
+        y[:, :-1] = X[:, 1:]
+        return X, y
+
+    (Xtr, ytr), (Xte, yte) = sample(n_train), sample(n_test)
+    return _pair("tokens", Xtr, ytr, Xte, yte, vocab_size, vocab_size=vocab_size,
+                 data_seed=data_seed, task="lm")
 
 
 # CIFAR: (folder, train files, test file, meta file, label key per label kind, class count)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -71,6 +72,44 @@ def _eval_mode(model: nn.Module, bn_train: bool = False) -> Iterator[None]:
             m.training = flag
         for m, mom in bn_saved:
             m.momentum = mom
+
+
+# -- attention with second derivatives --------------------------------------------------------
+_FUSED_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+_said_math = False
+_FUSED_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fused_attention(model: nn.Module) -> bool:
+    """True when the model runs attention through PyTorch's fused kernels (a transformers
+    ``attn_implementation`` of sdpa / flash, or ``nn.MultiheadAttention``)."""
+    if model not in _FUSED_SEEN:
+        cfg = getattr(model, "config", None)
+        _FUSED_SEEN[model] = getattr(cfg, "_attn_implementation", None) in _FUSED_ATTENTION \
+            or any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    return _FUSED_SEEN[model]
+
+
+@contextlib.contextmanager
+def _math_attention(model: nn.Module) -> Iterator[None]:
+    """Within a differentiable forward of an attention model, SDPA on its math kernel."""
+    if not torch.is_grad_enabled() or not _fused_attention(model):
+        yield
+        return
+    global _said_math
+    if not _said_math:
+        _said_math = True
+        import sys
+
+        from lossatlas._progress import quiet
+
+        if not quiet():
+            print("lossatlas: derivatives run scaled_dot_product_attention on its math kernel "
+                  "(the fused kernels have no second derivative)", file=sys.stderr)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 # -- the objective --------------------------------------------------------------------------
@@ -164,10 +203,14 @@ class Objective:
         return {**self._fixed, **point}
 
     def forward(self, point, batch: Batch, buffers: Mapping | None = None):
-        """Model output on one batch at ``point`` (eval mode; differentiable)."""
+        """Model output on one batch at ``point`` (eval mode; differentiable).
+
+        With gradients on, ``scaled_dot_product_attention`` runs on its math kernel: the fused
+        kernels (flash / memory-efficient) have no second derivative, so Hessian-vector
+        products through them would fail (said once, on stderr, for models that use it)."""
         buffers = self.buffers if buffers is None else buffers
         tensors = {**self.full_params(point), **buffers}
-        with _eval_mode(self.model):
+        with _eval_mode(self.model), _math_attention(self.model):
             return self._call(tensors, batch)
 
     def _call(self, tensors: dict, batch: Batch):

@@ -35,7 +35,7 @@ from torch import nn
 
 from lossatlas import _progress
 from lossatlas.errors import LossAtlasError
-from lossatlas.losses import accuracy_count, resolve_loss
+from lossatlas.losses import IGNORE_INDEX, accuracy_count, resolve_loss
 from lossatlas.params import hash_point, select
 from lossatlas.runs import Record, Recorder, Run, _check_every, _is_int, load_run
 
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("constant", "step", "cosine")
-_X_KEYS = ("x", "input", "inputs", "data", "image", "images", "features")
+_X_KEYS = ("x", "input", "inputs", "input_ids", "data", "image", "images", "features")
 _Y_KEYS = ("y", "label", "labels", "target", "targets")
 LossArg = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -195,7 +195,8 @@ def _evaluate_tensors(
                 correct += accuracy_count(out, yb)  # nan unless class labels
     finally:
         model.train(was_training)
-    return {"loss": total / n, "accuracy": correct / y.numel()}
+    counted = float((y != IGNORE_INDEX).sum()) if not y.is_floating_point() else y.numel()
+    return {"loss": total / n, "accuracy": correct / max(counted, 1.0)}
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -13,6 +13,7 @@ and ``num_classes=``.
 | ``resnet18`` | ``(C, H, W)`` | widths ``k, 2k, 4k, 8k`` as in Yang et al. 2021 |
 | ``vgg9``, ``vgg11`` | ``(C, H, W)`` | Li et al. 2018's VGG-9; VGG-11 (Simonyan & Zisserman 2015) |
 | ``transformer`` | ``(L,)`` int64 tokens | encoder classifier for the ``tokens`` dataset |
+| ``hf:gpt2-tiny``, ``hf:bert-tiny`` | ``(L,)`` int64 tokens | transformers models (:mod:`.hf`) |
 
 >>> import lossatlas as la
 >>> model = la.zoo.build("mlp", in_features=64, num_classes=10, width=128)
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lossatlas import hf
 from lossatlas.datasets import accepts, add_to_registry, check_options, import_spec
 from lossatlas.errors import LossAtlasError
 
@@ -56,8 +58,8 @@ def register(name: str, factory: Callable[..., nn.Module], *, overwrite: bool = 
 
 
 def names() -> list[str]:
-    """The registered model names, sorted."""
-    return sorted(_REGISTRY)
+    """The registered model names, sorted, then the transformers presets (``hf:...``)."""
+    return sorted(_REGISTRY) + [f"hf:{p}" for p in hf.PRESETS]
 
 
 def build(
@@ -80,7 +82,9 @@ def build(
     """
     if not isinstance(name, str):
         raise _unknown_name(name)
-    if ":" in name:
+    if name.startswith("hf:"):  # a transformers preset or config file (lossatlas.hf)
+        factory, what = hf.factory(name[3:]), f"model {name!r}"
+    elif ":" in name:
         factory, what = import_spec(name, "name"), f"factory {name!r}"
     elif name in _REGISTRY:
         factory, what = _REGISTRY[name], f"model {name!r}"

@@ -81,6 +81,16 @@ DataArgOpt = Annotated[
         "--data-arg", help="KEY=VALUE passed to the dataset loader, e.g. train_size=500."
     ),
 ]
+IncludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--include", help="Only parameters matching this glob move (repeatable), e.g. "
+                 "'transformer.h.*.attn.*'; the others stay at the checkpoint's values."),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", help="Parameters matching this glob stay fixed (repeatable), "
+                 "e.g. '*.bias'."),
+]
 
 
 def parse_options(pairs: list[str] | None, argument: str = "--model-arg") -> dict[str, Any]:

@@ -27,6 +27,8 @@ from lossatlas.cli._common import (
     DataOpt,
     DepthOpt,
     DeviceOpt,
+    ExcludeOpt,
+    IncludeOpt,
     IndexOpt,
     ModelArgOpt,
     ModelOpt,
@@ -48,7 +50,7 @@ PlotKinds = ("contour", "contourf", "heatmap", "surface3d", "html", "vtp")
 
 
 def _objective(model, data, checkpoint, index, seed, width, depth, model_arg, data_arg, device,
-               batch_size, bn, split):
+               batch_size, bn, split, include=None, exclude=None):
     import lossatlas as la
 
     if split not in ("train", "test"):
@@ -58,7 +60,7 @@ def _objective(model, data, checkpoint, index, seed, width, depth, model_arg, da
         model_opts=model_options(width, depth, model_arg),
         data_opts=parse_options(data_arg, "--data-arg"), device=device)
     obj = la.Objective(net, train_set if split == "train" else test_set,
-                       batch_size=batch_size, bn=bn)
+                       batch_size=batch_size, bn=bn, include=include, exclude=exclude)
     return net, obj
 
 
@@ -126,6 +128,8 @@ def curve(
     model_arg: ModelArgOpt = None,
     data_arg: DataArgOpt = None,
     device: DeviceOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
 ) -> None:
     """1D curve L(θ + a·d) along one direction, to OUT (.h5) and OUT.png; with several
     --direction, overlaid curves to OUT.png and OUT-0.h5, OUT-1.h5, ..."""
@@ -133,7 +137,7 @@ def curve(
     from lossatlas.directions import parse_direction
 
     net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
-                          data_arg, device, batch_size, bn, split)
+                          data_arg, device, batch_size, bn, split, include, exclude)
     out = Path(out or "curve.h5")
     specs = direction or ["gaussian:filter:seed=0"]
     if len(specs) > 1:
@@ -181,6 +185,8 @@ def surface(
     model_arg: ModelArgOpt = None,
     data_arg: DataArgOpt = None,
     device: DeviceOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
     ray: Annotated[str | None, typer.Option(
         "--ray", help="Send the grid's chunks to Ray: auto, ADDRESS or local (only this "
         "process writes the file).")] = None,
@@ -198,7 +204,7 @@ def surface(
     if bad:
         raise LossAtlasError(f"--plot {bad[0]!r} is unknown; use {', '.join(PlotKinds)}")
     net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
-                          data_arg, device, batch_size, bn, split)
+                          data_arg, device, batch_size, bn, split, include, exclude)
     d1, d2 = parse_directions([x_direction, y_direction], obj, model=net)
     out = Path(out or "surface.h5")
     if workers < 1:
@@ -242,6 +248,8 @@ def interpolate(
     model_arg: ModelArgOpt = None,
     data_arg: DataArgOpt = None,
     device: DeviceOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
 ) -> None:
     """Linear interpolation L(θ_a + t(θ_b − θ_a)) between two sets of weights (BN statistics
     of a, or recalibrated with --bn recalibrate)."""
@@ -249,7 +257,7 @@ def interpolate(
     from lossatlas.directions import load_point
 
     _, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
-                        data_arg, device, batch_size, bn, split)
+                        data_arg, device, batch_size, bn, split, include, exclude)
     b = load_point(to, obj.names, to_index)
     out = Path(out or "interpolation.h5")
     res = la.interpolate(obj, obj.center, b, span=span, points=points, path=out, split=split)
