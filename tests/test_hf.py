@@ -77,7 +77,8 @@ def test_presets_and_config_files_build_the_library_classes(lm_data, tmp_path):
                                "n_head": 2}))
     m = la.zoo.build(f"hf:{cfg}", dataset=train, task="lm")
     assert type(m).__name__ == "GPT2LMHeadModel" and m.config.n_embd == 32
-    assert "hf:gpt2-tiny" in la.zoo.names()
+    with pytest.raises(LossAtlasError, match="hf:gpt2-tiny"):
+        la.zoo.build("gpt2", dataset=train)
     with pytest.raises(LossAtlasError, match="neither a preset"):
         la.zoo.build("hf:gpt5", dataset=train)
     with pytest.raises(LossAtlasError, match="vocab_size is required"):

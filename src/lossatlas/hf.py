@@ -36,6 +36,7 @@ __all__ = ["PRESETS", "config", "factory", "require"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-tiny": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4,
+                  "bos_token_id": None, "eos_token_id": None,
                   "architectures": ["GPT2LMHeadModel"]},
     "bert-tiny": {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2,
                   "num_attention_heads": 4, "intermediate_size": 128,

@@ -58,8 +58,9 @@ def register(name: str, factory: Callable[..., nn.Module], *, overwrite: bool = 
 
 
 def names() -> list[str]:
-    """The registered model names, sorted, then the transformers presets (``hf:...``)."""
-    return sorted(_REGISTRY) + [f"hf:{p}" for p in hf.PRESETS]
+    """The registered model names, sorted (the transformers presets are ``hf:`` +
+    ``lossatlas.hf.PRESETS``)."""
+    return sorted(_REGISTRY)
 
 
 def build(
@@ -113,7 +114,8 @@ def build(
 
 def _unknown_name(name: Any) -> LossAtlasError:
     return LossAtlasError(
-        f"name={name!r} is not a known model; use one of {', '.join(names())}, a "
+        f"name={name!r} is not a known model; use one of {', '.join(names())}, "
+        f"{', '.join('hf:' + p for p in hf.PRESETS)}, a "
         "'package.module:factory' string, or add it with lossatlas.zoo.register."
     )
 
