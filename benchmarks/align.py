@@ -92,8 +92,12 @@ def figure(rows, widths, path: Path) -> None:
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.set_xlabel("hidden width W (MLP 64-W-W-10)")
         ax.set_ylabel(label)
-        ax.axhline(0, color="0.7", lw=0.7)
-        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+        if i == 0:  # loss barriers are > 0 and span two decades: log scale shows both
+            ax.set_yscale("log")
+        else:
+            ax.axhline(0, color="0.7", lw=0.7)
+            ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+        ax.grid(alpha=0.3, lw=0.5)
     n = max(r["pair"] for r in rows) + 1
     axes[0].legend(fontsize=8, frameon=False)
     fig.suptitle(f"Linear-path barrier between two SGD solutions on digits (mean ± std over "

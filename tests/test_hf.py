@@ -115,7 +115,7 @@ def test_our_loss_equals_the_libraries_own_shifted_loss(gpt2, lm_data):
     assert 0 < keyed["accuracy"] <= 1
 
 
-@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("fast", [True, False, "affine"])
 def test_tied_embeddings_are_exact_in_every_engine(gpt2, lm_data, fast):
     """Curve and surface values equal a direct evaluation of a model whose tied wte/lm_head
     parameter holds θ + a·d₁ + b·d₂ (the affine first-layer engine must not freeze lm_head)."""
@@ -221,3 +221,24 @@ def test_bert_classifier_trains_on_tokens():
     assert after["loss"] < before and 0 <= after["accuracy"] <= 1
     g = la.Objective(model, train, batch_size=128).grad()
     assert all(torch.isfinite(t).all() for t in g.values())
+
+
+def test_la_train_reads_hugging_face_style_dict_items(lm_data):
+    """A dataset of {"input_ids", "labels"} items trains exactly like the (X, y) tensors."""
+    train, _ = lm_data
+    X, Y = train.tensors
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return {"input_ids": X[i], "labels": Y[i]}
+
+    runs = []
+    for data in (Items(), (X[:64], Y[:64])):
+        model = la.zoo.build("hf:gpt2-tiny", dataset=train, seed=0)
+        runs.append(la.train(model, data, epochs=1, batch_size=16, lr=0.05, seed=0,
+                             progress=False, record=None))
+    a, b = (la.params.flatten(r.final) for r in runs)
+    assert torch.equal(a, b)

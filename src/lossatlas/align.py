@@ -482,8 +482,9 @@ def _rows(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.movedim(dim, -1).reshape(-1, x.shape[dim])
 
 
-def _capture(model: nn.Module, names: set[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    gm = _trace(model)
+def _capture(gm: torch.fx.GraphModule, names: set[str], x: torch.Tensor
+             ) -> dict[str, torch.Tensor]:
+    """The outputs of the traced nodes ``names`` on input ``x``."""
     got: dict[str, torch.Tensor] = {}
 
     class _Grab(torch.fx.Interpreter):
@@ -509,10 +510,11 @@ def activation_matching(spec: PermutationSpec, model_a: nn.Module, model_b: nn.M
     dev_a = next(model_a.parameters()).device
     dev_b = next(model_b.parameters()).device
     with _eval_mode(model_a), _eval_mode(model_b):
+        gm_a, gm_b = _trace(model_a), _trace(model_b)  # in eval mode: F.dropout(training=...)
         xs = _inputs(data, batch_size)
         for x in track(xs, "activation matching", disable=None if len(xs) > 8 else True):
-            fa = _capture(model_a, names, x.to(dev_a))
-            fb = _capture(model_b, names, x.to(dev_b))
+            fa = _capture(gm_a, names, x.to(dev_a))
+            fb = _capture(gm_b, names, x.to(dev_b))
             for (_, n), st in stats.items():
                 st.add(_rows(fa[n], dims[n]).cpu(), _rows(fb[n], dims[n]).cpu())
     perms = {}
