@@ -167,6 +167,7 @@ class Run:
         self._memory = memory
         self.already_done = False  # set by train() when a rerun found the run finished
         self.resumed_after: int | None = None  # set by train() when it continued a run
+        self._tables: dict[str, list[dict]] = {}  # tracked tables (lossatlas.track)
 
     # -- checkpoints ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -237,6 +238,28 @@ class Run:
                 f"the model the run was trained with ({self.info.get('model', {}).get('class')})"
             ) from None
         return model
+
+    # -- tracked tables (lossatlas.track) ---------------------------------------------------
+    def track(self, name: str) -> dict[str, np.ndarray]:
+        """The table a tracker wrote during training (e.g. ``"sharpness"``), as float columns
+        (``step``, ``lambda_max``, ...); ``{name}.csv`` in the run folder."""
+        from lossatlas.track.table import read_table
+
+        if self.path is None:
+            rows = self._tables.get(name)
+        else:
+            file = confined(self.path, f"{name}.csv", f"the table {name!r}")
+            rows = read_table(file) if file.is_file() else None
+        if not rows:
+            have = sorted(self._tables) if self.path is None else sorted(
+                p.stem for p in self.path.glob("*.csv"))
+            raise LossAtlasError(
+                f"the run has no tracked table {name!r} (it has {have}); train with "
+                f"callbacks=[la.track.Sharpness(every=10)] or --track sharpness:every=10"
+            )
+        from lossatlas.track.table import columns
+
+        return columns(rows)
 
     # -- per-checkpoint arrays --------------------------------------------------------------
     def metric(self, key: str) -> np.ndarray:
@@ -355,8 +378,11 @@ class Recorder:
         config: Mapping | None = None,
         overwrite: bool = False,
         resume: bool = False,
+        callbacks: Sequence[Any] = (),
     ):
         self.every = _check_every(every, "every")
+        self.callbacks = list(callbacks)
+        self.steps = 0  # optimizer updates reported through step()
         self.path = Path(out) if out is not None else None
         self.final = self.path  # where the run ends up (self.path is OUT.partial while replacing)
         self.already_done = False
@@ -514,6 +540,42 @@ class Recorder:
         if self.path is not None and index > 0:
             (self.path / CKPT_DIR / _resume_name(index - 1)).unlink(missing_ok=True)
         return entry
+
+    # -- callbacks (lossatlas.track) ---------------------------------------------------------
+    def step(self, model: nn.Module, optimizer: Any = None, *, step: int | None = None,
+             lr: float | None = None, **state: Any) -> None:
+        """Tell the callbacks that an optimizer update was applied: call after
+        ``optimizer.step()`` (and once before the first, with ``step=0``, to measure the
+        initialization). ``step`` defaults to one more than the last call's."""
+        self.steps = self.steps + 1 if step is None else int(step)
+        if lr is None and optimizer is not None:
+            lr = float(optimizer.param_groups[0]["lr"])
+        for cb in self.callbacks:
+            cb.on_step(self, model, optimizer, step=self.steps, lr=lr, **state)
+
+    def log(self, name: str, row: Mapping[str, Any]) -> None:
+        """Append ``row`` to the run's table ``name`` (``{name}.csv`` in the run folder)."""
+        from lossatlas.track.table import append_row
+
+        if name not in self.run._tables:  # a continued run keeps the rows before this step
+            self.run._tables[name] = self._earlier_rows(name, row.get("step"))
+        rows = self.run._tables[name]
+        rows.append(dict(row))
+        if self.path is not None:
+            append_row(self.path / f"{name}.csv", rows)
+        if name not in self.info.setdefault("tracks", []):
+            self.update_info(tracks=[*self.info["tracks"], name])
+
+    def _earlier_rows(self, name: str, step: Any) -> list[dict]:
+        """Rows of table ``name`` before ``step`` when this recorder continues a run."""
+        if self.path is None or self.resume_state is None or step is None:
+            return []
+        file = self.path / f"{name}.csv"
+        if not file.is_file():
+            return []
+        from lossatlas.track.table import read_table
+
+        return [r for r in read_table(file) if r.get("step", math.inf) < step]
 
     def update_info(self, **fields: Any) -> None:
         """Add run-level fields and rewrite the manifest."""

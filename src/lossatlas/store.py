@@ -296,6 +296,6 @@ def _import_kinds() -> None:
     import importlib
 
     for mod in ("landscape", "hessian", "trajectory", "shapes", "mining", "connect",
-                "similarity", "taxonomy", "directions"):
+                "similarity", "taxonomy", "directions", "sharpness"):
         with contextlib.suppress(ImportError):
             importlib.import_module(f"lossatlas.{mod}")

@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("constant", "step", "cosine")
+_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 _X_KEYS = ("x", "input", "inputs", "input_ids", "data", "image", "images", "features")
 _Y_KEYS = ("y", "label", "labels", "target", "targets")
 LossArg = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -292,6 +293,9 @@ def train(
     progress: bool = True,
     overwrite: bool = False,
     eval_batch_size: int = 1024,
+    callbacks: Sequence[Any] = (),
+    optimizer: str = "sgd",
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> Run:
     """Train ``model`` in place with SGD and record checkpoints; return the :class:`Run`.
 
@@ -322,7 +326,14 @@ def train(
     - ``data``: a dataset with ``.tensors``, a pair ``(X, y)``, or any map-style dataset of
       ``(x, y)`` / dict items (read once into tensors); held on ``device`` (default: the
       model's) and batched by index slicing.
+    - ``callbacks``: objects with ``on_step(recorder, model, optimizer, *, step, lr, data,
+      loss)`` called at step 0 and after every update (e.g. ``la.track.Sharpness(every=10)``);
+      their tables go into the run (``run.track(name)``).
+    - ``optimizer``: ``"sgd"`` (``batch_size >= len(data)`` and ``momentum=0`` is full-batch
+      GD), ``"adam"`` or ``"adamw"`` (with ``betas``; ``momentum`` is then unused).
     """
+    if optimizer not in _OPTIMIZERS:
+        raise LossAtlasError(f"optimizer={optimizer!r} is unknown; use one of {list(_OPTIMIZERS)}")
     milestones = _check_args(
         epochs, lr, momentum, weight_decay, batch_size, schedule, milestones, gamma, record
     )
@@ -346,8 +357,10 @@ def train(
         "epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
         "batch_size": batch_size, "schedule": schedule, "milestones": milestones,
         "gamma": gamma, "seed": seed, "deterministic": deterministic, "record": record,
-        "loss": _loss_name(loss), "optimizer": "SGD",
+        "loss": _loss_name(loss), "optimizer": _OPTIMIZERS[optimizer],
     }
+    if optimizer != "sgd":
+        hyper["betas"] = [float(b) for b in betas]
     data_info = {"train": _data_info(train_data, n)}
     if test is not None:
         data_info["test"] = _data_info(test_data, len(test[0]))
@@ -360,14 +373,20 @@ def train(
             "steps_per_epoch": steps_per_epoch, "device": str(dev), "init_hash": init_hash,
         },
         config={"hyperparameters": hyper, "data": data_info, "init_hash": init_hash},
-        overwrite=overwrite, resume=True,
+        overwrite=overwrite, resume=True, callbacks=callbacks,
     )
     if rec.already_done:  # the same run, finished: nothing to train
         rec.run.load_into(model)
         run = rec.finish()
         run.already_done = True
         return run
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                              weight_decay=weight_decay)
+    else:
+        opt = getattr(torch.optim, _OPTIMIZERS[optimizer])(
+            model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    hook = {"data": (X, y), "loss": loss}  # what callbacks measure on
     gen = torch.Generator().manual_seed(seed)
     fork_devices = [dev.index or 0] if dev.type == "cuda" else []
     where = {"epoch": 0, "pos": 0, "generator": gen.get_state()}  # data order of this epoch
@@ -409,6 +428,7 @@ def train(
                         f"{tuple(y.shape)}: {str(exc).splitlines()[0]}); build the model for "
                         "this dataset's shapes"
                     ) from exc
+                rec.step(model, opt, step=0, lr=lr_at(0), **hook)
             else:  # continue after the last checkpoint, exactly where it was
                 st = rec.resume_state
                 rec.run.load_into(model)
@@ -444,6 +464,8 @@ def train(
                     batch_loss.backward()
                     opt.step()
                     step += 1
+                    if rec.callbacks:
+                        rec.step(model, opt, step=step, lr=lr_now, **hook)
                     running = value if math.isnan(running) else 0.9 * running + 0.1 * value
                     if bar is not None:
                         bar.update(
