@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from lossatlas.cli import app
@@ -97,6 +98,10 @@ def train(
                            "until the new one has finished).")
     ] = False,
     figure: Annotated[bool, typer.Option(help="Write training.png into the run folder.")] = True,
+    track: Annotated[list[str] | None, typer.Option(
+        help="Measure during training, e.g. sharpness:every=10 (keys: k, trace, tol, "
+        "batch_size, preconditioned); writes sharpness.csv and sharpness.png.")] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw.")] = "sgd",
 ) -> None:
     """Train MODEL on DATA with SGD, recording checkpoints into a run folder.
 
@@ -108,7 +113,14 @@ def train(
     --seed sets both the initialization and the data order.
 
     --checkpoint starts from given weights instead of a fresh initialization.
+
+    --track sharpness:every=10 measures λ_max of the full-data training loss every 10 steps
+    (warm-started Lanczos; with --optimizer adam also λ_max(P⁻¹H)); a --batch-size at least
+    the training set's size with --momentum 0 is full-batch GD, e.g.
+    `lossatlas train --epochs 200 --lr 0.5 --momentum 0 --weight-decay 0 --batch-size 100000
+    --track sharpness:every=10`.
     """
+    from lossatlas.track import parse as parse_track
     from lossatlas.training import train as train_fn
 
     rec = parse_record(record)
@@ -123,6 +135,7 @@ def train(
         net, train_set, test_data=test_set, epochs=epochs, lr=lr, momentum=momentum,
         weight_decay=weight_decay, batch_size=batch_size, schedule=schedule, milestones=ms,
         gamma=gamma, seed=seed, record=rec, out=out, device=device, overwrite=overwrite,
+        callbacks=[parse_track(t) for t in track or []], optimizer=optimizer.lower(),
     )
     if run.already_done:
         typer.echo(f"{out}: already trained ({run.status}, {summary(run)}); nothing to do "
@@ -134,6 +147,18 @@ def train(
         from lossatlas.plot.training import training_curves
 
         training_curves(run, out / "training.png", title=f"{model} on {data}, seed {seed}")
+        for name in run.info.get("tracks", []):
+            if name == "sharpness":
+                from lossatlas.plot.tracking import sharpness_curves
+
+                sharpness_curves(run, out / "sharpness.png",
+                                 title=f"{model} on {data}, lr {lr:g}, batch {batch_size}")
+    for name in run.info.get("tracks", []):
+        t = run.track(name)
+        prods = t["products"][1:] if len(t["products"]) > 1 else t["products"]
+        typer.echo(f"{name}: {len(t['step'])} measurements, lambda_max {t['lambda_max'][0]:.4g}"
+                   f" -> {t['lambda_max'][-1]:.4g} (2/lr {2 / lr:.4g}), median "
+                   f"{float(np.median(prods)):.0f} products per measurement")
     typer.echo(f"{out}: {summary(run)}")
     if run.stopped_reason:
         typer.secho(f"training stopped early: {run.stopped_reason}", err=True, fg="yellow")

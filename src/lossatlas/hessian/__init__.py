@@ -14,6 +14,7 @@ True
 """
 
 from lossatlas.hessian.arpack import Spectrum, eigs
+from lossatlas.hessian.blocks import BLOCK_TYPES, Block, BlockSpectra, block_spectra, blocks_of
 from lossatlas.hessian.operator import HessianOperator, hvp, resolve_params
 from lossatlas.hessian.power import power
 from lossatlas.hessian.second_order import (
@@ -30,6 +31,9 @@ from lossatlas.hessian.summary import HessianSummary, summarize
 from lossatlas.hessian.trace import TraceEstimate, trace, trace_estimate, trace_of
 
 __all__ = [
+    "BLOCK_TYPES",
+    "Block",
+    "BlockSpectra",
     "DeltaDistribution",
     "Density",
     "HessianOperator",
@@ -37,6 +41,8 @@ __all__ = [
     "QuadraticPath",
     "Spectrum",
     "TraceEstimate",
+    "block_spectra",
+    "blocks_of",
     "broaden",
     "delta_distribution",
     "density",

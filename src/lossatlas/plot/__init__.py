@@ -1,9 +1,11 @@
 """Figures: matplotlib (PNG/PDF), plotly HTML and ParaView ``.vtp`` exports of results."""
 
+from lossatlas.plot import blocks as blocks
 from lossatlas.plot import connect as connect
 from lossatlas.plot import hessian as hessian
 from lossatlas.plot import phases as phases
 from lossatlas.plot import shapes as shapes
+from lossatlas.plot import tracking as tracking
 from lossatlas.plot import training as training
 from lossatlas.plot import trajectory as trajectory
 from lossatlas.plot.interactive import to_html as to_html

@@ -21,6 +21,7 @@ updates applied, 0 before the first), and it appends rows to a table of the run 
 
 from lossatlas.track.preconditioner import adam_preconditioner, adam_threshold
 from lossatlas.track.sharpness import Sharpness, stability_threshold
+from lossatlas.track.spec import parse
 from lossatlas.track.table import columns, read_table
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "adam_preconditioner",
     "adam_threshold",
     "columns",
+    "parse",
     "read_table",
     "stability_threshold",
 ]
