@@ -12,7 +12,7 @@ Workloads: the MLP 64-128-10 (9,610 parameters) on the digits training split (1,
    the MLP trained with the demo's recipe (cross-entropy, SGD 0.1, momentum 0.9, batch 128,
    30 epochs) against the authors' procedure (``method="apgd"``, 20 steps). Budget: within 1 %
    of its value in at most half of its gradient evaluations.
-3. ``--figure PATH``: full-batch GD at lr 0.8, 1.0, 1.25 for ``--steps`` steps and SGD (batch
+3. ``--figure PATH``: full-batch GD at lr 1.0, 1.1, 1.2 for ``--steps`` steps and SGD (batch
    128) at lr 1.0, λ_max every 25 steps, drawn with ``la.plot.tracking.sharpness_curves``.
 
     .venv/bin/python benchmarks/tracking.py [--reps 3] [--steps 300] [--figure docs/x.png]
@@ -105,7 +105,7 @@ def worst_case() -> None:
 
 def figure(path: str, steps: int) -> None:
     tables = {}
-    for lr in (0.8, 1.0, 1.25):
+    for lr in (1.0, 1.1, 1.2):
         run, sec = gd(steps, lr, [la.track.Sharpness(every=25)])
         tables[f"GD η={lr}"] = run.track("sharpness")
         t = tables[f"GD η={lr}"]
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--figure", default=None, help="also draw the edge-of-stability figure")
-    ap.add_argument("--figure-steps", type=int, default=3000)
+    ap.add_argument("--figure-steps", type=int, default=2000)
     args = ap.parse_args()
     torch.set_num_threads(1)
     overhead(args.steps, args.reps)

@@ -163,3 +163,34 @@ def test_result_saves_and_bad_input():
         la.sharpness.sharpness(obj, 0.1, "median")
     with pytest.raises(LossAtlasError, match="m="):
         la.sharpness.worst_case(obj, 0.1, m=0)
+
+
+def test_sweep_records_sharpness_on_the_hessian_batch(tmp_path):
+    from lossatlas import sweep as S
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+    train = la.datasets.ArrayDataset(torch.randn(300, 10), torch.randint(0, 3, (300,)))
+    measure = {"hessian_samples": 200, "sharpness": {"rho": 0.1, "norm": "linf"}}
+    got = S._sharpness(model, train, measure, seed=3)
+    obj = la.Objective(model, S._hessian_batch(train, 200, 3))
+    assert got == la.sharpness.worst_case(obj, 0.1, norm="linf", seed=3).value
+    toml = """
+name = "t"
+[data]
+name = "digits"
+[model]
+name = "mlp"
+[load]
+param = "width"
+values = [4]
+[temperature]
+param = "batch_size"
+values = [32]
+"""
+    (tmp_path / "a.toml").write_text(toml)
+    (tmp_path / "b.toml").write_text(toml + "[measure.sharpness]\nrho = 0.1\n")
+    a, b = S.load_spec(tmp_path / "a.toml"), S.load_spec(tmp_path / "b.toml")
+    assert b.measure["sharpness"] == {"rho": 0.1}
+    ca, cb = S.cells(a)[0], S.cells(b)[0]
+    assert ca.train_key(0) == cb.train_key(0) and ca.model_key(0) != cb.model_key(0)

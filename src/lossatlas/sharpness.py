@@ -37,7 +37,7 @@ Taylor expansion cancel in every pair) and reported with its standard error. To 
 >>> _ = torch.manual_seed(0); X, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
 >>> obj = la.Objective(torch.nn.Linear(3, 2), (X, y))
 >>> s = la.sharpness.worst_case(obj, rho=0.1, adaptive=False)
->>> bool(s.value > 0), s.kind
+>>> bool(s.value > 0), s.case
 (True, 'worst')
 """
 
@@ -79,7 +79,7 @@ class Sharpness:
     error: float
     per_batch: np.ndarray
     base_loss: float
-    kind: str = "worst"
+    case: str = "worst"  # "worst" or "average"
     rho: float = 0.0
     adaptive: bool = True
     norm: str = "l2"

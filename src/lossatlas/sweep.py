@@ -35,6 +35,8 @@ A sweep is described in a TOML file::
     hessian_samples = 200
     [measure.connect]   # keyword arguments of la.connect.train_curve (epochs, lr, bends, ...)
     epochs = 2
+    [measure.sharpness] # optional: la.sharpness.sharpness (Andriushchenko et al. 2023) per model
+    rho = 0.05          # (kind = "worst" | "average", norm, adaptive, m, ...), column sharpness
     [phases]            # optional: la.taxonomy.Thresholds overrides (train_loss, mc, cka, ...)
     cka = 0.9
 
@@ -122,11 +124,12 @@ MEASURE_DEFAULTS: dict[str, Any] = {
     "cka_samples": 640,         # mixup samples, λ ~ Beta(16, 16) (App. A.1)
     "l2": True,
     "threads": 1,               # torch threads per job (results do not depend on the executor)
+    "sharpness": {},            # kwargs of la.sharpness.sharpness (rho, kind, norm, ...); {} = off
 }
 
 #: Per-model and per-pair metrics of the cell table (means over seeds / pairs; ``*_std`` too).
 MODEL_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss", "train_error",
-                 "hessian_max", "hessian_trace")
+                 "hessian_max", "hessian_trace", "sharpness")
 PAIR_METRICS = ("mc", "mc_linear", "mc_aligned", "mc_linear_aligned", "cka", "l2")
 METRICS = MODEL_METRICS + PAIR_METRICS
 
@@ -372,6 +375,8 @@ class Cell:
 
     def model_key(self, seed: int) -> str:
         keep = {k: self.measure[k] for k in ("hessian", "hessian_samples")}
+        if self.measure.get("sharpness"):  # only when asked: earlier models keep their keys
+            keep["sharpness"] = self.measure["sharpness"]
         return _hash({"train": self.train_key(seed), "measure": keep, "job": "model"})
 
     def pair_key(self, a: int, b: int) -> str:
@@ -445,6 +450,18 @@ def _hessian(model: torch.nn.Module, train, measure: Mapping, seed: int) -> dict
     return {"hessian_max": top, "hessian_trace": tr}
 
 
+def _sharpness(model: torch.nn.Module, train, measure: Mapping, seed: int) -> float:
+    """Andriushchenko et al.'s sharpness (``la.sharpness.sharpness`` with the ``[measure]``
+    table ``sharpness``) on the same batch of ``hessian_samples`` samples as the Hessian."""
+    from lossatlas import sharpness
+    from lossatlas.objective import Objective
+
+    obj = Objective(model, _hessian_batch(train, measure["hessian_samples"], seed), check=False)
+    kw = dict(measure["sharpness"])
+    return float(sharpness.sharpness(obj, float(kw.pop("rho")), kw.pop("kind", "worst"),
+                                     seed=seed, **kw).value)
+
+
 def model_job(job: Mapping) -> dict:
     """Train the model of one (cell, seed) and measure it; returns metrics and its state.
 
@@ -473,6 +490,11 @@ def model_job(job: Mapping) -> dict:
             metrics.update(_hessian(model, train, measure, seed))
         except Exception as exc:  # a diverged model: record why, keep the cell
             errors["hessian"] = f"{type(exc).__name__}: {exc}"
+    if measure.get("sharpness"):
+        try:
+            metrics["sharpness"] = _sharpness(model, train, measure, seed)
+        except Exception as exc:
+            errors["sharpness"] = f"{type(exc).__name__}: {exc}"
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return {
         "metrics": {k: _finite(v) for k, v in metrics.items()},

@@ -33,6 +33,7 @@ TITLES = {
     "test_acc": "test accuracy (%)",
     "train_loss": "train loss",
     "hessian_max": "Hessian λ_max",
+    "sharpness": "sharpness (Andriushchenko et al.)",
     "hessian_trace": "Hessian trace",
     "mc": "mode connectivity (train error %)",
     "cka": "CKA similarity",

@@ -56,7 +56,8 @@ def sharpness_curves(tracks, path: str | os.PathLike | None = None, title: str |
     runs = dict(tracks) if isinstance(tracks, Mapping) and "step" not in tracks else {"": tracks}
     tables = {k: _table(v) for k, v in runs.items()}
     pre = any(np.isfinite(t.get("precond_lambda_max", [np.nan])).any() for t in tables.values())
-    fig = Figure(figsize=(10.5 if pre else 6.8, 4.0), layout="constrained")
+    tall = 4.0 if len(tables) < 3 else 5.0
+    fig = Figure(figsize=(10.5 if pre else 7.2, tall), layout="constrained")
     axes = fig.subplots(1, 2 if pre else 1, squeeze=False)[0]
     ax, ax_loss = axes[0], (axes[0].twinx() if loss else None)
     tops = [0.0, 0.0]
@@ -92,7 +93,11 @@ def sharpness_curves(tracks, path: str | os.PathLike | None = None, title: str |
         axes[1].legend(fontsize=7)
         axes[1].grid(alpha=0.3)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", ncol=1 if len(tables) < 3 else 2)
+    if len(tables) < 3:
+        ax.legend(fontsize=7, loc="upper left")
+    else:  # many runs: below the axes, so that no curve is hidden
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                  ncol=min(len(tables), 4))
     fig.suptitle(title or "sharpness during training")
     if path is not None:
         fig.savefig(path, dpi=110)
