@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,ray,hf
+EXTRAS ?= dev,ray,hf,trainer
 OUT ?= atlas
 
 .PHONY: demo test lint bench clean browser
