@@ -1,10 +1,13 @@
 """A Hugging Face ``Trainer`` callback that records a tracker's table (optional extra:
 ``transformers`` with ``accelerate``).
 
->>> from lossatlas.track.huggingface import TrackerCallback  # doctest: +SKIP
->>> cb = TrackerCallback(la.track.Sharpness(every=10, data=batch_dict), out="run/lossatlas")
->>> Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb]).train()  # doctest: +SKIP
->>> la.load_run("run/lossatlas").track("sharpness")  # doctest: +SKIP
+Use::
+
+    from lossatlas.track.huggingface import TrackerCallback
+    cb = TrackerCallback(la.track.Sharpness(every=10, data=batch_dict, loss="model"),
+                         out="run/lossatlas")
+    Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb]).train()
+    la.load_run("run/lossatlas").track("sharpness")
 
 ``step`` is ``state.global_step`` (optimizer updates applied), measured at the start of
 training (step 0) and after every update the tracker asks for; ``lr`` is the optimizer's
