@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,ray,hf,trainer
+EXTRAS ?= dev,ray,hf,trainer,lightning
 OUT ?= atlas
 
 .PHONY: demo test lint bench clean browser
