@@ -103,7 +103,7 @@ def train(
         "batch_size, preconditioned); writes sharpness.csv and sharpness.png.")] = None,
     optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw.")] = "sgd",
 ) -> None:
-    """Train MODEL on DATA with SGD, recording checkpoints into a run folder.
+    """Train MODEL on DATA with SGD (or --optimizer adam), recording checkpoints into a run folder.
 
     The folder (default runs/MODEL-DATA-seedSEED) gets manifest.json, checkpoints/ and training.png.
 
