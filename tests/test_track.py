@@ -118,3 +118,30 @@ def test_bad_input():
         rec.finish().track("sharpness")
     with pytest.raises(LossAtlasError, match="optimizer"):
         la.train(model, _data(), optimizer="lbfgs", progress=False)
+
+
+def test_an_interrupted_run_continues_its_table(tmp_path):
+    """Ctrl-C at step 7, rerun: the table holds every step once, as the uninterrupted run's."""
+    X, y = _data(n=64)
+    calls = {"n": 0, "at": None}
+
+    def loss(out, t):  # the training loss; raises a KeyboardInterrupt at step calls["at"]
+        calls["n"] += 1
+        if calls["n"] == calls["at"]:
+            raise KeyboardInterrupt
+        return nn.functional.cross_entropy(out, t)
+
+    def fit(out, at=None):
+        calls.update(n=0, at=at)
+        tracker = la.track.Sharpness(every=2, loss="cross_entropy", tol=1e-8)
+        return la.train(_net(), (X, y), epochs=4, batch_size=16, lr=0.1, loss=loss, record=2,
+                        out=out, progress=False, callbacks=[tracker])
+
+    full = fit(tmp_path / "full").track("sharpness")
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "cut", at=8)  # the 8th call of the loss (evaluations count too)
+    part = la.load_run(tmp_path / "cut").track("sharpness")["step"].tolist()
+    assert len(part) >= 2 and part == list(range(0, 2 * len(part), 2))
+    cont = fit(tmp_path / "cut").track("sharpness")
+    assert cont["step"].tolist() == full["step"].tolist() == list(range(0, 17, 2))
+    assert np.allclose(cont["lambda_max"], full["lambda_max"], rtol=1e-6)
