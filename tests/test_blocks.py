@@ -71,3 +71,19 @@ def test_block_top_eigenvalues_equal_the_exact_hessian_blocks():
     assert rows["attention q/k"]["blocks"] == 2
     assert np.isclose(rows["attention q/k"]["lambda_max"], res.lambda_max[1:3].max())
     assert "attention v/o" in res.table()
+
+
+def test_block_figure_draws_every_block_and_the_distances():
+    from lossatlas.plot.blocks import block_densities
+
+    torch.manual_seed(0)
+    model = _TinyTransformer()
+    ids, y = torch.randint(0, 11, (16, 5)), torch.randint(0, 11, (16,))
+    res = la.hessian.block_spectra(la.Objective(model, (ids, y)), steps=8)
+    fig = block_densities(res)
+    ax, ax_js = fig.axes[0], fig.axes[1]
+    assert len(ax.lines) == len(res.names) == 9
+    colors = {t: ax.lines[i].get_color() for i, t in enumerate(res.types)}
+    assert len(set(colors.values())) == len(set(res.types))  # one colour per block type
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(dict.fromkeys(res.types))
+    assert np.array_equal(ax_js.images[0].get_array(), res.js)

@@ -45,7 +45,8 @@ __all__ = ["Sharpness", "stability_threshold"]
 def stability_threshold(optimizer, lr: float) -> float:
     """The largest stable ``λ_max(H)`` of the optimizer on a quadratic: ``2/η`` for GD,
     ``(2 + 2β)/η`` for PyTorch's SGD with momentum β (heavy ball, no dampening, not Nesterov);
-    NaN when it is not a plain function of ``λ_max(H)`` (Adam: see the preconditioned one)."""
+    NaN when it is not a plain function of ``λ_max(H)`` (Adam: see the preconditioned one).
+    With L2 weight decay ``wd`` the iteration sees ``H + wd·I``: compare ``λ_max + wd``."""
     if not lr or not lr > 0:
         return math.nan
     if optimizer is None:
