@@ -16,7 +16,6 @@ def _tiny_bert(seed=0):
                                   num_attention_heads=2, intermediate_size=32,
                                   max_position_embeddings=16, num_labels=3,
                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    cfg._attn_implementation = "eager"  # fused attention kernels have no double backward
     torch.manual_seed(seed)
     return transformers.BertForSequenceClassification(cfg)
 

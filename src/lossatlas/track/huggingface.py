@@ -14,8 +14,6 @@ training (step 0) and after every update the tracker asks for; ``lr`` is the opt
 current rate. The optimizer Accelerate wraps is unwrapped, so Adam/AdamW runs get the
 preconditioned sharpness. With dict data (``{"input_ids": ..., "labels": ...}``) pass
 ``loss="model"`` to the tracker so the model's own loss is measured, as the Trainer trains it.
-Hessian-vector products need a double backward, which PyTorch's fused attention kernels lack:
-build the model with ``attn_implementation="eager"``.
 """
 
 from __future__ import annotations
