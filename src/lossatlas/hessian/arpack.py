@@ -17,9 +17,11 @@ Methods:
   ≈ −1.3e-3 against λ_max 0.17) the five SA pairs to tol 1e-3 took 250 products here,
   1,602 with plain ARPACK (ncv 20), 1,228 with ARPACK ncv 100, and 987 with ARPACK LA on the
   folded σI − H (σ = λ_max; the same Krylov space, so folding alone gains little once ARPACK's
-  tol is rescaled to ask for the same ‖r‖). Up to ``max_basis``
-  vectors are kept (and at most 4 GB of them); past that it hands over to ARPACK with the
-  Ritz vectors as a start.
+  tol is rescaled to ask for the same ‖r‖). The basis holds up to ``max_basis`` vectors and
+  what the memory budget leaves beside the products (:mod:`lossatlas.memory`), allocated
+  once; when it is full before the wanted pairs converge, the run goes on as a thick-restart
+  Lanczos (Wu & Simon 2000) that keeps the half of the basis nearest the wanted end as Ritz
+  vectors, in the same memory.
 * ``"auto"``: ``"lanczos"``.
 
 >>> import torch, lossatlas as la
@@ -40,14 +42,15 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
+from lossatlas import memory as M
 from lossatlas.errors import LossAtlasError
-from lossatlas.hessian._lanczos import lanczos, ritz
-from lossatlas.hessian.operator import HessianOperator
+from lossatlas.hessian._lanczos import thick_restart
+from lossatlas.hessian.operator import HessianOperator, resolve_params
 from lossatlas.store import result
 
 __all__ = ["Spectrum", "eigs"]
 
-_BASIS_BYTES = 4e9  # the Lanczos basis (float64) is capped at this size; ARPACK takes over
+MAX_PRODUCTS = 10  # a Lanczos run stops unconverged after this many products per max_basis
 
 
 @result("hessian_spectrum")
@@ -79,37 +82,63 @@ class Spectrum:
 
 
 def _v0(op: HessianOperator, seed: int, v0) -> torch.Tensor:
+    """The start vector, flat float64: ``v0`` (a Point, a flat vector, or a block of start
+    vectors as rows ``(b, dim)``, whose sum starts the Krylov space), else a seeded Gaussian."""
     if v0 is not None:
         v = op.flatten(v0) if isinstance(v0, dict) else torch.as_tensor(v0)
-        return v.reshape(-1).to(torch.float64)
+        v = v.to(torch.float64)
+        if v.dim() == 2 and v.shape[-1] == op.dim:
+            v = v.sum(0)
+        if v.numel() != op.dim:
+            raise LossAtlasError(
+                f"v0 has {v.numel()} entries but the block has {op.dim}; pass a Point over "
+                "obj.names or a flat vector of the block's size"
+            )
+        return v.reshape(-1).to(op.device)
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn(op.dim, generator=g, dtype=torch.float64).to(op.device)
 
 
-def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
-    return np.arange(len(theta))[-k:] if which == "LA" else np.arange(len(theta))[:k]
+def _basis_sizes(k: int, dim: int, max_basis: int) -> tuple[int, int]:
+    """(fewest, comfortable) Lanczos basis vectors for ``k`` pairs: a thick restart needs room
+    for the ``k`` kept pairs and as many new directions; ``4k + 20`` rarely restarts."""
+    least = min(dim, max_basis, 2 * k + 8)
+    return least, min(dim, max_basis, max(least, 4 * k + 20))
+
+
+def basis_vectors(op: HessianOperator, k: int, max_basis: int) -> int:
+    """How many float64 basis vectors the budget leaves beside the products (the ``k`` Ritz
+    vectors and two work vectors set aside); raises the one sentence when too few fit."""
+    vec = 8 * op.dim
+    free = op.budget - op.bytes - (k + 2) * vec
+    least, _ = _basis_sizes(k, op.dim, max_basis)
+    m = int(min(max_basis, op.dim, free // vec))
+    if m < least:
+        raise M.too_large(
+            f"eigs(k={k}) over {op.dim:,} parameters (a Lanczos basis of {least} vectors "
+            f"beside {M.fmt(op.bytes)} for the products)",
+            op.bytes + (least + k + 2) * vec, op.budget,
+            "pass params= a subset of the parameters, a smaller k, or an objective with a "
+            "smaller batch_size")
+    return m
 
 
 def _lanczos_eigs(op, k, which, tol, v0, max_basis, check_every):
-    def converged(alpha, beta):
-        if len(alpha) < k:
-            return False
-        theta, _, res = ritz(alpha, beta)
-        idx = _wanted(theta, k, which)
-        return bool(np.all(res[idx] <= tol * np.maximum(np.abs(theta[idx]), 1e-300)))
+    def converged(theta, res):
+        return res <= tol * np.maximum(np.abs(theta), 1e-300)
 
     bar = f"Lanczos {which} k={k}" if (which == "SA" or k > 1) else None
-    run = lanczos(lambda q: op.matmat(q.to(op.dtype)), v0, max_basis, converged, check_every,
-                  bar)
-    theta, S, res = ritz(run.alpha, run.beta)
-    idx = _wanted(theta, k, which)
-    ok = res[idx] <= tol * np.maximum(np.abs(theta[idx]), 1e-300)
-    done = bool(np.all(ok)) or run.products >= op.dim
-    vecs = (run.Q.T @ torch.from_numpy(S[:, idx]).to(run.Q)).T  # (k, dim)
-    if done:
-        return theta[idx], vecs, res[idx]
-    # basis full: hand over to ARPACK, started from the Ritz vectors' sum
-    return _arpack(op, k, which, tol, vecs.sum(0), ncv=None)
+    m = basis_vectors(op, k, max_basis)
+    run = thick_restart(lambda q: op.matmat(q.to(op.dtype)), v0, k, which, m, converged,
+                        MAX_PRODUCTS * max(max_basis, m), check_every, progress=bar)
+    if not run.converged:
+        raise LossAtlasError(
+            f"Lanczos did not converge for which={which!r}, k={k} in {run.products} products "
+            f"(basis {m}, {run.restarts} restarts; largest relative residual "
+            f"{np.max(run.residuals / np.maximum(np.abs(run.values), 1e-300)):.2g}); raise "
+            "tol=, max_basis= or the memory budget"
+        )
+    return run.values, run.vectors, run.residuals
 
 
 def _arpack(op, k, which, tol, v0, ncv):
@@ -155,7 +184,14 @@ def eigs(
         method = "lanczos"
     if method not in ("lanczos", "arpack"):
         raise LossAtlasError(f'method={method!r} is unknown; use "auto", "lanczos" or "arpack"')
-    op = operator or HessianOperator(obj, point, params, hvp)
+    if operator is None:
+        pt = obj.center if point is None else point
+        vec = 8 * sum(pt[n].numel() for n in resolve_params(obj, params))
+        least, comfortable = _basis_sizes(k, 2**62, max_basis)
+        op = HessianOperator(obj, point, params, hvp, reserve=(comfortable + k + 2) * vec,
+                             reserve_min=(least + k + 2) * vec)
+    else:
+        op = operator
     if not isinstance(k, int) or k < 1 or k >= op.dim:
         raise LossAtlasError(f"k={k!r} must be an integer between 1 and {op.dim - 1}")
     if which == "both":
@@ -171,8 +207,7 @@ def eigs(
     start, t0 = op.matvecs, time.perf_counter()
     x0 = _v0(op, seed, v0)
     if method == "lanczos":
-        basis = min(max_basis, op.dim, max(4 * k + 20, int(_BASIS_BYTES // (8 * op.dim))))
-        vals, V, res = _lanczos_eigs(op, k, which, tol, x0, basis, 1 if k == 1 else 5)
+        vals, V, res = _lanczos_eigs(op, k, which, tol, x0, max_basis, 1 if k == 1 else 5)
     else:
         vals, V, res = _arpack(op, k, which, tol, x0, ncv)
     order = np.argsort(vals)

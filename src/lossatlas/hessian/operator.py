@@ -16,15 +16,19 @@ in the block, one data pass for all ``k`` columns. Four ways to compute them (``
 * ``"fwdrev"``: ``torch.func.jvp(torch.func.grad(L_b), θ, v)`` (forward-over-reverse).
 * ``"vmap"``: forward-over-reverse vmapped over the ``k`` columns.
 
-``method="auto"`` picks ``"graph"`` when the cached graphs fit (``cache_batches`` batches at most,
-default 64), else ``"double"``; for several vectors per pass it measures that way against
-``"vmap"`` on the first two such calls and keeps the faster (see :meth:`HessianOperator._way`).
+``method="auto"`` picks the fastest exact way that fits the memory budget
+(:mod:`lossatlas.memory`): the cost of one kept graph is measured on two probe batches
+(``fixed + per_sample · n`` bytes), the data is split into batches whose graph stays under
+:data:`HVP_BATCH_BYTES` and the budget (so the time per product stays linear in N, and one
+batch never holds the whole data set's graph), and ``"graph"`` is taken when the graphs of all
+batches fit beside ``reserve`` (what the caller keeps besides, e.g. a Lanczos basis); otherwise
+one product of ``"double"`` and of ``"fwdrev"`` is timed on the first batch and the faster kept.
+For several vectors per pass it measures that way against ``"vmap"`` on the first two such
+calls and keeps the faster (see :meth:`HessianOperator._way`). When not even one sample's
+graph fits, one sentence says how much is needed.
 
-benchmarks/hessian.py measures all four side by side; on the
-9,610-parameter MLP over all of digits (2 shared CPU cores) one product took 1.74 ms
-(``graph``), 3.12 (``double``), 5.69 (``fwdrev``), 5.92 (``vmap``), against 1.62 for PyHessian's
-cached-graph product and 6.88 for curvlinops; with 16 vectors per pass ``graph`` and ``double``
-are within noise of each other (1.5-1.9 ms per product) and ``vmap`` is at 3.0.
+benchmarks/hessian.py measures all four side by side on the digits MLP, benchmarks/scale.py
+on CIFAR ResNets (numbers in benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -39,12 +43,15 @@ from scipy.sparse.linalg import LinearOperator
 from torch.func import grad as func_grad
 from torch.func import jvp, vmap
 
+from lossatlas import memory as M
 from lossatlas import params as P
+from lossatlas.batching import Batch, _target_count, length_of, slice_batch
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["METHODS", "HessianOperator", "hvp", "resolve_params"]
+__all__ = ["HVP_BATCH_BYTES", "METHODS", "HessianOperator", "hvp", "resolve_params"]
 
 METHODS = ("auto", "graph", "double", "fwdrev", "vmap")
+HVP_BATCH_BYTES = 2**30  # the kept graph of one data batch is held under this size
 
 
 def resolve_params(obj, params: str | Sequence[str] | None) -> list[str]:
@@ -68,6 +75,15 @@ class HessianOperator:
     ``op.matmat(V)`` with ``V`` a ``(dim, k)`` tensor returns ``H V`` (same dtype as ``V``);
     ``op.matvecs`` counts the products taken (columns). ``op.to_point(x)`` turns a flat vector
     into a Point over all of ``obj.names`` (zeros outside the block), usable as a direction.
+
+    ``memory``: the budget (bytes or ``"4GB"``; default :func:`lossatlas.memory.budget`);
+    ``reserve``: bytes the caller would like to keep besides the products (the kept graphs
+    are chosen only when they fit beside it); ``reserve_min``: bytes it cannot do without
+    (default ``reserve``; a batch's graph must fit beside it).
+    ``op.batches`` / ``op.weights`` are the data batches the products run over (the
+    objective's, split where one would hold too large a graph), ``op.graph_cost`` the measured
+    :class:`~lossatlas.memory.LinearCost` of one batch's graph, ``op.bytes`` what the chosen
+    method holds at most, ``op.reason`` why it was chosen.
     """
 
     def __init__(
@@ -76,7 +92,11 @@ class HessianOperator:
         point: Mapping[str, torch.Tensor] | None = None,
         params: str | Sequence[str] | None = None,
         method: str = "auto",
-        cache_batches: int = 64,
+        cache_batches: int | None = None,
+        *,
+        memory: str | float | None = None,
+        reserve: float = 0.0,
+        reserve_min: float | None = None,
     ):
         if method not in METHODS:
             raise LossAtlasError(f"method={method!r} is unknown; use one of {METHODS}")
@@ -95,15 +115,104 @@ class HessianOperator:
         self.dtype = self.point[self.names[0]].dtype
         self.device = self.point[self.names[0]].device
         self.auto = method == "auto"
-        if method == "auto":
-            method = "graph" if len(obj.batches) <= cache_batches else "double"
-        self.method = method
         self._multi: dict[str, float] = {}  # auto: seconds per product with k > 1, by way
         self.buffers = obj.buffers_at(self.point)
         self.matvecs = 0
         self._graphs: list[tuple[float, tuple[torch.Tensor, ...]]] | None = None
         self._leaves: list[torch.Tensor] | None = None
         self._grad: torch.Tensor | None = None
+        self.budget = M.budget(memory, self.device)
+        least = float(reserve if reserve_min is None else min(reserve, reserve_min))
+        self.method = self._plan(method, self.budget - least, self.budget - float(reserve),
+                                 cache_batches)
+
+    # -- the memory plan -----------------------------------------------------------------
+    def _probe_graph(self, n: int) -> int:
+        """Bytes autograd saves for ``∇L_b`` with ``create_graph=True`` on ``n`` samples."""
+        b = self.obj.batches[0]
+        tgt = slice_batch(b.targets, 0, n) if b.targets is not None else None
+        sub = Batch(slice_batch(b.inputs, 0, n), tgt, float(n))
+        leaves = [self.point[k].detach().clone().requires_grad_(True) for k in self.names]
+        nbytes, _ = M.saved_bytes(lambda: torch.autograd.grad(
+            self._batch_loss(leaves, sub), leaves, create_graph=True, materialize_grads=True))
+        return nbytes + self.dim * self.point[self.names[0]].element_size()
+
+    def _measure_graph_cost(self) -> M.LinearCost:
+        n = length_of(self.obj.batches[0].inputs)
+        n2 = min(n, 8)
+        n1 = max(1, n2 // 2)
+        b2 = self._probe_graph(n2)
+        b1 = self._probe_graph(n1) if n1 < n2 else b2
+        return M.LinearCost.fit(n1, b1, n2, b2)
+
+    def _split(self, cap: int) -> None:
+        """``self.batches``: the objective's batches cut to at most ``cap`` samples, each
+        weighted by its share of the targets (the exact mean whatever the cut)."""
+        batches = []
+        for b in self.obj.batches:
+            n = length_of(b.inputs)
+            if n <= cap:
+                batches.append(b)
+                continue
+            for i in range(0, n, cap):
+                j = min(i + cap, n)
+                tgt = slice_batch(b.targets, i, j) if b.targets is not None else None
+                sub = Batch(slice_batch(b.inputs, i, j), tgt, _target_count(tgt, j - i))
+                if sub.weight > 0:  # a slice whose targets are all ignored adds nothing
+                    batches.append(sub)
+        self.batches = batches
+        self.weights = [b.weight / self.obj.n for b in batches]
+        self.batch_samples = [length_of(b.inputs) for b in batches]
+
+    def _plan(self, method: str, avail: float, avail_graph: float,
+              cache_batches: int | None) -> str:
+        """Split the data and choose the way (see the module docstring)."""
+        cost = self.graph_cost = self._measure_graph_cost()
+        cap = cost.samples_within(min(HVP_BATCH_BYTES, avail))
+        if cap < 1:
+            raise M.too_large(
+                f"a Hessian-vector product over {self.dim:,} parameters (one sample's graph)",
+                cost(1) + max(0.0, self.budget - avail), self.budget,
+                "pass params= a subset of the parameters (e.g. params='layer3.*')")
+        self._split(cap)
+        one = max(cost(n) for n in self.batch_samples)
+        cached = sum(cost(n) for n in self.batch_samples)
+        fits = cached <= avail_graph and (cache_batches is None
+                                          or len(self.batches) <= cache_batches)
+        if method == "graph" and cached > avail:
+            raise M.too_large(
+                f"method='graph' (kept graphs of {self.obj.num_samples:,} samples)",
+                cached + max(0.0, self.budget - avail), self.budget,
+                "pass method='auto' or 'double' (one batch's graph at a time), fewer samples")
+        if method != "auto":
+            self.reason = f"method={method!r} asked"
+        elif fits:
+            method = "graph"
+            self.reason = f"kept graphs of all batches fit ({M.fmt(cached)})"
+        else:
+            method = self._faster_single(one, avail)
+        self.bytes = cached if method == "graph" else one
+        return method
+
+    def _faster_single(self, one: float, avail: float) -> str:
+        """``"double"`` or ``"fwdrev"``: one product of each timed on the first batch (fwdrev
+        carries tangents beside the activations: tried only when twice a graph fits)."""
+        if 2 * one > avail:
+            self.reason = "kept graphs exceed the budget; fwdrev would too"
+            return "double"
+        rows = torch.randn(1, self.dim, generator=torch.Generator().manual_seed(0)).to(
+            self.device, self.dtype)
+        first = self.batches[:1], self.weights[:1]
+        times = {}
+        for way in ("double", "fwdrev"):
+            out = torch.zeros_like(rows)
+            t0 = time.perf_counter()
+            getattr(self, f"_mm_{way}")(rows, out, *first)
+            times[way] = time.perf_counter() - t0
+        best = min(times, key=times.get)
+        self.reason = (f"kept graphs exceed the budget; {best} measured faster "
+                       f"({times['double']:.3g} s double, {times['fwdrev']:.3g} s fwdrev)")
+        return best
 
     # -- flat <-> named ------------------------------------------------------------------
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -132,7 +241,7 @@ class HessianOperator:
     def _build_graphs(self) -> None:
         leaves = [self.point[k].detach().clone().requires_grad_(True) for k in self.names]
         graphs, g = [], torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        for w, b in zip(self.obj.weights, self.obj.batches):
+        for w, b in zip(self.weights, self.batches):
             gs = torch.autograd.grad(self._batch_loss(leaves, b), leaves, create_graph=True,
                                      materialize_grads=True)
             graphs.append((w, gs))
@@ -145,7 +254,13 @@ class HessianOperator:
             if self._graphs is None:
                 self._build_graphs()
             return self._grad.clone()
-        return self.flatten(self.obj.grad(self.point))
+        leaves = [self.point[k].detach().clone().requires_grad_(True) for k in self.names]
+        g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        for w, b in zip(self.weights, self.batches):
+            gs = torch.autograd.grad(self._batch_loss(leaves, b), leaves,
+                                     materialize_grads=True)
+            g.add_(torch.cat([t.reshape(-1) for t in gs]), alpha=w)
+        return g
 
     def release(self) -> None:
         """Drop the cached graphs (memory)."""
@@ -174,9 +289,12 @@ class HessianOperator:
     def _way(self, k: int) -> str:
         """The way to take ``k`` products: ``method``, except under ``"auto"`` with 2 to 16
         vectors (vmap holds k copies of the activations): the first such call uses ``method``,
-        the second ``"vmap"``, later ones the faster of the two per product (same numbers)."""
+        the second ``"vmap"``, later ones the faster of the two per product (same numbers);
+        vmap only when its ``k`` graphs fit the budget."""
         if not self.auto or k == 1 or k > 16:
             return self.method
+        if k * self.graph_cost(max(self.batch_samples)) > self.budget - self.bytes:
+            return self.method  # vmap would hold k graphs at once
         for way in (self.method, "vmap"):
             if way not in self._multi:
                 return way
@@ -211,10 +329,11 @@ class HessianOperator:
                                          retain_graph=True, materialize_grads=True)
                 self._accumulate(out[i], w, hv)
 
-    def _mm_double(self, rows: torch.Tensor, out: torch.Tensor) -> None:
+    def _mm_double(self, rows: torch.Tensor, out: torch.Tensor, batches=None,
+                   weights=None) -> None:
         leaves = [self.point[k].detach().clone().requires_grad_(True) for k in self.names]
         k = rows.shape[0]
-        for w, b in zip(self.obj.weights, self.obj.batches):
+        for w, b in zip(weights or self.weights, batches or self.batches):
             gs = torch.autograd.grad(self._batch_loss(leaves, b), leaves, create_graph=True,
                                      materialize_grads=True)
             for i in range(k):
@@ -226,9 +345,10 @@ class HessianOperator:
         return func_grad(lambda *ps: self._batch_loss(ps, batch), argnums=tuple(
             range(len(self.names))))
 
-    def _mm_fwdrev(self, rows: torch.Tensor, out: torch.Tensor) -> None:
+    def _mm_fwdrev(self, rows: torch.Tensor, out: torch.Tensor, batches=None,
+                   weights=None) -> None:
         primals = tuple(self.point[k] for k in self.names)
-        for w, b in zip(self.obj.weights, self.obj.batches):
+        for w, b in zip(weights or self.weights, batches or self.batches):
             g = self._grad_fn(b)
             for i in range(rows.shape[0]):
                 _, hv = jvp(g, primals, tuple(self.split(rows[i])))
@@ -236,7 +356,7 @@ class HessianOperator:
 
     def _mm_vmap(self, rows: torch.Tensor, out: torch.Tensor) -> None:
         primals = tuple(self.point[k] for k in self.names)
-        for w, b in zip(self.obj.weights, self.obj.batches):
+        for w, b in zip(self.weights, self.batches):
             g = self._grad_fn(b)
 
             def one(*tangents, g=g):
