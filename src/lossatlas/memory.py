@@ -167,8 +167,11 @@ class LinearCost:
 
 
 def too_large(what: str, need: float, have: float, hints: str) -> LossAtlasError:
-    """The one sentence when nothing fits: what needs how much, the budget, how to get there."""
-    return LossAtlasError(
+    """The one sentence when nothing fits: what needs how much, the budget, how to get there
+    (the error carries ``need`` and ``budget`` in bytes, for a caller that rewords it)."""
+    err = LossAtlasError(
         f"{what} needs about {fmt(need)} but the memory budget is {fmt(have)}; {hints}, or "
         f"raise the budget with {ENV}=8GB (or lossatlas.memory.limit('8GB'))"
     )
+    err.need, err.budget = need, have
+    return err

@@ -50,6 +50,7 @@ from lossatlas.store import result
 
 __all__ = ["Spectrum", "eigs"]
 
+_HINTS = "pass params= a subset of the parameters or a smaller k"
 MAX_PRODUCTS = 10  # a Lanczos run stops unconverged after this many products per max_basis
 
 
@@ -117,9 +118,7 @@ def basis_vectors(op: HessianOperator, k: int, max_basis: int) -> int:
         raise M.too_large(
             f"eigs(k={k}) over {op.dim:,} parameters (a Lanczos basis of {least} vectors "
             f"beside {M.fmt(op.bytes)} for the products)",
-            op.bytes + (least + k + 2) * vec, op.budget,
-            "pass params= a subset of the parameters, a smaller k, or an objective with a "
-            "smaller batch_size")
+            op.bytes + (least + k + 2) * vec, op.budget, _HINTS)
     return m
 
 
@@ -188,8 +187,16 @@ def eigs(
         pt = obj.center if point is None else point
         vec = 8 * sum(pt[n].numel() for n in resolve_params(obj, params))
         least, comfortable = _basis_sizes(k, 2**62, max_basis)
-        op = HessianOperator(obj, point, params, hvp, reserve=(comfortable + k + 2) * vec,
-                             reserve_min=(least + k + 2) * vec)
+        try:
+            op = HessianOperator(obj, point, params, hvp, reserve=(comfortable + k + 2) * vec,
+                                 reserve_min=(least + k + 2) * vec)
+        except LossAtlasError as err:
+            if not hasattr(err, "need"):
+                raise
+            raise M.too_large(
+                f"eigs(k={k}) over {vec // 8:,} parameters (one sample's Hessian graph beside "
+                f"a Lanczos basis of {least + k + 2} vectors)", err.need, err.budget,
+                _HINTS) from None
     else:
         op = operator
     if not isinstance(k, int) or k < 1 or k >= op.dim:

@@ -173,7 +173,7 @@ class HessianOperator:
             raise M.too_large(
                 f"a Hessian-vector product over {self.dim:,} parameters (one sample's graph)",
                 cost(1) + max(0.0, self.budget - avail), self.budget,
-                "pass params= a subset of the parameters (e.g. params='layer3.*')")
+                "pass params= a subset of the parameters (such as params='layer3.*')")
         self._split(cap)
         one = max(cost(n) for n in self.batch_samples)
         cached = sum(cost(n) for n in self.batch_samples)
