@@ -25,6 +25,13 @@ Three ways to evaluate one grid point, the fastest that applies is chosen per ru
 The work of one chunk of grid points is the top-level, picklable :func:`evaluate_chunk`, so that
 an executor (a process pool, Ray) can run chunks elsewhere; an engine is built once per process
 and run token and reused for all chunks of that run.
+
+Where the affine trick applies (``fast=True``), it is kept only where it is faster on the model
+at hand: :func:`race_engines` times it against the in-place engine on the first grid points of
+the run (their values are kept, so the race costs no extra point) and drops its buffers when it
+loses. Its buffers (five first-layer outputs per data batch) must fit half the memory budget
+(:mod:`lossatlas.memory`). The two engines agree up to float rounding, so which one a process
+picks changes no number beyond rounding.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from lossatlas import memory as M
 from lossatlas import params as P
 from lossatlas.batching import Batch, slice_batch
 from lossatlas.errors import LossAtlasError
@@ -447,8 +455,8 @@ class Engine:
                             if db is None:
                                 db = torch.zeros_like(m.bias)
                         zs.append(first.apply(x, dw, db))
-                    total += sum(z.numel() * z.element_size() for z in zs) * 4 // 3
-                    if total > FASTPATH_MEMORY:
+                    total += sum(z.numel() * z.element_size() for z in zs) * 5 // 3
+                    if total > min(FASTPATH_MEMORY, M.budget(device=obj.device) / 2):
                         self._Z, self._buf, self._rows, self._rows_buf = [], [], [], []
                         self.reason = "the first layer's outputs exceed the memory budget"
                         return False
@@ -724,28 +732,75 @@ class Chunk:
 
 
 _ENGINES: dict[str, Engine] = {}
+_SETUP: dict[str, float] = {}  # token -> seconds spent building (and racing) the engine
+
+
+def race_engines(eng: Engine, coeffs: np.ndarray, rounds: int = 2
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Affine against in-place on the first ``2·rounds`` rows of ``coeffs`` (interleaved, each
+    row evaluated once by one engine, so the values are the run's own); the slower engine is
+    dropped (the affine buffers freed when in-place wins). Returns (loss, acc) of those rows,
+    or None when there is nothing to race (not affine, or too few rows)."""
+    n = 2 * rounds
+    if eng.mode != "affine" or len(coeffs) < n:
+        return None
+    params = dict(eng.model.named_parameters())
+    slots = {"affine": (eng._slots, eng.first),
+             "inplace": ([(params[k], eng.center[k], [d[k] for d in eng.directions])
+                          for k in eng.obj.names], None)}
+    best: dict[str, float] = {}
+    loss, acc = np.zeros(n), np.zeros(n)
+    for i in range(n):
+        mode = ("inplace", "affine")[i % 2]
+        eng._slots, eng.first = slots[mode]
+        t0 = time.perf_counter()
+        loss[i:i + 1], acc[i:i + 1] = eng.evaluate(coeffs[i:i + 1])
+        best[mode] = min(best.get(mode, math.inf), time.perf_counter() - t0)
+    keep = min(best, key=best.get)
+    eng._slots, eng.first = slots[keep]
+    eng.reason = (f"measured {best['affine']:.3g} s (affine) vs {best['inplace']:.3g} s "
+                  "(in-place) per point")
+    if keep == "inplace":
+        eng.mode = "inplace"
+        eng._Z, eng._buf, eng._rows, eng._rows_buf = [], [], [], []
+    return loss, acc
 
 
 def evaluate_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Evaluate one chunk; returns (index, loss, accuracy, engine mode). Top-level and picklable:
     the engine is built on first use in each process and reused for the run's other chunks."""
     eng = _ENGINES.get(chunk.token)
+    raced = None
     if eng is None:
         _ENGINES.clear()
+        _SETUP.clear()
+        t0 = time.perf_counter()
         eng = Engine.build(chunk.objective, chunk.center, chunk.directions, fast=chunk.fast)
         eng.measure_per_pass()
+        _SETUP[chunk.token] = time.perf_counter() - t0
+        if chunk.fast is True:
+            raced = race_engines(eng, chunk.coeffs)
         _ENGINES[chunk.token] = eng
-    loss, acc = eng.evaluate(chunk.coeffs)
+    if raced is None:
+        loss, acc = eng.evaluate(chunk.coeffs)
+    else:
+        n = len(raced[0])
+        loss, acc = raced
+        if len(chunk.coeffs) > n:
+            rest = eng.evaluate(chunk.coeffs[n:])
+            loss, acc = np.concatenate([loss, rest[0]]), np.concatenate([acc, rest[1]])
     return chunk.index, loss, acc, eng.mode
 
 
 def release(token: str) -> None:
     """Forget the engine of a finished run (frees the private model and first-layer outputs)."""
     _ENGINES.pop(token, None)
+    _SETUP.pop(token, None)
 
 
 def engine_info(token: str) -> dict:
     eng = _ENGINES.get(token)
     if eng is None:
         return {}
-    return {"engine": eng.mode, "engine_reason": eng.reason}
+    return {"engine": eng.mode, "engine_reason": eng.reason,
+            "setup_seconds": _SETUP.get(token, 0.0)}
