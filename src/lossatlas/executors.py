@@ -21,6 +21,7 @@ Worker processes die with the process that started them, even when it is SIGKILL
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import multiprocessing as mp
@@ -37,7 +38,7 @@ import torch
 from lossatlas.errors import LossAtlasError
 
 __all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "make_executor",
-           "run_job", "threads"]
+           "run_job", "shutdown_pools", "threads", "warm_pool"]
 
 
 @contextlib.contextmanager
@@ -189,13 +190,56 @@ def _default_context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
+def _ready() -> int:
+    """A no-op job: sent once per worker when a pool is warmed, so every worker is forked and
+    initialized before the first real job."""
+    return os.getpid()
+
+
+#: Warm pools by (workers, threads, start method): started once, reused by every
+#: ProcessExecutor with the same settings, shut down at exit (or by :func:`shutdown_pools`).
+_POOLS: dict[tuple, futures.ProcessPoolExecutor] = {}
+
+
+def warm_pool(workers: int, threads: int | None, context: mp.context.BaseContext
+              ) -> futures.ProcessPoolExecutor:
+    """The process-wide pool for these settings, started (all workers forked from the preloaded
+    fork server, one :func:`_ready` job each, not waited for) on first use and reused after;
+    a pool broken by a dead worker is replaced."""
+    key = (workers, threads, context.get_start_method())
+    pool = _POOLS.get(key)
+    if pool is None or getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread",
+                                                                  False):
+        pool = futures.ProcessPoolExecutor(workers, mp_context=context,
+                                           initializer=_init_worker, initargs=(threads,))
+        for _ in range(workers):
+            pool.submit(_ready)
+        _POOLS[key] = pool
+    return pool
+
+
+def shutdown_pools() -> None:
+    """Stop every warm pool (at interpreter exit, or to free their memory now)."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+atexit.register(shutdown_pools)
+
+
 class ProcessExecutor(Executor):
     """Jobs in ``workers`` separate processes (default: every core), ``threads`` torch threads
-    each. ``fn`` and the items must be picklable (``fn`` a module-level function). The pool
-    starts on first use and stays up until :meth:`close` (or the ``with`` block ends)."""
+    each. ``fn`` and the items must be picklable (``fn`` a module-level function).
+
+    ``warm=True`` (the default): the workers come from a process-wide pool (:func:`warm_pool`)
+    that starts when the executor is made (in the background, while the caller prepares its
+    jobs) and stays up after :meth:`close` for the next executor with the same settings, so a
+    second short sweep or surface pays no start-up. ``warm=False``: a private pool, started on
+    first use and shut down by :meth:`close` (or the end of the ``with`` block)."""
 
     def __init__(self, workers: int | None = None, threads: int | None = 1,
-                 prefetch: int | None = None, context: str | None = None):
+                 prefetch: int | None = None, context: str | None = None, warm: bool = True):
         n = (os.cpu_count() or 1) if workers is None else workers
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise LossAtlasError(f"workers={workers!r} must be a positive integer; pass workers=2.")
@@ -203,14 +247,19 @@ class ProcessExecutor(Executor):
         self.threads = _check_threads(threads)
         self.prefetch = prefetch or 2 * n
         self._context = mp.get_context(context) if context else _default_context()
+        self.warm = bool(warm)
         self._pool: futures.ProcessPoolExecutor | None = None
+        if self.warm:
+            self._get_pool()
 
     @property
     def workers(self) -> int:
         return self._workers
 
     def _get_pool(self) -> futures.ProcessPoolExecutor:
-        if self._pool is None:
+        if self.warm:
+            self._pool = warm_pool(self._workers, self.threads, self._context)
+        elif self._pool is None:
             self._pool = futures.ProcessPoolExecutor(
                 self._workers, mp_context=self._context, initializer=_init_worker,
                 initargs=(self.threads, os.getpid()),
@@ -239,9 +288,10 @@ class ProcessExecutor(Executor):
                 fut.cancel()
 
     def close(self) -> None:
-        if self._pool is not None:
+        """Shut a private pool down; a warm pool stays up for the next executor."""
+        if self._pool is not None and not self.warm:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._pool = None
 
 
 class _Shared:
