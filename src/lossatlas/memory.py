@@ -6,7 +6,9 @@ The budget, in bytes, is the first of
 2. the innermost ``with lossatlas.memory.limit("4GB"):`` block,
 3. the environment variable ``LOSSATLAS_MEMORY`` (same forms),
 4. :data:`FRACTION` of the memory available now: ``MemAvailable`` of ``/proc/meminfo`` on the
-   CPU, ``torch.cuda.mem_get_info`` on a CUDA device.
+   CPU (at most :data:`CPU_CAP`: a kept graph makes a product at most about twice as fast,
+   which is not worth most of a shared machine's memory), ``torch.cuda.mem_get_info`` on a
+   CUDA device.
 
 Costs are measured on the model at hand, never guessed from its size alone: a graph kept for a
 second derivative is measured by summing the bytes of the tensors autograd saves
@@ -40,11 +42,12 @@ import torch
 
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["ENV", "FRACTION", "SLACK", "LinearCost", "available", "budget", "fmt", "limit",
-           "parse_bytes", "saved_bytes", "too_large"]
+__all__ = ["CPU_CAP", "ENV", "FRACTION", "SLACK", "LinearCost", "available", "budget", "fmt",
+           "limit", "parse_bytes", "saved_bytes", "too_large"]
 
 ENV = "LOSSATLAS_MEMORY"
 FRACTION = 0.5  # of the memory available now, when no budget is given
+CPU_CAP = 2 * 10**9  # the default budget on the CPU is at most this
 SLACK = 1.4  # resident bytes per saved byte of an autograd graph (allocator, transients)
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
@@ -110,7 +113,9 @@ def budget(memory: str | float | int | None = None,
     env = os.environ.get(ENV)
     if env:
         return parse_bytes(env, ENV)
-    return int(FRACTION * available(device))
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    free = FRACTION * available(dev)
+    return int(free if dev.type == "cuda" else min(free, CPU_CAP))
 
 
 @contextlib.contextmanager
