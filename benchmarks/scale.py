@@ -24,8 +24,11 @@ and data built). Rows:
   default) with their largest relative residual.
 * ``trace``: Hutchinson with 100 products; ``pca``: ``la.trajectory.pca`` of 50 checkpoints.
 
-``--quick`` uses fewer images and grid points (and the SA-3 of resnet56 on 64 images in a
-1GB budget). Timings on a shared machine are noisy: ratios are taken within one subprocess.
+``sa3 plan`` shows what SA-3 of the model on 256 images would hold in the budget (the HVP
+method, its batches, the basis) without running it. ``--quick`` uses fewer images per row
+(:data:`QUICK`), 9 grid points, 30 trace products and a small SA-3 problem whose budget forces
+the restarted Lanczos. Timings on a shared machine are noisy: ours and the floors are timed
+interleaved within one subprocess and the fastest of each kept.
 
 Usage: ``python benchmarks/scale.py [--quick] [--only resnet20,mlp] [--rows surface,hvp,...]``
 """
@@ -91,7 +94,8 @@ def _best(fn, reps: int = 2, least: float = 0.5) -> float:
 
 
 # -- one measurement (runs in its own process) ---------------------------------------------
-def measure(row: str, name: str, n: int, points: int, sa_budget: str) -> dict:
+def measure(row: str, name: str, n: int, points: int, sa_budget: str,
+            products: int = 100) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -178,12 +182,12 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str) -> dict:
         per, fb = [], []
         for _ in range(3):  # interleaved: the same load on each
             per.append(_best(product, 1, 0.2))
+            out["peak"] = max(out.get("peak", 0), _peak() - base)  # before the baseline's graph
             fb.append(_best(fwd_bwd, 1, 0.2))
         per, fb = min(per), min(fb)
         out.update(method=method, per_product_s=per, fwd_bwd_s=fb, ratio=per / fb,
                    batches=len(op.batches), batch=max(op.batch_samples),
-                   chosen=op.method, reason=getattr(op, "reason", ""),
-                   peak=max(out.get("peak", 0), _peak() - base))
+                   chosen=op.method, reason=getattr(op, "reason", ""))
         return out
 
     if row == "top1":
@@ -233,10 +237,24 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str) -> dict:
                    hvp=op.method, budget=sa_budget, peak=_peak() - base)
         return out
 
+    if row == "sa3 plan":  # what SA-3 would hold, without running it
+        obj = la.Objective(model, (X, y))
+        from lossatlas.hessian.arpack import basis_vectors
+
+        with la.memory.limit(sa_budget):
+            op = la.hessian.HessianOperator(obj, reserve=(32 + 5) * 8 * sum(
+                p.numel() for p in model.parameters()), reserve_min=(14 + 5) * 8 * sum(
+                p.numel() for p in model.parameters()))
+            basis = basis_vectors(op, 3, 1000)
+        out.update(hvp=op.method, hvp_bytes=op.bytes, basis=basis,
+                   basis_bytes=basis * 8 * op.dim, batches=len(op.batches),
+                   batch=max(op.batch_samples), budget=sa_budget, peak=_peak() - base)
+        return out
+
     if row == "trace":
         obj = la.Objective(model, (X, y))
         t0 = time.perf_counter()
-        est = la.hessian.trace_estimate(obj, 100)
+        est = la.hessian.trace_estimate(obj, products)
         out.update(value=float(est.value), products=est.products,
                    seconds=time.perf_counter() - t0, peak=_peak() - base)
         return out
@@ -261,8 +279,9 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str) -> dict:
 
 
 # -- the driver ---------------------------------------------------------------------------
-def run_one(row, name, n, points, sa_budget, timeout) -> dict:
-    cmd = [sys.executable, __file__, "--one", row, name, str(n), str(points), sa_budget]
+def run_one(row, name, n, points, sa_budget, timeout, products=100) -> dict:
+    cmd = [sys.executable, __file__, "--one", row, name, str(n), str(points), sa_budget,
+           str(products)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -271,8 +290,15 @@ def run_one(row, name, n, points, sa_budget, timeout) -> dict:
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode or not lines:
         tail = (p.stderr.strip().splitlines() or ["?"])[-1]
-        return {"row": row, "model": name, "error": tail[:160]}
+        return {"row": row, "model": name, "error": tail[:300]}
     return json.loads(lines[-1])
+
+
+#: --quick: images per (model, row group) and the SA-3 problem, sized for a loaded 2-core CPU
+QUICK = {
+    "resnet20": {"surface": 256, "hvp": 128, "top1": 128, "trace": 64, "sa3": (32, "400MB")},
+    "resnet56": {"surface": 128, "hvp": 64, "top1": 64, "trace": 32, "sa3": (16, "600MB")},
+}
 
 
 def mb(x) -> str:
@@ -294,6 +320,10 @@ def describe(r: dict) -> str:
                 f"({r['fwd_bwd_s']:.3f} s; {r['batches']} batches of <= {r['batch']})")
     if row.startswith("top1"):
         return f"lambda_max {r['value']:.4g}: {r['products']} products, {r['seconds']:.1f} s"
+    if row == "sa3 plan":
+        return (f"plan only (not run): hvp {r['hvp']} in {r['batches']} batches of <= "
+                f"{r['batch']} ({mb(r['hvp_bytes'])}), Lanczos basis {r['basis']} vectors "
+                f"({mb(r['basis_bytes'])}) in {r['budget']}")
     if row == "sa3":
         return (f"{r['products']} products, {r['seconds']:.0f} s, basis {r['basis']} vectors in "
                 f"{r['budget']} (hvp {r['hvp']}), max rel. residual {r['rel_residual']:.1e}")
@@ -312,11 +342,11 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--images", type=int, default=None, help="CIFAR-shaped images (2000)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
-    ap.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        row, name, n, points, budget = args.one
-        print(json.dumps(measure(row, name, int(n), int(points), budget)))
+        row, name, n, points, budget, products = args.one
+        print(json.dumps(measure(row, name, int(n), int(points), budget, int(products))))
         return
     rows = args.rows.split(",")
     n = args.images or (256 if args.quick else 2000)
@@ -325,7 +355,7 @@ def main() -> None:
           f"digits), 1 torch thread per measurement, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start (the machine is shared: timings are noisy)")
     for name in args.only.split(","):
-        m_n = n if name != "resnet56" or not args.quick else n // 2
+        sizes = QUICK.get(name, {}) if args.quick else {}
         plan = []
         if "surface" in rows:
             plan += ["surface keep", "surface recal"]
@@ -333,15 +363,18 @@ def main() -> None:
             plan += ["hvp graph", "hvp double", "hvp fwdrev", "hvp pyhessian"]
         if "top1" in rows:
             plan += ["top1", "top1 pyhessian"]
-        if "sa3" in rows and name == "resnet56":
-            plan += ["sa3"]
+        if "sa3" in rows and name != "mlp":
+            plan += ["sa3 plan", "sa3"]
         plan += [r for r in ("trace", "pca") if r in rows]
         for row in plan:
-            size = m_n
-            budget = "4GB"
+            group = row.split()[0]
+            size, budget = sizes.get(group, n), "4GB"
             if row == "sa3":
-                size, budget = (64, "1GB") if args.quick else (256, "4GB")
-            r = run_one(row, name, size, points, budget, args.timeout)
+                size, budget = sizes.get("sa3", (256, "4GB"))
+            if row == "sa3 plan":
+                size = 256
+            products = 30 if args.quick else 100
+            r = run_one(row, name, size, points, budget, args.timeout, products)
             peak = f"peak +{mb(r['peak'])}" if "peak" in r else ""
             print(f"{name:9s} {r.get('n', size):>5} {row:15s} {peak:>16s}  {describe(r)}",
                   flush=True)
