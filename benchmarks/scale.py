@@ -23,6 +23,9 @@ and data built). Rows:
 * ``SA-3``: the three smallest eigenpairs within a memory budget (``--sa-budget``, 4GB by
   default) with their largest relative residual.
 * ``trace``: Hutchinson with 100 products; ``pca``: ``la.trajectory.pca`` of 50 checkpoints.
+* ``basis``: 300 Lanczos steps (thick-restart code, no restart) on a diagonal H of the model's
+  size: the peak over the basis's own bytes (the basis is allocated once; it was grown by
+  concatenation before, which held two copies while growing).
 
 ``sa3 plan`` shows what SA-3 of the model on 256 images would hold in the budget (the HVP
 method, its batches, the basis) without running it. ``--quick`` uses fewer images per row
@@ -45,7 +48,7 @@ import time
 
 os.environ.setdefault("LOSSATLAS_QUIET", "1")
 
-ROWS = ("surface", "hvp", "top1", "sa3", "trace", "pca")
+ROWS = ("surface", "hvp", "top1", "sa3", "trace", "pca", "basis")
 
 
 def _rss() -> int:
@@ -237,6 +240,21 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
                    hvp=op.method, budget=sa_budget, peak=_peak() - base)
         return out
 
+    if row == "basis":  # the Lanczos basis alone: 300 steps on a diagonal H of the model's size
+        from lossatlas.hessian._lanczos import thick_restart
+
+        dim = out["params"]
+        diag = torch.linspace(-1, 2, dim, dtype=torch.float64)
+        del model, X, y
+        base = _rss()
+        t0 = time.perf_counter()
+        run = thick_restart(lambda q: diag * q, torch.ones(dim, dtype=torch.float64), 3, "SA",
+                            300, lambda th, r: r < 0, 300)
+        out.update(steps=run.products, seconds=time.perf_counter() - t0,
+                   basis_bytes=300 * 8 * dim, peak=_peak() - base)
+        out["ratio"] = out["peak"] / out["basis_bytes"]
+        return out
+
     if row == "sa3 plan":  # what SA-3 would hold, without running it
         obj = la.Objective(model, (X, y))
         from lossatlas.hessian.arpack import basis_vectors
@@ -320,6 +338,9 @@ def describe(r: dict) -> str:
                 f"({r['fwd_bwd_s']:.3f} s; {r['batches']} batches of <= {r['batch']})")
     if row.startswith("top1"):
         return f"lambda_max {r['value']:.4g}: {r['products']} products, {r['seconds']:.1f} s"
+    if row == "basis":
+        return (f"Lanczos basis of 300 vectors ({mb(r['basis_bytes'])}): peak {r['ratio']:.2f} x "
+                f"the basis, {r['seconds']:.1f} s for 300 steps (diagonal H)")
     if row == "sa3 plan":
         return (f"plan only (not run): hvp {r['hvp']} in {r['batches']} batches of <= "
                 f"{r['batch']} ({mb(r['hvp_bytes'])}), Lanczos basis {r['basis']} vectors "
@@ -365,7 +386,7 @@ def main() -> None:
             plan += ["top1", "top1 pyhessian"]
         if "sa3" in rows and name != "mlp":
             plan += ["sa3 plan", "sa3"]
-        plan += [r for r in ("trace", "pca") if r in rows]
+        plan += [r for r in ("trace", "pca", "basis") if r in rows]
         for row in plan:
             group = row.split()[0]
             size, budget = sizes.get(group, n), "4GB"

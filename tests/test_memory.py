@@ -53,16 +53,16 @@ def test_tiny_budget_splits_the_data_and_products_equal(small, monkeypatch):
     free = HessianOperator(obj, memory="1GB")
     assert free.method == "graph" and len(free.batches) == 1
     cost = free.graph_cost
-    tight = HessianOperator(obj, memory=cost(20))
+    tight = HessianOperator(obj, memory=int((1 + 1 / M.SLACK) * cost(20)) + 1)  # its peak
     assert len(tight.batches) >= 5 and max(tight.batch_samples) <= 20
     assert tight.method in ("double", "fwdrev")  # the kept graphs of 96 samples do not fit
     assert abs(sum(tight.weights) - 1) < 1e-12
     V = torch.randn(free.dim, 3, dtype=torch.float64)
     torch.testing.assert_close(tight.matmat(V), H @ V, rtol=1e-5, atol=1e-6)
     # batches capped for speed (HVP_BATCH_BYTES) whose graphs all fit: kept, still batched
-    monkeypatch.setattr(la.hessian.operator, "HVP_BATCH_BYTES", cost(20))
+    monkeypatch.setattr(la.hessian.operator, "HVP_BATCH_BYTES", (1 + 1 / M.SLACK) * cost(20))
     both = HessianOperator(obj, memory="1GB")
-    assert both.method == "graph" and len(both.batches) >= 5
+    assert both.method == "graph" and len(both.batches) >= 4
     torch.testing.assert_close(both.matmat(V), H @ V, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tight.gradient(), free.gradient(), rtol=1e-5, atol=1e-7)
 
