@@ -79,7 +79,8 @@ class HessianOperator:
     ``memory``: the budget (bytes or ``"4GB"``; default :func:`lossatlas.memory.budget`);
     ``reserve``: bytes the caller would like to keep besides the products (the kept graphs
     are chosen only when they fit beside it); ``reserve_min``: bytes it cannot do without
-    (default ``reserve``; a batch's graph must fit beside it).
+    (default ``reserve``; a batch's graph must fit beside it); ``cache_batches``: keep graphs
+    only for at most this many batches (None: as many as the budget holds).
     ``op.batches`` / ``op.weights`` are the data batches the products run over (the
     objective's, split where one would hold too large a graph), ``op.graph_cost`` the measured
     :class:`~lossatlas.memory.LinearCost` of one batch's graph, ``op.bytes`` what the chosen
@@ -198,7 +199,8 @@ class HessianOperator:
             self.reason = f"kept graphs of all batches fit ({M.fmt(cached)})"
         else:
             method = self._faster_single(one, avail)
-        self.bytes = cached if method == "graph" else one
+        self.bytes = cached if method == "graph" else one * (2 if method in ("fwdrev",
+                                                                               "vmap") else 1)
         return method
 
     def _faster_single(self, one: float, avail: float) -> str:
