@@ -111,14 +111,14 @@ def basis_vectors(op: HessianOperator, k: int, max_basis: int) -> int:
     """How many float64 basis vectors the budget leaves beside the products (the ``k`` Ritz
     vectors and two work vectors set aside); raises the one sentence when too few fit."""
     vec = 8 * op.dim
-    free = op.budget - op.bytes - (k + 2) * vec
+    free = M.usable(op.budget) - op.bytes - (k + 2) * vec
     least, _ = _basis_sizes(k, op.dim, max_basis)
     m = int(min(max_basis, op.dim, free // vec))
     if m < least:
         raise M.too_large(
             f"eigs(k={k}) over {op.dim:,} parameters (a Lanczos basis of {least} vectors "
             f"beside {M.fmt(op.bytes)} for the products)",
-            op.bytes + (least + k + 2) * vec, op.budget, _HINTS)
+            (op.bytes + (least + k + 2) * vec) / (1 - M.HEADROOM), op.budget, _HINTS)
     return m
 
 

@@ -124,8 +124,8 @@ class HessianOperator:
         self._grad: torch.Tensor | None = None
         self.budget = M.budget(memory, self.device)
         least = float(reserve if reserve_min is None else min(reserve, reserve_min))
-        self.method = self._plan(method, self.budget - least, self.budget - float(reserve),
-                                 cache_batches)
+        spend = M.usable(self.budget)
+        self.method = self._plan(method, spend - least, spend - float(reserve), cache_batches)
 
     # -- the memory plan -----------------------------------------------------------------
     def _probe_graph(self, n: int) -> int:
@@ -179,7 +179,8 @@ class HessianOperator:
         if cap < 1:
             raise M.too_large(
                 f"a Hessian-vector product over {self.dim:,} parameters (one sample's graph)",
-                at_peak(1) + max(0.0, self.budget - avail), self.budget,
+                (at_peak(1) + max(0.0, M.usable(self.budget) - avail)) / (1 - M.HEADROOM),
+                self.budget,
                 "pass params= a subset of the parameters (such as params='layer3.*')")
         self._split(cap)
         biggest = max(cost(n) for n in self.batch_samples)
@@ -190,7 +191,8 @@ class HessianOperator:
         if method == "graph" and cached > avail:
             raise M.too_large(
                 f"method='graph' (kept graphs of {self.obj.num_samples:,} samples)",
-                cached + max(0.0, self.budget - avail), self.budget,
+                (cached + max(0.0, M.usable(self.budget) - avail)) / (1 - M.HEADROOM),
+                self.budget,
                 "pass method='auto' or 'double' (one batch's graph at a time), fewer samples")
         if method != "auto":
             self.reason = f"method={method!r} asked"
@@ -302,7 +304,7 @@ class HessianOperator:
         vmap only when its ``k`` graphs fit the budget."""
         if not self.auto or k == 1 or k > 16:
             return self.method
-        if k * self.graph_cost(max(self.batch_samples)) > self.budget - self.bytes:
+        if k * self.graph_cost(max(self.batch_samples)) > M.usable(self.budget) - self.bytes:
             return self.method  # vmap would hold k graphs at once
         for way in (self.method, "vmap"):
             if way not in self._multi:
