@@ -206,12 +206,13 @@ def warm_pool(workers: int, threads: int | None, context: mp.context.BaseContext
     """The process-wide pool for these settings, started (all workers forked from the preloaded
     fork server, one :func:`_ready` job each, not waited for) on first use and reused after;
     a pool broken by a dead worker is replaced."""
-    key = (workers, threads, context.get_start_method())
+    key = (workers, threads, context.get_start_method(), os.getpid())  # not a forked parent's
     pool = _POOLS.get(key)
     if pool is None or getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread",
                                                                   False):
         pool = futures.ProcessPoolExecutor(workers, mp_context=context,
-                                           initializer=_init_worker, initargs=(threads,))
+                                           initializer=_init_worker,
+                                           initargs=(threads, os.getpid()))
         for _ in range(workers):
             pool.submit(_ready)
         _POOLS[key] = pool
