@@ -414,6 +414,7 @@ def _run(
                 os.replace(tmp, path)
             f = h5py.File(path, "r+")
             lay = FileLayout.of(f)
+            fast = _recorded_engine(f, fast)
             # the file's arrays, kept in the file's layout and units: a resume rewrites the
             # finished points bit for bit (no percent -> fraction -> percent round trip)
             held = {"loss": f[lay.loss_key][()], "accuracy": f[lay.acc_key][()],
@@ -433,6 +434,15 @@ def _run(
     return cls(meta=meta, directions=stored, **dict(zip(("x", "y"), coords)), **arrays)
 
 
+def _recorded_engine(f: h5py.File, fast: bool | str) -> bool | str:
+    """On resume with ``fast=True``, the engine the file's run chose (``engine_choice``), so
+    the remaining points are computed exactly as the first ones were."""
+    if fast is not True:
+        return fast
+    choice = store.read_attrs(f).get("engine_choice")
+    return {"affine": "affine", "plain": False}.get(choice, True)
+
+
 def _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f, held,
               chunk_size, executor, fast, callback, progress) -> None:
     """Compute the points not yet done, chunk by chunk, into ``arrays`` (in memory, ``[i, j]``)
@@ -443,12 +453,21 @@ def _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f, hel
         size = chunk_size or (shape[-1] if len(shape) > 1 else max(1, min(16, shape[0] // 4)))
         grids = np.meshgrid(*coords, indexing="ij")
         flat = np.stack([g.reshape(-1) for g in grids], axis=1)  # (N, k)
+        if fast is True and len(todo):
+            # one engine for the whole run, chosen here (not per worker) and recorded first
+            fast = _fastpath.decide_engine(token, obj, center, directions, flat[todo[:4]])
+            meta["engine_choice"] = fast or "plain"
+            if f is not None:
+                store.write_attrs(f, {"engine_choice": meta["engine_choice"]})
+                f.flush()
+        executor = executor or InProcess()
+        if not isinstance(executor, InProcess):
+            _fastpath.release(token)  # the driver's engine served the choice; workers build theirs
         chunks = (
             _fastpath.Chunk(token, obj, center, directions, idx, flat[idx], fast)
             for idx in (todo[i:i + size] for i in range(0, len(todo), size))
         )
         n_chunks = (len(todo) + size - 1) // size
-        executor = executor or InProcess()
         results = executor.map(_fastpath.evaluate_chunk, chunks)
         engines = set()
         shown = track(results, f"{kind} ({len(todo)} points)", total=n_chunks,
