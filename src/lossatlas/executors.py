@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -110,6 +111,9 @@ class LocalExecutor(Executor):
 
 
 def _init_worker(n_threads: int | None, driver: int | None = None) -> None:
+    # Ctrl-C reaches the whole process group: the driver alone handles it (it cancels what is
+    # pending and reports what was kept), so a worker finishes its job without a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if n_threads is not None:
         torch.set_num_threads(n_threads)
     os.environ.setdefault("LOSSATLAS_QUIET", "1")  # no progress bars from inside workers

@@ -195,7 +195,7 @@ def shapes(
     log_c = math.log(num_classes) if num_classes else None
     curves, labels = [], []
     for f in files:
-        res = la.load(f)
+        res = la.load(f, what="FILE")
         if not hasattr(res, "x") or not hasattr(res, "loss") or np.ndim(res.loss) != 1:
             raise LossAtlasError(f"{f} holds a {type(res).__name__}, not a curve; pass files "
                                  "written by `lossatlas curve` or la.curve(...).save")
