@@ -61,6 +61,7 @@ def folder(tmp_path_factory) -> Path:
     base = ('name = "t"\nseeds = [0, 1]\n[data]\nname = "gaussians"\ntrain_size = 64\n'
             '[model]\nname = "mlp"\n[load]\nparam = "width"\nvalues = [4, 8]\n'
             '[temperature]\nparam = "lr"\nvalues = [0.1, 0.2]\n')
+    (root / "ok.toml").write_text(base + "[train]\nepochs = 1\n")
     (root / "train_key.toml").write_text(base + "[train]\nepochs = 1\nlrr = 0.1\n")
     (root / "phases_key.toml").write_text(base + "[phases]\nckaa = 0.9\n")
     (root / "connect_key.toml").write_text(base + "[measure.connect]\nepoch = 2\n")
@@ -165,6 +166,21 @@ CASES = [
          ["surface", *DATA, "--resolution", "3", "--out", "curve.h5/s.h5"]),
     Case("interpolate-out-folder", "--out 'folder' is a folder",
          ["interpolate", *DATA, "-c", "weights.pt", "--to", "weights.pt", "--out", "folder"]),
+    Case("train-out-file", "--out 'weights.pt' is a file; pass a folder path",
+         ["train", *DATA, "--epochs", "1", "--out", "weights.pt"]),
+    Case("train-out-under-file", "which is a file, not a folder",
+         ["train", *DATA, "--epochs", "1", "--out", "weights.pt/run"]),
+    Case("sweep-out-file", "--out 'weights.pt' is a file",
+         ["sweep", "ok.toml", "--out", "weights.pt"]),
+    Case("hessian-out-folder", "--out 'folder' is a folder", ["hessian", *DATA, "--out", "folder"]),
+    Case("mine-out-folder", "--out 'folder' is a folder",
+         ["mine", "w-peak", *DATA, "--epochs", "1", "--out", "folder"]),
+    Case("connect-out-folder", "--out 'folder' is a folder",
+         ["connect", "weights.pt", "weights.pt", *DATA, "--out", "folder"]),
+    Case("curves-out-under-file", "which is a file, not a folder",
+         ["curves", "-D", "gaussian", *DATA, "--out", "weights.pt/c.png"]),
+    Case("python-save-folder", "path 'folder' is a folder",
+         call=lambda: la.curve(_tiny()[1], _tiny()[2], points=3, progress=False).save("folder")),
     Case("python-path-folder", "path 'folder' is a folder", call=_curve_to("folder")),
     Case("python-path-under-file", "which is a file", call=_curve_to("weights.pt/c.h5")),
     Case("python-path-zero-byte", "is empty (0 bytes", call=_curve_to("zero.h5")),

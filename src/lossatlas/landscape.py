@@ -116,7 +116,7 @@ class _Result:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result (classic keys + provenance) to ``path``; ``la.load`` reads it."""
-        path = Path(path)
+        path = store.check_output(path, "path", resumable=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         lay = FileLayout(split=self.meta.get("split") or "train")

@@ -43,7 +43,7 @@ import torch
 
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["check_output", "load", "open_h5", "open_regular", "read_attrs",
+__all__ = ["check_folder", "check_output", "load", "open_h5", "open_regular", "read_attrs",
            "read_state_dict", "register_loader", "result", "save", "write_attrs"]
 
 _REGISTRY: dict[str, type] = {}
@@ -221,7 +221,7 @@ def save(obj, path: str | os.PathLike, **extra_attrs) -> Path:
         raise LossAtlasError(
             f"objects of type {type(obj).__name__} cannot be saved; only lossatlas results can"
         )
-    path = Path(path)
+    path = check_output(path, "path", resumable=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
@@ -312,6 +312,23 @@ def check_output(path: str | os.PathLike, what: str = "path", resumable: bool = 
     if path.is_dir():
         raise LossAtlasError(f"{what} {str(path)!r} is a folder; pass a file name in it, e.g. "
                              f"{str(path / 'result.h5')!r}")
+    _check_parents(path, what)
+    if resumable and path.exists():
+        open_h5(path, "r", what).close()
+    return path
+
+
+def check_folder(path: str | os.PathLike, what: str = "out") -> Path:
+    """Refuse an output folder ``path`` that is a file or lies under a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LossAtlasError(f"{what} {str(path)!r} is a file; pass a folder path (it is "
+                             "created if missing)")
+    _check_parents(path, what)
+    return path
+
+
+def _check_parents(path: Path, what: str) -> None:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -319,10 +336,7 @@ def check_output(path: str | os.PathLike, what: str = "path", resumable: bool = 
                     f"{what} {str(path)!r} lies under {str(parent)!r}, which is a file, not a "
                     "folder; choose a path inside a folder"
                 )
-            break
-    if resumable and path.exists():
-        open_h5(path, "r", what).close()
-    return path
+            return
 
 
 def load(path: str | os.PathLike, *, what: str = "path"):

@@ -79,11 +79,12 @@ def sweep(
     """Train and measure every cell of a load x temperature grid; resumes where it stopped."""
     from lossatlas import sweep as S
     from lossatlas.executors import make_executor
+    from lossatlas.store import check_folder
 
     spec = S.load_spec(file)
     if workers < 1:
         raise LossAtlasError(f"--workers {workers} must be at least 1; pass --workers 2.")
-    target = Path(out or spec.out or Path("sweeps") / spec.name)
+    target = check_folder(Path(out or spec.out or Path("sweeps") / spec.name), "--out")
     on_interrupt(lambda: _jobs_kept(target / S.RESULTS))
     with make_executor(ray=ray, workers=workers,
                        threads=spec.measure.get("threads", 1)) as executor:

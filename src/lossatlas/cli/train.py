@@ -133,6 +133,7 @@ def train(
     --track sharpness:every=10`.
     """
     from lossatlas.resources import device as check_device
+    from lossatlas.store import check_folder
     from lossatlas.track import parse as parse_track
     from lossatlas.training import train as train_fn
 
@@ -141,6 +142,7 @@ def train(
     if device is not None:
         check_device(device, "--device")
     out = Path(out) if out is not None else Path("runs") / f"{slug(model)}-{slug(data)}-seed{seed}"
+    check_folder(out, "--out")
     on_interrupt(lambda: _checkpoints_kept(out), resumes=False)
     net, train_set, test_set = setup(
         model, data, checkpoint=checkpoint, index=index, seed=seed,
