@@ -184,6 +184,15 @@ CASES = [
     Case("python-path-folder", "path 'folder' is a folder", call=_curve_to("folder")),
     Case("python-path-under-file", "which is a file", call=_curve_to("weights.pt/c.h5")),
     Case("python-path-zero-byte", "is empty (0 bytes", call=_curve_to("zero.h5")),
+    # --checkpoint
+    Case("checkpoint-zero-byte", "--checkpoint 'zero.h5' is empty",
+         ["curve", *DATA, "-c", "zero.h5", "--points", "3", "--out", "c.h5"]),
+    Case("checkpoint-result-file", "is an HDF5 result file, not a checkpoint",
+         ["curve", *DATA, "-c", "curve.h5", "--points", "3", "--out", "c.h5"]),
+    Case("checkpoint-text-file", "cannot be read as a torch state dict (UnpicklingError",
+         ["curve", *DATA, "-c", "notes.h5", "--points", "3", "--out", "c.h5"]),
+    Case("checkpoint-other-width", "1.weight is (8, 2) in the file, (16, 2) here",
+         ["curve", *DATA[:-1], "16", "-c", "weights.pt", "--points", "3", "--out", "c.h5"]),
     # devices
     Case("device-tpu", "--device 'tpu' is not a torch device",
          ["curve", *DATA, "--points", "5", "--device", "tpu", "--out", "c.h5"]),

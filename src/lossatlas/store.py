@@ -100,7 +100,7 @@ def _pickle_reason(exc: BaseException) -> str:
         return (f"it asks for {found.group(1)}, which loading with weights_only=True refuses "
                 "as it could run code")
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-    return first.rstrip(".")
+    return first.split(". ")[0].rstrip(".")  # torch's first line holds several sentences
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "checkpoint"
@@ -116,6 +116,12 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint"
     path = Path(path)
     if not path.exists() or path.is_dir():
         raise LossAtlasError(f"{what} {str(path)!r} is not a file; check the path")
+    if path.stat().st_size == 0:
+        raise LossAtlasError(f"{what} {str(path)!r} is empty (0 bytes, an interrupted copy?); "
+                             "pass the checkpoint file itself")
+    if h5py.is_hdf5(path):
+        raise LossAtlasError(f"{what} {str(path)!r} is an HDF5 result file, not a checkpoint; "
+                             "pass a .pt state dict or a run folder")
     with open_regular(path, what) as f:
         try:
             state = torch.load(f, map_location="cpu", weights_only=True)

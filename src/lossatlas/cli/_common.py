@@ -212,10 +212,24 @@ def load_checkpoint(
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise LossAtlasError(
-            f"--checkpoint {str(path)!r} does not fit the model "
-            f"({str(exc).splitlines()[0].strip()}); pass the --model options it was trained with"
+            f"--checkpoint {str(path)!r} does not fit the model ({_misfit(model, state) or exc}); "
+            "pass the --model options it was trained with"
         ) from None
     return model
+
+
+def _misfit(model: nn.Module, state: dict) -> str:
+    """How a state dict misses a model, in a few words: missing / unexpected keys, shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} is {tuple(state[k].shape)} in the file, {tuple(v.shape)} here"
+              for k, v in own.items() if k in state and state[k].shape != v.shape]
+    parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"]
+             if missing else [])
+    parts += [f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"] if extra \
+        else []
+    return "; ".join(parts + shapes[:2])
 
 
 def setup(
