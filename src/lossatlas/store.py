@@ -301,7 +301,7 @@ def open_h5(path: str | os.PathLike, mode: str = "r", what: str = "path") -> h5p
         return h5py.File(path, mode)
     except BlockingIOError:
         raise LossAtlasError(
-            f"{what} {str(path)!r} is being written by another process (HDF5 holds its lock); "
+            f"{what} {str(path)!r} is being written by {_writer(path)} (HDF5 holds its lock); "
             "wait until that command finishes, then run this one again"
         ) from None
     except OSError as exc:
@@ -309,6 +309,18 @@ def open_h5(path: str | os.PathLike, mode: str = "r", what: str = "path") -> h5p
             f"{what} {str(path)!r} is a damaged or truncated HDF5 file "
             f"({str(exc).splitlines()[0]}); delete it and rerun the command that writes it"
         ) from None
+
+
+def _writer(path: Path) -> str:
+    """``"process 1234"`` from the writer's lock file (see :mod:`lossatlas._locks`), else
+    ``"another process"``."""
+    from lossatlas._locks import lock_path
+
+    try:
+        pid = lock_path(path).read_text().strip()
+    except OSError:
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process"
 
 
 def check_output(path: str | os.PathLike, what: str = "path", resumable: bool = True) -> Path:

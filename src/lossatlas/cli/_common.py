@@ -133,13 +133,13 @@ def slug(text: str) -> str:
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------
-_KEPT: list[tuple[Callable[[], str], bool]] = []
+_KEPT: list[tuple[Callable[[], str], bool | Callable[[], bool]]] = []
 
 
-def on_interrupt(kept: Callable[[], str], resumes: bool = True) -> None:
+def on_interrupt(kept: Callable[[], str], resumes: bool | Callable[[], bool] = True) -> None:
     """Tell :func:`lossatlas.cli.main` what this command keeps if it is interrupted: ``kept()``
-    says it in words at that moment ("37 of 121 points are kept in s.h5"); ``resumes`` says
-    whether the same command line continues from there."""
+    says it in words at that moment ("37 of 121 points are kept in s.h5"); ``resumes`` (or
+    ``resumes()`` at that moment) says whether the same command line continues from there."""
     _KEPT[:] = [(kept, resumes)]
 
 
@@ -152,8 +152,9 @@ def interrupted_line(argv: list[str]) -> str:
     kept, resumes = _KEPT[-1]
     try:
         what = kept()
+        resumes = resumes() if callable(resumes) else resumes
     except Exception as exc:  # never a traceback on Ctrl-C
-        what = f"what was kept is unknown ({type(exc).__name__})"
+        what, resumes = f"what was kept is unknown ({type(exc).__name__})", False
     verb = "resume with" if resumes else "start it again with"
     return f"interrupted: {what}; {verb}: {command}"
 

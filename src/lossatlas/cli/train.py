@@ -68,11 +68,15 @@ def summary(run) -> str:
     return ", ".join(parts)
 
 
-def _checkpoints_kept(out: Path) -> str:
-    """``"3 checkpoints are kept in runs/x"`` (the checkpoint files in the run folder)."""
+def _checkpoint_files(out: Path) -> list[Path]:
     from lossatlas.runs import CKPT_DIR
 
-    files = sorted((out / CKPT_DIR).glob("*.pt")) if (out / CKPT_DIR).is_dir() else []
+    return sorted((out / CKPT_DIR).glob("ckpt_*.pt")) if (out / CKPT_DIR).is_dir() else []
+
+
+def _checkpoints_kept(out: Path) -> str:
+    """``"3 checkpoints are kept in runs/x"`` (the checkpoint files in the run folder)."""
+    files = _checkpoint_files(out)
     if not files:
         return f"no checkpoint was written to {out} yet"
     n = len(files)
@@ -143,7 +147,7 @@ def train(
         check_device(device, "--device")
     out = Path(out) if out is not None else Path("runs") / f"{slug(model)}-{slug(data)}-seed{seed}"
     check_folder(out, "--out")
-    on_interrupt(lambda: _checkpoints_kept(out), resumes=False)
+    on_interrupt(lambda: _checkpoints_kept(out), resumes=lambda: bool(_checkpoint_files(out)))
     net, train_set, test_set = setup(
         model, data, checkpoint=checkpoint, index=index, seed=seed,
         model_opts=model_options(width, depth, model_arg),
