@@ -85,6 +85,16 @@ def being_written(name: str):
         yield
 
 
+@contextlib.contextmanager
+def writer_holds(name: str):
+    """Hold lossatlas' writer lock on a file or folder (``NAME.lock`` with this pid), as a
+    second process writing it would; the lock file goes away with the lock."""
+    from lossatlas._locks import lock_path, writer_lock
+
+    with writer_lock(lock_path(name), name):
+        yield
+
+
 # -- the cases ------------------------------------------------------------------------------
 @dataclass
 class Case:
@@ -93,6 +103,7 @@ class Case:
     argv: list[str] | None = None               # a command line ...
     call: Callable[[], object] | None = None    # ... or a Python call
     hold: str | None = None                     # a file held "being written" meanwhile
+    lock: str | None = None                     # a file / folder whose writer lock is held
     skip: str | None = None                     # reason to skip on this machine
     marks: list = field(default_factory=list)
 
@@ -239,6 +250,17 @@ CASES = [
          ["sweep", "connect_key.toml", "--out", "sw"]),
     Case("sweep-axis-unknown-train-key", "which la.train does not take",
          ["sweep", "axis_key.toml", "--out", "sw"]),
+    # landed from trust-files (issue 11, part B): one writer per file / folder, the split
+    Case("second-writer-surface", f"is being written by process {os.getpid()}",
+         ["surface", *DATA, "--resolution", "3", "--out", "s.h5"], lock="s.h5"),
+    Case("second-writer-python", f"is being written by process {os.getpid()}",
+         call=_curve_to("c.h5"), lock="c.h5"),
+    Case("second-writer-train", f"is being written by process {os.getpid()}",
+         ["train", *DATA, "--epochs", "1", "--out", "run"], lock="run"),
+    Case("second-writer-sweep", f"is being written by process {os.getpid()}",
+         ["sweep", "ok.toml", "--out", "sw"], lock="sw"),
+    Case("resume-other-split", "on the train split, not the test split",
+         ["curve", *DATA, "--split", "test", "--points", "5", "--out", "curve.h5"]),
     # data in Python
     Case("labels-out-of-range", "the label 7 but the model (Sequential) outputs 3 classes",
          call=lambda: la.Objective(_net(), (_x(), torch.full((20,), 7)))),
@@ -287,7 +309,11 @@ def test_bad_input_gets_one_sentence(case: Case, folder, monkeypatch, capsys):
     monkeypatch.chdir(folder)
     monkeypatch.setenv("LOSSATLAS_QUIET", "1")
     before = _snapshot(folder)
-    with being_written(case.hold) if case.hold else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        if case.hold:
+            stack.enter_context(being_written(case.hold))
+        if case.lock:
+            stack.enter_context(writer_holds(case.lock))
         if case.argv is not None:
             from lossatlas.cli import main
 
@@ -357,3 +383,16 @@ def test_ctrl_c_prints_what_was_kept_and_the_command(tmp_path, workers):
     assert match.group(2) == "lossatlas " + " ".join(argv)
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert int(np.sum(f["done"][()])) == int(match.group(1))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_says_the_run_resumes(tmp_path):
+    argv = ["train", "--data", "digits", "--data-arg", "train_size=200", "--width", "8",
+            "--epochs", "500", "--out", "run", "--no-figure"]
+    code, err = _interrupt(tmp_path, argv, "run/checkpoints/ckpt_00001.pt", wait=0.5)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 130 and len(lines) == 1 and "Traceback" not in err, err
+    match = re.fullmatch(r"interrupted: (\d+) checkpoints? (?:is|are) kept in run; "
+                         r"resume with: (.*)", lines[0])
+    assert match and match.group(2) == "lossatlas " + " ".join(argv), lines[0]
+    assert len(list((tmp_path / "run" / "checkpoints").glob("ckpt_*.pt"))) == int(match.group(1))
