@@ -18,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
+import math
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -62,11 +65,44 @@ def folder(tmp_path_factory) -> Path:
             '[model]\nname = "mlp"\n[load]\nparam = "width"\nvalues = [4, 8]\n'
             '[temperature]\nparam = "lr"\nvalues = [0.1, 0.2]\n')
     (root / "ok.toml").write_text(base + "[train]\nepochs = 1\n")
+    (root / "data_key.toml").write_text(base.replace('train_size = 64', 'train_size = 64\nfoo = 1'))
+    (root / "model_key.toml").write_text(base.replace('name = "mlp"', 'name = "mlp"\nwidht = 8'))
+    # from trust-safety: NaN weights, a checkpoint that asks for code, a manifest entry that
+    # leaves its run folder, a half-computed curve, a CIFAR batch that would run a command
+    torch.save({k: torch.full_like(v, math.nan) for k, v in model.state_dict().items()},
+               root / "nan.pt")
+    torch.save({"weight": _RunsCommand("true")}, root / "evil.pt")
+    la.train(model, la.datasets.load("gaussians", train_size=64)[0], epochs=1, out=root / "run",
+             progress=False)
+    doc = json.loads((root / "run" / "manifest.json").read_text())
+    doc["checkpoints"][0]["file"] = "../weights.pt"
+    (root / "run" / "manifest.json").write_text(json.dumps(doc))
+
+    def stop(done, total):
+        raise InterruptedError
+
+    with contextlib.suppress(InterruptedError):
+        la.curve(obj, d, points=11, chunk_size=5, path=root / "half.h5", callback=stop,
+                 progress=False)
+    from test_datasets import write_fake_cifar
+
+    cifar = write_fake_cifar(root / "cifar", "cifar10", n_per_batch=4)
+    (cifar / "data_batch_1").write_bytes(pickle.dumps({b"data": _RunsCommand("true")}))
     (root / "train_key.toml").write_text(base + "[train]\nepochs = 1\nlrr = 0.1\n")
     (root / "phases_key.toml").write_text(base + "[phases]\nckaa = 0.9\n")
     (root / "connect_key.toml").write_text(base + "[measure.connect]\nepoch = 2\n")
     (root / "axis_key.toml").write_text(base.replace('param = "lr"', 'param = "train.lrr"'))
     return root
+
+
+class _RunsCommand:
+    """Pickles to ``os.system(command)``: what an attacker would put in a file."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
 
 
 def _tiny():
@@ -200,7 +236,7 @@ CASES = [
          ["curve", *DATA, "-c", "zero.h5", "--points", "3", "--out", "c.h5"]),
     Case("checkpoint-result-file", "is an HDF5 result file, not a checkpoint",
          ["curve", *DATA, "-c", "curve.h5", "--points", "3", "--out", "c.h5"]),
-    Case("checkpoint-text-file", "cannot be read as a torch state dict (UnpicklingError",
+    Case("checkpoint-text-file", "cannot be read as a torch state dict (Weights only load failed)",
          ["curve", *DATA, "-c", "notes.h5", "--points", "3", "--out", "c.h5"]),
     Case("checkpoint-other-width", "1.weight is (8, 2) in the file, (16, 2) here",
          ["curve", *DATA[:-1], "16", "-c", "weights.pt", "--points", "3", "--out", "c.h5"]),
@@ -242,13 +278,13 @@ CASES = [
     Case("resume-other-points", "differing: the grid",
          call=_curve_to("curve.h5", points=7)),
     # sweep files
-    Case("sweep-unknown-train-key", "[train] has the unknown key 'lrr'",
+    Case("sweep-unknown-train-key", "[train] has unknown keys ['lrr']",
          ["sweep", "train_key.toml", "--out", "sw"]),
-    Case("sweep-unknown-phases-key", "[phases] has the unknown key 'ckaa'",
+    Case("sweep-unknown-phases-key", "[phases] has unknown keys ['ckaa']",
          ["sweep", "phases_key.toml", "--out", "sw"]),
-    Case("sweep-unknown-connect-key", "[measure.connect] has the unknown key 'epoch'",
+    Case("sweep-unknown-connect-key", "[measure.connect] has unknown keys ['epoch']",
          ["sweep", "connect_key.toml", "--out", "sw"]),
-    Case("sweep-axis-unknown-train-key", "which la.train does not take",
+    Case("sweep-axis-unknown-train-key", "param='train.lrr' sets no known [train] key",
          ["sweep", "axis_key.toml", "--out", "sw"]),
     # landed from trust-files (issue 11, part B): one writer per file / folder, the split
     Case("second-writer-surface", f"is being written by process {os.getpid()}",
@@ -261,6 +297,29 @@ CASES = [
          ["sweep", "ok.toml", "--out", "sw"], lock="sw"),
     Case("resume-other-split", "on the train split, not the test split",
          ["curve", *DATA, "--split", "test", "--points", "5", "--out", "curve.h5"]),
+    # landed from trust-safety (issue 11, part A): untrusted files, silent wrong results
+    Case("checkpoint-asks-for-code", "which loading with weights_only=True refuses",
+         ["curve", *DATA, "-c", "evil.pt", "--points", "3", "--out", "c.h5"]),
+    Case("run-manifest-leaves-folder", "manifest entry",
+         ["curve", *DATA, "-c", "run", "--points", "3", "--out", "c.h5"]),
+    Case("cifar-batch-runs-a-command", "data_batch_1",
+         ["curve", "--data", "cifar10", "--data-arg", "root=cifar", "--points", "3",
+          "--out", "c.h5"]),
+    Case("nan-direction-cli", "holds NaN or inf",
+         ["curve", *DATA, "-D", "checkpoint:nan.pt", "--points", "3", "--out", "c.h5"]),
+    Case("nan-direction-python", "holds NaN or inf",
+         call=lambda: la.curve(_tiny()[1], {k: v * math.nan for k, v in _tiny()[2].items()},
+                               points=3, progress=False)),
+    Case("shapes-half-computed", "half-computed (5 of 11 points)", ["shapes", "half.h5"]),
+    Case("plot-half-computed", "half-computed (5 of 11 points)", ["plot", "half.h5"]),
+    Case("loader-drop-last", "drop_last=True",
+         call=lambda: la.Objective(_net(), torch.utils.data.DataLoader(
+             torch.utils.data.TensorDataset(_x(23), torch.randint(0, 3, (23,))), batch_size=5,
+             shuffle=True, drop_last=True))),
+    Case("sweep-unknown-data-key", "[data] has unknown keys ['foo']",
+         ["sweep", "data_key.toml", "--out", "sw"]),
+    Case("sweep-unknown-model-key", "[model] has unknown keys ['widht']",
+         ["sweep", "model_key.toml", "--out", "sw"]),
     # data in Python
     Case("labels-out-of-range", "the label 7 but the model (Sequential) outputs 3 classes",
          call=lambda: la.Objective(_net(), (_x(), torch.full((20,), 7)))),

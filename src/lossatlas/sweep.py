@@ -210,54 +210,7 @@ def _axis(raw: Any, what: str) -> Axis:
             f"[{what}] values={values!r} must be a non-empty list without repeats."
         )
     param = _param(raw["param"], what)
-    section, key = param.split(".", 1)
-    if section == "train" and key not in _valid_keys("train"):
-        raise LossAtlasError(f"[{what}] param={raw['param']!r} sets train.{key}, which la.train "
-                             f"does not take; use one of {', '.join(_valid_keys('train'))}.")
     return Axis(param, values, str(raw.get("label", param.split(".", 1)[1])))
-
-
-#: Keys of la.train / la.connect.train_curve that the sweep sets itself.
-_SET_BY_SWEEP = {"train": ("model", "train_data", "seed", "record", "out", "test_data",
-                           "progress", "overwrite"),
-                 "measure.connect": ("obj", "theta_a", "theta_b", "data", "points", "seed",
-                                     "metric", "progress")}
-
-
-def _valid_keys(table: str) -> list[str]:
-    """The keys a table of the sweep file may hold (None-free list, in signature order)."""
-    import dataclasses
-    import inspect
-
-    if table in ("load", "temperature"):
-        return ["param", "values", "label"]
-    if table == "measure":
-        return list(MEASURE_DEFAULTS)
-    if table == "phases":
-        from lossatlas.taxonomy import Thresholds
-
-        return [f.name for f in dataclasses.fields(Thresholds)]
-    if table == "train":
-        from lossatlas.training import train as fn
-    elif table == "measure.connect":
-        from lossatlas.connect import train_curve as fn
-    else:
-        raise KeyError(table)
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [n for n, p in inspect.signature(fn).parameters.items()
-            if p.kind in kinds and n not in _SET_BY_SWEEP[table]]
-
-
-def _check_keys(table: Mapping, name: str) -> None:
-    """Refuse keys of ``[name]`` that nothing reads (a typo would otherwise be ignored or fail
-    deep inside a job), naming the valid keys."""
-    valid = _valid_keys(name)
-    unknown = [k for k in table if k not in valid]
-    if unknown:
-        raise LossAtlasError(
-            f"[{name}] has the unknown key{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(map(repr, unknown))}; use {', '.join(valid)}."
-        )
 
 
 def _section(raw: Mapping, name: str, required: bool) -> dict:
@@ -302,15 +255,6 @@ def load_spec(source: str | os.PathLike | Mapping) -> SweepSpec:
     bad = sorted(set(extra) - set(MEASURE_DEFAULTS))
     if bad:
         raise LossAtlasError(f"[measure] has unknown keys {bad}; use {sorted(MEASURE_DEFAULTS)}.")
-    if not isinstance(extra.get("connect", {}), Mapping):
-        raise LossAtlasError("[measure] connect must be a table; write [measure.connect] and "
-                             "epochs = 2 under it.")
-    _check_keys(extra.get("connect", {}), "measure.connect")
-    for name in ("train", "phases"):
-        _check_keys(_section(raw, name, False), name)
-    for name in ("load", "temperature"):
-        if isinstance(raw.get(name), Mapping):
-            _check_keys(raw[name], name)
     measure.update(extra)
     load, temp = _axis(raw.get("load"), "load"), _axis(raw.get("temperature"), "temperature")
     if load.param == temp.param:
