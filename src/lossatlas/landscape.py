@@ -264,14 +264,14 @@ def _direction_info(d: Mapping) -> dict:
 
 #: What each signature entry means, in the words of the options that set it.
 _SIGNATURE_WORDS = {
-    "kind": "the kind of result",
-    "coordinates": "the grid (span, points / resolution)",
-    "center_hash": "the center weights (--checkpoint / --index, center=)",
-    "direction_hashes": "the directions (their specs, seeds or files)",
-    "bn": "the BN policy (--bn / bn=)",
-    "loss": "the loss",
-    "num_samples": "the number of samples (--data-arg train_size, --split)",
-    "data_hash": "the data (--data, --data-arg, --split)",
+    "kind": ("the kind of result", ""),
+    "coordinates": ("the grid", "span, points / resolution"),
+    "center_hash": ("the center weights", "--checkpoint / --index, center="),
+    "direction_hashes": ("the directions", "their specs, seeds or files"),
+    "bn": ("the BN policy", "--bn / bn="),
+    "loss": ("the loss", ""),
+    "num_samples": ("the number of samples", "--data-arg train_size, --split"),
+    "data_hash": ("the data", "--data, --data-arg, --split"),
 }
 
 
@@ -279,7 +279,7 @@ def _difference(key: str, old: dict, new: dict, file_meta: dict, meta: dict) -> 
     """One differing signature entry in words, with the file's and the new value where short;
     a data hash that differs only because the batches are cut differently names the batch
     size (the batches are hashed one by one, so the file's floats belong to its batching)."""
-    words = _SIGNATURE_WORDS.get(key, key)
+    words, options = _SIGNATURE_WORDS.get(key, (key, ""))
     if key == "data_hash":
         b_old, b_new = file_meta.get("batch_size"), meta.get("batch_size")
         if b_old is not None and b_old != b_new and old.get("num_samples") == new.get(
@@ -287,9 +287,9 @@ def _difference(key: str, old: dict, new: dict, file_meta: dict, meta: dict) -> 
             show = {-1: "all"}
             return (f"the batch size (--batch-size / batch_size=: file {show.get(b_old, b_old)}, "
                     f"now {show.get(b_new, b_new)}; data_hash)")
-    if key in ("bn", "loss", "num_samples", "kind"):
-        return f"{words} (file {old.get(key)}, now {new.get(key)}; {key})"
-    return f"{words} ({key})"
+    values = (f"file {old.get(key)}, now {new.get(key)}; " if key in ("bn", "loss", "num_samples",
+                                                                     "kind") else "")
+    return f"{words} ({values}{options + '; ' if options else ''}{key})"
 
 
 def _check_signature(path: Path, kind: str, signature: dict, split: str = "train",
