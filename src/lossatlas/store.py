@@ -103,6 +103,9 @@ def _pickle_reason(exc: BaseException) -> str:
     return first.split(". ")[0].rstrip(".")  # torch's first line holds several sentences
 
 
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
 def read_state_dict(path: str | os.PathLike, what: str = "checkpoint"
                     ) -> dict[str, torch.Tensor]:
     """The tensors of a ``.pt`` file holding a state dict, or a dict with a ``"state_dict"`` /
@@ -116,13 +119,14 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint"
     path = Path(path)
     if not path.exists() or path.is_dir():
         raise LossAtlasError(f"{what} {str(path)!r} is not a file; check the path")
-    if path.stat().st_size == 0:
-        raise LossAtlasError(f"{what} {str(path)!r} is empty (0 bytes, an interrupted copy?); "
-                             "pass the checkpoint file itself")
-    if h5py.is_hdf5(path):
-        raise LossAtlasError(f"{what} {str(path)!r} is an HDF5 result file, not a checkpoint; "
-                             "pass a .pt state dict or a run folder")
     with open_regular(path, what) as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise LossAtlasError(f"{what} {str(path)!r} is empty (0 bytes, an interrupted "
+                                 "copy?); pass the checkpoint file itself")
+        if f.read(8) == _HDF5_MAGIC:
+            raise LossAtlasError(f"{what} {str(path)!r} is an HDF5 result file, not a "
+                                 "checkpoint; pass a .pt state dict or a run folder")
+        f.seek(0)
         try:
             state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as exc:
