@@ -27,6 +27,8 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +167,13 @@ def _curve_to(path, points=5):
     return call
 
 
+def _beyond_free_disk():
+    from unittest import mock
+
+    with mock.patch("lossatlas.resources.free_disk", return_value=1000):
+        _curve_to("big.h5", points=1000)()
+
+
 def _surface_res(n):
     def call():
         net, obj, d = _tiny()
@@ -272,6 +281,8 @@ CASES = [
          call=_surface_res(100000)),
     Case("python-curve-points-2e9", "points=2000000000 asks for",
          call=_curve_to("c.h5", points=2_000_000_000)),
+    Case("file-beyond-free-disk", "points=1000 needs a file of about 45.9 KiB but the disk "
+         "under 'big.h5' has 1000 B free", call=_beyond_free_disk),
     # resuming with other arguments
     Case("resume-other-batch-size", "the batch size (--batch-size / batch_size=: file 40, now 7",
          call=_resume_other_batch),
@@ -398,6 +409,40 @@ def test_bad_input_gets_one_sentence(case: Case, folder, monkeypatch, capsys):
 def test_table_is_long_enough():
     assert len(CASES) >= 40
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(200, 200), (50_000,)], ids=["surface", "curve"])
+def test_grid_estimates_cover_the_traced_memory_and_the_file(tmp_path, shape):
+    """The figures of the memory / disk refusals: resources.grid_bytes against the peak that
+    tracemalloc sees (numpy and Python allocations) while the grid is computed into a file,
+    and against the file's size."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 2)  # the smallest model: the grid's own arrays dominate
+    obj = la.Objective(net, (torch.randn(8, 2), torch.randint(0, 2, (8,))))
+    d, d2 = la.directions.gaussian(net, seed=0), la.directions.gaussian(net, seed=1)
+
+    def run(n, path):
+        if len(shape) == 2:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # far from orthogonal: irrelevant here
+                la.surface(obj, d, d2, resolution=n, path=path, chunk_size=4000, progress=False)
+        else:
+            la.curve(obj, d, points=n, path=path, chunk_size=4000, progress=False)
+
+    run(3, tmp_path / "warm.h5")  # one-time costs (imports, caches) are not the grid's
+    path = tmp_path / "g.h5"
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        run(shape[0], path)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    memory, file = la.resources.grid_bytes(shape)
+    assert 0.9 * peak <= memory <= 2 * peak, (memory, peak)
+    size = path.stat().st_size
+    assert 0.9 * size <= file <= 1.5 * size, (file, size)
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """What a command asks of the machine, checked before it starts: the device, memory, disk.
 
-A grid of ``n`` points along ``k`` axes holds, while it is computed (``landscape._run``), about
-``GRID_BYTES_FIXED + GRID_BYTES_PER_AXIS * k`` bytes per point in memory: loss, accuracy and
-the done mask (17 bytes) twice (the arrays and the result read back), the int64 list of points
-to do (8), the meshgrid and the stacked coordinates (2 x 8 per axis). Its file holds 17 bytes
-a point. :func:`check_grid` refuses a grid beyond the memory this machine has available
-(``MemAvailable`` of ``/proc/meminfo``, bounded by a cgroup limit) or beyond the free disk
-space under its file, stating the figures.
+A grid of ``n`` points whose axes have ``m`` coordinates in all (``nx + ny`` for a surface,
+``n`` for a curve) needs, while it is computed and written (``landscape._run``), about
+``BYTES_PER_POINT * n + BYTES_PER_COORDINATE * m`` bytes of memory: per point, loss, accuracy
+and the done mask in memory, in the file's layout and read back, the points to do, the
+meshgrid and the stacked coordinates; per coordinate, its float in the provenance signature
+(a Python list and its JSON text, several copies). Its file holds ``FILE_BYTES_PER_POINT * n +
+FILE_BYTES_PER_COORDINATE * m`` bytes. The constants are the peaks traced with ``tracemalloc``
+(``tests/test_bad_input.py`` checks them: a 200 x 200 surface and a 50,000-point curve). The
+model, the data and torch's own buffers come on top. :func:`check_grid` refuses a grid
+beyond the memory this machine has available (``MemAvailable`` of ``/proc/meminfo``, bounded by
+a cgroup limit) or beyond the free disk space under its file, stating the figures.
 
 >>> check_grid((11, 11), "resolution=11") is None
 True
@@ -27,15 +31,22 @@ from lossatlas.errors import LossAtlasError
 
 __all__ = ["available_memory", "check_grid", "device", "free_disk", "grid_bytes", "human"]
 
-GRID_BYTES_FIXED = 43  # 2 x 17 (loss, accuracy, done: arrays and the result) + 8 + 1 (to do)
-GRID_BYTES_PER_AXIS = 16  # meshgrid + stacked coordinates, float64 each
+BYTES_PER_POINT = 85  # traced: 74-82 on a surface written to a file, 48 without
+BYTES_PER_COORDINATE = 100  # traced: a curve with a file needs 158-171 a point, 85 + 73-86
 FILE_BYTES_PER_POINT = 17  # loss and accuracy (float64), done (bool)
+FILE_BYTES_PER_COORDINATE = 30  # xcoordinates (float64) + its JSON text in the signature
 
 
 def human(nbytes: float) -> str:
-    """``1536`` -> ``'1.5 KiB'``: a byte count in binary units, 3 significant digits."""
+    """A byte count in binary units, 3 significant digits.
+
+    >>> human(1000), human(1536), human(80 * 10**10)
+    ('1000 B', '1.5 KiB', '745 GiB')
+    """
     units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-    i = 0 if nbytes < 1024 else min(len(units) - 1, int(math.log(nbytes, 1024)))
+    if nbytes < 1024:
+        return f"{int(nbytes)} B"
+    i = min(len(units) - 1, int(math.log(nbytes, 1024)))
     return f"{nbytes / 1024 ** i:.3g} {units[i]}"
 
 
@@ -78,9 +89,14 @@ def free_disk(path: str | os.PathLike) -> int:
 
 
 def grid_bytes(shape: tuple[int, ...]) -> tuple[int, int]:
-    """``(memory, file)`` bytes of a grid of ``shape`` (see the module docstring)."""
-    n = math.prod(int(s) for s in shape)
-    return n * (GRID_BYTES_FIXED + GRID_BYTES_PER_AXIS * len(shape)), n * FILE_BYTES_PER_POINT
+    """``(memory, file)`` bytes of a grid of ``shape`` (see the module docstring).
+
+    >>> grid_bytes((11, 11))
+    (12485, 2717)
+    """
+    n, m = math.prod(int(s) for s in shape), sum(int(s) for s in shape)
+    return (n * BYTES_PER_POINT + m * BYTES_PER_COORDINATE,
+            n * FILE_BYTES_PER_POINT + m * FILE_BYTES_PER_COORDINATE)
 
 
 def check_grid(shape: tuple[int, ...], what: str, path: str | os.PathLike | None = None) -> None:
@@ -88,7 +104,7 @@ def check_grid(shape: tuple[int, ...], what: str, path: str | os.PathLike | None
     exceeds the free disk space; ``what`` names the argument (``"--resolution 100000"``)."""
     memory, file = grid_bytes(shape)
     n = math.prod(int(s) for s in shape)
-    per = memory // max(n, 1)
+    per = round(memory / max(n, 1))
     avail = available_memory()
     if memory > avail:
         most = int((avail / per) ** (1 / len(shape)))
