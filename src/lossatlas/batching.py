@@ -129,6 +129,11 @@ def _materialize(data) -> Any:
             n0 = n1 = -1
         if n0 == n1 and n0 > 0:
             return (_as_tensor(data[0]), _as_tensor(data[1]))
+        if n0 == n1 == 0:
+            raise LossAtlasError("data is empty (0 samples); pass at least one sample")
+        if n0 >= 0 and n1 >= 0:
+            raise LossAtlasError(f"data has {n0} inputs but {n1} targets; pass inputs and "
+                                 "targets of equal length")
     tensors = getattr(data, "tensors", None)
     if isinstance(tensors, (tuple, list)) and len(tensors) == 2:
         return (tensors[0], tensors[1])

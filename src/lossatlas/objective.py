@@ -39,9 +39,17 @@ from torch import nn
 from torch.func import functional_call
 
 from lossatlas import params as P
-from lossatlas.batching import Batch, as_batches, length_of
+from lossatlas import resources
+from lossatlas.batching import Batch, as_batches, length_of, slice_batch
 from lossatlas.errors import LossAtlasError
-from lossatlas.losses import LOSSES, LossFn, accuracy_count, logits_of, resolve_loss
+from lossatlas.losses import (
+    LOSSES,
+    LossFn,
+    accuracy_count,
+    check_targets,
+    logits_of,
+    resolve_loss,
+)
 
 __all__ = ["Batch", "Objective", "as_batches"]
 
@@ -113,6 +121,22 @@ def _math_attention(model: nn.Module) -> Iterator[None]:
 
 
 # -- the objective --------------------------------------------------------------------------
+def _shape(x) -> str:
+    """``(20, 7)`` for a tensor, ``{'input_ids': (2, 9)}`` / ``((2, 3), (2,))`` for nests."""
+    if isinstance(x, torch.Tensor):
+        return str(tuple(x.shape))
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_shape(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(_shape(v) for v in x) + ")"
+    return type(x).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 class Objective:
     """L(θ) = Σ_b (n_b/N) · loss(model(x_b; θ), y_b): the full-data mean loss of ``model``.
 
@@ -161,7 +185,7 @@ class Objective:
         self.batch_size = batch_size
         self.target_key = target_key
         first = next(iter(model.parameters()), None)
-        self.device = torch.device(device) if device is not None else (
+        self.device = resources.device(device) if device is not None else (
             first.device if first is not None else torch.device("cpu")
         )
         self.names = list(params) if params is not None else P.select(
@@ -188,6 +212,7 @@ class Objective:
         self._keyed = isinstance(self.batches[0].inputs, Mapping)
         self._work_model: nn.Module | None = None
         self._work_failed = False
+        self.check_data()
         if check:
             self.check_determinism()
 
@@ -397,6 +422,29 @@ class Objective:
         return res[0] if single else res
 
     # -- safety --------------------------------------------------------------------------
+    @torch.no_grad()
+    def check_data(self, probe: int = 64) -> None:
+        """The model runs on the data and the targets suit the loss, or one sentence says what
+        to change: a forward on the first ``probe`` samples (input shape), then for class-label
+        losses (``cross_entropy``, ``nll``) integer labels in ``[0, C)`` for a model with C
+        outputs (``-100`` is ignored) in every batch."""
+        b = self.batches[0]
+        n = length_of(b.inputs)
+        small = Batch(slice_batch(b.inputs, 0, min(n, probe)),
+                      slice_batch(b.targets, 0, min(n, probe)), b.weight)
+        model = type(self.model).__name__
+        try:
+            out = self.forward(self.center, small)
+        except LossAtlasError:
+            raise
+        except Exception as exc:
+            raise LossAtlasError(
+                f"the model ({model}) cannot run on the data (inputs {_shape(small.inputs)}: "
+                f"{_first_line(exc)}); build the model for this data, e.g. "
+                "la.zoo.build(name, dataset=data)"
+            ) from None
+        check_targets(out, [batch.targets for batch in self.batches], self.loss_name, model)
+
     @torch.no_grad()
     def check_determinism(self) -> None:
         """Two passes over the first batch at the center must agree exactly; otherwise the

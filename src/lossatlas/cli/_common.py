@@ -18,6 +18,8 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,8 +41,10 @@ __all__ = [
     "OutOpt",
     "SeedOpt",
     "WidthOpt",
+    "interrupted_line",
     "load_checkpoint",
     "model_options",
+    "on_interrupt",
     "parse_options",
     "resolve_data",
     "resolve_model",
@@ -128,6 +132,33 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 
+# -- Ctrl-C ---------------------------------------------------------------------------------
+_KEPT: list[tuple[Callable[[], str], bool | Callable[[], bool]]] = []
+
+
+def on_interrupt(kept: Callable[[], str], resumes: bool | Callable[[], bool] = True) -> None:
+    """Tell :func:`lossatlas.cli.main` what this command keeps if it is interrupted: ``kept()``
+    says it in words at that moment ("37 of 121 points are kept in s.h5"); ``resumes`` (or
+    ``resumes()`` at that moment) says whether the same command line continues from there."""
+    _KEPT[:] = [(kept, resumes)]
+
+
+def interrupted_line(argv: list[str]) -> str:
+    """The one line printed on Ctrl-C: what was kept and the exact command to run next."""
+    command = shlex.join(["lossatlas", *argv])
+    if not _KEPT:
+        return (f"interrupted: nothing was kept (this command writes its result when it "
+                f"finishes); start it again with: {command}")
+    kept, resumes = _KEPT[-1]
+    try:
+        what = kept()
+        resumes = resumes() if callable(resumes) else resumes
+    except Exception as exc:  # never a traceback on Ctrl-C
+        what, resumes = f"what was kept is unknown ({type(exc).__name__})", False
+    verb = "resume with" if resumes else "start it again with"
+    return f"interrupted: {what}; {verb}: {command}"
+
+
 # -- resolvers ------------------------------------------------------------------------------
 def resolve_data(name: str, **opts: Any) -> tuple[Any, Any]:
     """``(train, test)`` for a dataset name or ``package.module:factory`` (see
@@ -182,10 +213,24 @@ def load_checkpoint(
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise LossAtlasError(
-            f"--checkpoint {str(path)!r} does not fit the model "
-            f"({str(exc).splitlines()[0].strip()}); pass the --model options it was trained with"
+            f"--checkpoint {str(path)!r} does not fit the model ({_misfit(model, state) or exc}); "
+            "pass the --model options it was trained with"
         ) from None
     return model
+
+
+def _misfit(model: nn.Module, state: dict) -> str:
+    """How a state dict misses a model, in a few words: missing / unexpected keys, shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} is {tuple(state[k].shape)} in the file, {tuple(v.shape)} here"
+              for k, v in own.items() if k in state and state[k].shape != v.shape]
+    parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"]
+             if missing else [])
+    parts += [f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"] if extra \
+        else []
+    return "; ".join(parts + shapes[:2])
 
 
 def setup(
@@ -202,6 +247,10 @@ def setup(
     """``(model, train, test)``: the data, then the model sized for it and initialized with
     ``seed`` (the zoo's ``seed=``, the global RNG is left alone), then the ``checkpoint``
     weights if given."""
+    if device is not None:
+        from lossatlas.resources import device as check_device
+
+        check_device(device, "--device")
     train, test = resolve_data(data, **(data_opts or {}))
     net = resolve_model(model, train, **{"seed": seed, **(model_opts or {})})
     if checkpoint is not None:

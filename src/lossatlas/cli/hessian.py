@@ -92,6 +92,7 @@ def hessian(
     if top == bottom == 0 and not trace and not density and not delta:
         raise LossAtlasError(
             "nothing to compute; pass --top K, --bottom K, --trace, --density or --delta")
+    la.store.check_output(out, "--out", resumable=False)
     net, train_set, test_set = setup(
         model, data, checkpoint=checkpoint, index=index, seed=seed,
         model_opts=model_options(width, depth, model_arg),
