@@ -768,7 +768,15 @@ def race_engines(eng: Engine, coeffs: np.ndarray, rounds: int = 2
 
 def evaluate_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Evaluate one chunk; returns (index, loss, accuracy, engine mode). Top-level and picklable:
-    the engine is built on first use in each process and reused for the run's other chunks."""
+    the engine is built on first use in each process and reused for the run's other chunks.
+    Data split across processes: each rank's share, then one all-reduce for the chunk."""
+    with chunk.objective.partial_sums():
+        index, loss, acc, mode = _evaluate_here(chunk)
+    loss, acc = chunk.objective.all_sum(np.stack([loss, acc]))
+    return index, loss, acc, mode
+
+
+def _evaluate_here(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     eng = _ENGINES.get(chunk.token)
     raced = None
     if eng is None:
