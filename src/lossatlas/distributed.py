@@ -189,13 +189,16 @@ def resolve(mode, device: torch.device) -> Group | None:
 
 
 # -- local launcher ------------------------------------------------------------------------
-def _worker(index: int, fn, args, world: int, port: int, threads: int | None, queue) -> None:
+def _worker(index: int, fn, args, world: int, port: int, threads: int | None, backend: str,
+            queue) -> None:
     try:
         if threads:
             torch.set_num_threads(threads)
+        if backend == "nccl":
+            torch.cuda.set_device(index % torch.cuda.device_count())
         store = dist.TCPStore("127.0.0.1", port, world, False,
                               timeout=datetime.timedelta(seconds=120))
-        dist.init_process_group("gloo", store=store, rank=index, world_size=world)
+        dist.init_process_group(backend, store=store, rank=index, world_size=world)
         _quiet_unless_main()
         out = fn(*args)
         queue.put((index, "ok", out if index == 0 else None))
@@ -209,17 +212,25 @@ def _worker(index: int, fn, args, world: int, port: int, threads: int | None, qu
         os._exit(1)
 
 
-def launch(fn: Callable[..., Any], nproc: int, *args, threads: int | None = None) -> Any:
-    """Run ``fn(*args)`` in ``nproc`` fresh processes joined in a gloo group on a loopback
-    store (127.0.0.1, a free port); returns rank 0's return value. ``fn`` must be picklable (a
-    module-level function). A :class:`LossAtlasError` in any rank is raised here with its one
-    sentence; other failures raise with the rank's traceback. ``threads``: torch threads per
-    process (default: this process's threads divided by ``nproc``, at least 1)."""
+def launch(fn: Callable[..., Any], nproc: int, *args, threads: int | None = None,
+           backend: str = "gloo") -> Any:
+    """Run ``fn(*args)`` in ``nproc`` fresh processes joined in a process group on a loopback
+    store (127.0.0.1, a free port); returns rank 0's return value (keep it small: it comes back
+    pickled). ``fn`` must be picklable (a module-level function). A :class:`LossAtlasError` in
+    any rank is raised here with its one sentence; other failures raise with the rank's
+    traceback. ``threads``: torch threads per process (default: this process's threads divided
+    by ``nproc``, at least 1). ``backend``: ``"gloo"`` (CPU) or ``"nccl"`` (rank r on GPU
+    r mod the GPU count)."""
     import torch.multiprocessing as mp
 
     if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
         raise LossAtlasError(f"nproc={nproc!r} must be a positive integer (1 runs in this "
                              "process)")
+    if backend not in ("gloo", "nccl"):
+        raise LossAtlasError(f'backend={backend!r} is unknown; use "gloo" or "nccl"')
+    if backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
+        raise LossAtlasError("backend='nccl' needs CUDA GPUs and an NCCL build of torch; "
+                             "use backend='gloo' (or --device cpu)")
     if threads is None:
         threads = max(1, torch.get_num_threads() // nproc)
     store = dist.TCPStore("127.0.0.1", 0, nproc + 1, True,
@@ -228,7 +239,8 @@ def launch(fn: Callable[..., Any], nproc: int, *args, threads: int | None = None
     queue = ctx.SimpleQueue()
     failed, reports = None, []
     try:
-        procs = mp.start_processes(_worker, args=(fn, args, nproc, store.port, threads, queue),
+        procs = mp.start_processes(_worker, args=(fn, args, nproc, store.port, threads, backend,
+                                                         queue),
                                    nprocs=nproc, join=False, start_method="spawn")
         done = False
         while not done:  # drain the queue while waiting (a full pipe would block a rank)
