@@ -402,6 +402,10 @@ def _run(
         "split": split,
         "signature": signature,
     }
+    if group is not None:
+        group.same([signature["center_hash"], *signature["direction_hashes"]],
+                   "the center or a direction", "build them the same way on every process "
+                   "(same seeds; a per-batch gradient is local to its process)")
     stored = list(directions) if store_directions else []
     cls = _KINDS[kind]
     arrays = {"loss": np.full(shape, np.nan), "accuracy": np.full(shape, np.nan),

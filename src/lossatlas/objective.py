@@ -357,7 +357,7 @@ class Objective:
                 out = self._run(work, b)
                 loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
                 correct += accuracy_count(out, b.targets)
-        loss_sum, correct = self._sum(np.array([loss_sum, correct]))
+        loss_sum, correct = (float(v) for v in self._sum(np.array([loss_sum, correct])))
         return {"loss": loss_sum / self.n, "accuracy": correct / self.n}
 
     def loss(self, point=None, buffers: Mapping | None = None) -> float:
