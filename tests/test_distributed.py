@@ -7,6 +7,8 @@ would miss it more than tenfold even with shards of 150 and 151 (checked below).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,29 @@ def _values(obj, tmp=None) -> dict:
     }
 
 
+def _mismatches(net, X, y, rank: int) -> list[str | None]:
+    """Each rank passes something different: the data, the model, a curve's direction. Every
+    rank must raise the same one-sentence error (and none may hang)."""
+    other = copy.deepcopy(net)
+    if rank == 1:
+        with torch.no_grad():
+            other[0].bias.add_(1.0)
+    cases = [
+        lambda: la.Objective(net, (X[rank:], y[rank:]), distributed=True),
+        lambda: la.Objective(other, (X, y), distributed=True),
+        lambda: la.curve(la.Objective(net, (X, y)), la.directions.gaussian(net, seed=rank),
+                         points=3, progress=False),
+    ]
+    errors = []
+    for case in cases:
+        try:
+            case()
+            errors.append(None)
+        except LossAtlasError as exc:
+            errors.append(str(exc))
+    return errors
+
+
 def _ranks(tmp: str) -> list[dict]:
     """In each of the 2 ranks: the values with the data sharded, from tensors and from a
     Dataset, and with each rank passing its own (uneven) part; every rank's results."""
@@ -79,6 +104,7 @@ def _ranks(tmp: str) -> list[dict]:
     out["local_hvp"] = la.params.flatten(local.hvp(la.directions.gaussian(
         net, seed=2, norm="none", ignore=None))).numpy()
     out["shard"] = sum(len(b.targets) for b in items.batches)
+    out["errors"] = _mismatches(net, X, y, dist.get_rank())
     group = la.distributed.Group(dist.get_rank(), dist.get_world_size(), torch.device("cpu"))
     return group.gather(out)
 
@@ -111,7 +137,7 @@ def test_every_quantity_equals_one_process(split_and_whole):
 def test_ranks_agree_bit_for_bit(split_and_whole):
     ranks, _, _ = split_and_whole
     for key, value in ranks[0].items():
-        if key != "shard":
+        if key not in ("shard", "errors"):
             assert np.array_equal(np.asarray(ranks[1][key]), np.asarray(value)), key
 
 
@@ -130,6 +156,15 @@ def test_surface_file_written_by_rank_zero_matches(split_and_whole):
     _, whole, tmp = split_and_whole
     back = la.load(tmp)
     assert back.complete and _close(back.loss, whole["surface"]) < RTOL
+
+
+def test_ranks_passing_different_data_model_or_directions_are_refused(split_and_whole):
+    ranks, _, _ = split_and_whole
+    assert ranks[0]["errors"] == ranks[1]["errors"]
+    data, model, direction = ranks[0]["errors"]
+    assert "the data (size, first sample) differs" in data and 'distributed="local"' in data
+    assert "the model (its parameters) differs" in model
+    assert "the center or a direction differs" in direction
 
 
 def test_mean_of_rank_means_would_miss():

@@ -8,6 +8,7 @@ is Σ_b weight_b · L_b / Σ_b weight_b whatever the batch size.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -210,12 +211,14 @@ def check_loader_visits_all(loader: torch.utils.data.DataLoader) -> None:
 
 def as_batches(
     data, batch_size: int | None, target_key: str | None = "labels", device=None,
-    part: tuple[int, int] | None = None,
+    part: tuple[int, int] | None = None, info: dict | None = None,
 ) -> list[Batch]:
     """Split ``data`` into in-memory :class:`Batch` objects of ``batch_size`` (all at once when
     None). Dict data: ``target_key`` names the targets (None: the model computes its loss).
     ``part=(rank, world)`` keeps only that rank's contiguous shard of the samples
-    (:func:`lossatlas.distributed.shard_range`), batched the same way."""
+    (:func:`lossatlas.distributed.shard_range`), batched the same way; ``info`` (a dict) then
+    receives ``"total"`` (samples before the cut) and ``"first"`` (a digest of sample 0), which
+    tell whether every rank passed the same data."""
     whole, cut = _materialize(data, part)
     if isinstance(whole, Mapping):
         inputs = {k: v for k, v in whole.items() if k != target_key}
@@ -227,6 +230,9 @@ def as_batches(
             "data items must be (input, target) pairs or dicts; wrap other layouts in a Dataset"
         )
     n = length_of(inputs)
+    if info is not None and part is not None:
+        first = _stack([_as_tensor(data[0])]) if cut else slice_batch(whole, 0, 1)
+        info.update(total=len(data) if cut else n, first=_digest(first))
     if part is not None and not cut:
         lo, n = shard_range(n, *part)
         n -= lo
@@ -245,6 +251,26 @@ def as_batches(
     if device is not None:
         batches = [b.to(device) for b in batches]
     return batches
+
+
+def _digest(x) -> str:
+    """sha256 of the bytes of a tensor, or of every tensor of a dict / tuple of them."""
+    h = hashlib.sha256()
+    for t in _leaves(x):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _leaves(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, Mapping):
+        return [t for k in sorted(x) for t in _leaves(x[k])]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _leaves(v)]
+    return []
 
 
 def _target_count(targets, n: int) -> float:

@@ -196,15 +196,21 @@ class Objective:
             )
         part = (self.dist.rank, self.dist.world) if self.dist and \
             self.dist.mode == "shard" else None
-        self.batches = as_batches(data, batch_size, target_key, self.device, part=part)
+        seen: dict = {}
+        self.batches = as_batches(data, batch_size, target_key, self.device, part=part,
+                                  info=seen)
         self.n = self._sum(sum(b.weight for b in self.batches))
         if self.n <= 0:
             raise LossAtlasError("data: no target to average over (all ignored?)")
         self.weights = [b.weight / self.n for b in self.batches]
         self.num_samples = int(self._sum(sum(length_of(b.inputs) for b in self.batches)))
         if self.dist is not None:
-            self.dist.same(P.hash_point(self.center), "the model's parameters",
+            self.dist.same(P.hash_point(self.center), "the model (its parameters)",
                            "build or load the same model on every process")
+        if part is not None:
+            self.dist.same((seen["total"], seen["first"]), "the data (size, first sample)",
+                           'pass the same data on every process, or distributed="local" when '
+                           "each process holds its own part")
         self._keyed = isinstance(self.batches[0].inputs, Mapping)
         self._work_model: nn.Module | None = None
         self._work_failed = False
