@@ -105,6 +105,10 @@ def _ranks(tmp: str) -> list[dict]:
         net, seed=2, norm="none", ignore=None))).numpy()
     out["shard"] = sum(len(b.targets) for b in items.batches)
     out["errors"] = _mismatches(net, X, y, dist.get_rank())
+    d1, d2 = (la.directions.gaussian(net, seed=s) for s in (0, 1))  # as in _values
+    out["surface_resumed"] = la.surface(la.Objective(net, (X, y), batch_size=BATCH), d1, d2,
+                                        resolution=4, orthogonalize=True, progress=False,
+                                        path=tmp).loss  # all done: read back, sent to rank 1
     group = la.distributed.Group(dist.get_rank(), dist.get_world_size(), torch.device("cpu"))
     return group.gather(out)
 
@@ -156,6 +160,8 @@ def test_surface_file_written_by_rank_zero_matches(split_and_whole):
     _, whole, tmp = split_and_whole
     back = la.load(tmp)
     assert back.complete and _close(back.loss, whole["surface"]) < RTOL
+    for r in split_and_whole[0]:  # a rerun resumes (nothing left) and every rank has the values
+        assert np.array_equal(r["surface_resumed"], back.loss)
 
 
 def test_ranks_passing_different_data_model_or_directions_are_refused(split_and_whole):
