@@ -192,7 +192,7 @@ def test_an_error_in_one_rank_is_one_sentence_and_nothing_hangs():
         la.distributed.launch(_fails_on_rank_one, 2, threads=1)
 
 
-def test_bad_input():
+def test_bad_input(monkeypatch):
     net, X, y = _problem()
     with pytest.raises(LossAtlasError, match="nproc"):
         la.distributed.launch(_fails_on_rank_one, 0)
@@ -203,6 +203,10 @@ def test_bad_input():
     with pytest.raises(LossAtlasError, match="distributed="):
         la.Objective(net, (X, y), distributed="ranks")
     assert la.Objective(net, (X, y)).dist is None  # no group: one process, as before
+    with pytest.raises(LossAtlasError, match="torchrun"):
+        for var in ("RANK", "WORLD_SIZE"):
+            monkeypatch.delenv(var, raising=False)
+        la.distributed.init()
 
 
 @pytest.mark.slow  # two launches of fresh processes (about a minute on the shared 2 cores)
