@@ -23,6 +23,7 @@ shown by rank 0 only; writing files is the caller's job, on rank 0 (:func:`is_ma
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import traceback
 import warnings
@@ -238,6 +239,9 @@ def launch(fn: Callable[..., Any], nproc: int, *args, threads: int | None = None
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     failed, reports = None, []
+    quiet = logging.getLogger("torch.multiprocessing.spawn")  # "Terminating process ..." lines
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         procs = mp.start_processes(_worker, args=(fn, args, nproc, store.port, threads, backend,
                                                          queue),
@@ -251,6 +255,7 @@ def launch(fn: Callable[..., Any], nproc: int, *args, threads: int | None = None
             while not queue.empty():
                 reports.append(queue.get())
     finally:
+        quiet.setLevel(level)
         del store
     for status in ("error", "crash"):
         bad = [r for r in reports if r[1] == status]
