@@ -56,7 +56,7 @@ def _values(obj, tmp=None) -> dict:
     return {
         "loss": ev["loss"], "accuracy": ev["accuracy"], "num_samples": obj.num_samples,
         "grad": la.params.flatten(obj.grad()).numpy(),
-        "hvp": la.params.flatten(obj.hvp(vecs[0])).numpy(),
+        "hvp": la.params.flatten(obj.hvp(vecs[0])),  # a tensor: launch must return it whole
         "hvp_operator": op.matmat(V).numpy(),
         "hvp_graph_single": op.matvec(V[:, 0]).numpy(),
         "eigs": spec.values, "matvecs": spec.matvecs,

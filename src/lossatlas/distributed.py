@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import pickle
 import traceback
 import warnings
 from collections.abc import Callable
@@ -202,7 +203,9 @@ def _worker(index: int, fn, args, world: int, port: int, threads: int | None, ba
         dist.init_process_group(backend, store=store, rank=index, world_size=world)
         _quiet_unless_main()
         out = fn(*args)
-        queue.put((index, "ok", out if index == 0 else None))
+        # plain pickle bytes: torch's queue pickler would pass tensors as shared-memory handles,
+        # which die with this process
+        queue.put((index, "ok", pickle.dumps(out) if index == 0 else None))
         dist.barrier()
         dist.destroy_process_group()
     except LossAtlasError as exc:
@@ -266,4 +269,4 @@ def launch(fn: Callable[..., Any], nproc: int, *args, threads: int | None = None
             raise RuntimeError(f"rank {idx} of {nproc} failed:\n{msg}")
     if failed is not None:
         raise RuntimeError(f"a rank of {nproc} ended without a report: {failed}")
-    return next(out for idx, status, out in reports if idx == 0)
+    return pickle.loads(next(out for idx, status, out in reports if idx == 0))
