@@ -63,6 +63,8 @@ def _values(obj, tmp=None) -> dict:
         "trace": la.hessian.trace(obj, products=20, seed=3),
         "density": la.hessian.density(obj, steps=8, seed=1).density,
         "curve": la.curve(obj, d1, points=7, progress=False).loss,
+        "sharpness_worst": la.sharpness.worst_case(obj, rho=0.1).value,
+        "sharpness_average": la.sharpness.average_case(obj, rho=0.1, samples=8).value,
         "surface": la.surface(obj, d1, d2, resolution=4, orthogonalize=True, progress=False,
                               path=tmp).loss,
     }
