@@ -98,9 +98,11 @@ def _peer_style(model, X, y, v, world: int = 2, batch: int = 128) -> torch.Tenso
     out = torch.zeros_like(v)
     for r in range(world):
         part = idx[r::world]
-        obj = la.Objective(model, (X[part], y[part]), batch_size=batch)
-        obj.weights = [1.0 / len(obj.batches)] * len(obj.batches)  # mean of batch means
-        out += HessianOperator(obj, method="double").matvec(v) / world
+        starts = range(0, len(part), batch)
+        for i in starts:  # mean of batch means: every batch its own full-data objective
+            b = part[i:i + batch]
+            obj = la.Objective(model, (X[b], y[b]), check=False)
+            out += HessianOperator(obj, method="double").matvec(v) / (len(starts) * world)
     return out
 
 
