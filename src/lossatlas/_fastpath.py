@@ -778,10 +778,17 @@ def decide_engine(token: str, obj: Objective, center: Mapping, directions: Seque
     numbers of a run never depend on which process timed what. The engine built here is kept
     for this process's chunks of the run."""
     t0 = time.perf_counter()
-    eng = Engine.build(obj, center, directions, fast=True)
-    eng.measure_per_pass()
-    if eng.mode == "affine":
-        race_engines(eng, coeffs)  # the raced values are not kept: each engine's own rounding
+    with obj.partial_sums():  # no collective in the race: ranks may time it differently
+        eng = Engine.build(obj, center, directions, fast=True)
+        eng.measure_per_pass()
+        if eng.mode == "affine":
+            race_engines(eng, coeffs)  # the raced values are not kept (one engine per run)
+    if obj.dist is not None:  # data split over ranks: rank 0's choice for all of them
+        choice = obj.dist.broadcast(eng.mode == "affine")
+        if choice != (eng.mode == "affine"):
+            with obj.partial_sums():
+                eng = Engine.build(obj, center, directions, fast="affine" if choice else False)
+                eng.measure_per_pass()
     _ENGINES.clear()
     _SETUP.clear()
     _ENGINES[token] = eng
@@ -791,7 +798,15 @@ def decide_engine(token: str, obj: Objective, center: Mapping, directions: Seque
 
 def evaluate_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Evaluate one chunk; returns (index, loss, accuracy, engine mode). Top-level and picklable:
-    the engine is built on first use in each process and reused for the run's other chunks."""
+    the engine is built on first use in each process and reused for the run's other chunks.
+    Data split across processes: each rank's share, then one all-reduce for the chunk."""
+    with chunk.objective.partial_sums():
+        index, loss, acc, mode = _evaluate_here(chunk)
+    loss, acc = chunk.objective.all_sum(np.stack([loss, acc]))
+    return index, loss, acc, mode
+
+
+def _evaluate_here(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     eng = _ENGINES.get(chunk.token)
     if eng is None:
         _ENGINES.clear()

@@ -253,6 +253,8 @@ def data_hash(obj: Objective, limit: int = 2**26) -> str:
     for b in obj.batches:
         feed(b.inputs)
         feed(b.targets)
+    if obj.dist is not None:  # data split across processes: the shards' hashes in rank order
+        return hashlib.sha256("".join(obj.dist.gather(h.hexdigest())).encode()).hexdigest()[:16]
     return h.hexdigest()[:16]
 
 
@@ -408,6 +410,12 @@ def _run(
         raise LossAtlasError(f"split={split!r} is unknown; pass 'train' or 'test' (the data the "
                              "objective averages over, named in the file's keys)")
     shape = tuple(len(c) for c in coords)
+    group = obj.dist  # data split across processes: every rank computes, rank 0 writes
+    if group is not None and executor is not None:
+        raise LossAtlasError("executor= cannot run the chunks of an Objective whose data is "
+                             "split across processes; leave executor=None")
+    if group is not None and group.rank != 0:
+        path, progress = None, False
     desc = obj.describe()
     signature = {
         "kind": kind,
@@ -436,6 +444,10 @@ def _run(
         "split": split,
         "signature": signature,
     }
+    if group is not None:
+        group.same([signature["center_hash"], *signature["direction_hashes"]],
+                   "the center or a direction", "build them the same way on every process "
+                   "(same seeds; a per-batch gradient is local to its process)")
     stored = list(directions) if store_directions else []
     cls = _KINDS[kind]
     arrays = {"loss": np.full(shape, np.nan), "accuracy": np.full(shape, np.nan),
@@ -462,6 +474,8 @@ def _run(
             held = {"loss": f[lay.loss_key][()], "accuracy": f[lay.acc_key][()],
                     "done": f["done"][()]}
             arrays["done"] = lay.to_memory(held["done"])
+        if group is not None:  # rank 0's resume state, so every rank computes the same points
+            arrays["done"] = group.broadcast(arrays["done"])
         _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f,
                   (lay, held) if f is not None else None, chunk_size, executor, fast,
                   callback, progress)
@@ -472,8 +486,13 @@ def _run(
             lock.release()
     if path is not None:
         with h5py.File(path, "r") as g:
-            return _read(g)
-    return cls(meta=meta, directions=stored, **dict(zip(("x", "y"), coords)), **arrays)
+            out = _read(g)
+    else:
+        out = cls(meta=meta, directions=stored, **dict(zip(("x", "y"), coords)), **arrays)
+    if group is not None:  # rank 0's arrays (resumed points included) on every rank
+        for k, v in group.broadcast({k: getattr(out, k) for k in arrays}).items():
+            setattr(out, k, v)
+    return out
 
 
 def _recorded_engine(f: h5py.File, fast: bool | str) -> bool | str:

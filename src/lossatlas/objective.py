@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from lossatlas import distributed as _dist
 from lossatlas import params as P
 from lossatlas import resources
 from lossatlas.batching import Batch, as_batches, length_of, slice_batch
@@ -158,6 +159,11 @@ class Objective:
     params : names of the perturbed parameters, or None for :func:`lossatlas.params.select`
         with ``include`` / ``exclude`` / ``trainable_only``.
     check : run the determinism check (two passes over the first batch agree).
+    distributed : split the data over the ranks of a ``torch.distributed`` process group (see
+        :mod:`lossatlas.distributed`): None shards when a group of several ranks is initialized,
+        True / ``"shard"`` always (every rank passes the same data and keeps its contiguous
+        shard), ``"local"`` when each rank passes its own part, False never. The weighted sums
+        are all-reduced, so every value is the exact full-data one, the same on every rank.
     """
 
     def __init__(
@@ -174,6 +180,7 @@ class Objective:
         trainable_only: bool = True,
         target_key: str | None = "labels",
         check: bool = True,
+        distributed: bool | str | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise LossAtlasError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -203,12 +210,31 @@ class Objective:
         self.buffers = {k: v.detach().to(self.device).clone()
                         for k, v in model.named_buffers()}
         self._has_bn = bool(_bn_modules(model))
-        self.batches = as_batches(data, batch_size, target_key, self.device)
-        self.n = sum(b.weight for b in self.batches)
+        self.distributed = distributed
+        self.dist = _dist.resolve(distributed, self.device)
+        self._partial = False
+        if self.dist is not None and bn == "recalibrate" and self._has_bn:
+            raise LossAtlasError(
+                'bn="recalibrate" is not supported on data split across processes; use '
+                'bn="keep" or distributed=False'
+            )
+        part = (self.dist.rank, self.dist.world) if self.dist and \
+            self.dist.mode == "shard" else None
+        seen: dict = {}
+        self.batches = as_batches(data, batch_size, target_key, self.device, part=part,
+                                  info=seen)
+        self.n = self._sum(sum(b.weight for b in self.batches))
         if self.n <= 0:
             raise LossAtlasError("data: no target to average over (all ignored?)")
         self.weights = [b.weight / self.n for b in self.batches]
-        self.num_samples = sum(length_of(b.inputs) for b in self.batches)
+        self.num_samples = int(self._sum(sum(length_of(b.inputs) for b in self.batches)))
+        if self.dist is not None:
+            self.dist.same(P.hash_point(self.center), "the model (its parameters)",
+                           "build or load the same model on every process")
+        if part is not None:
+            self.dist.same((seen["total"], seen["first"]), "the data (size, first sample)",
+                           'pass the same data on every process, or distributed="local" when '
+                           "each process holds its own part")
         self._keyed = isinstance(self.batches[0].inputs, Mapping)
         self._work_model: nn.Module | None = None
         self._work_failed = False
@@ -253,7 +279,8 @@ class Objective:
 
     def mean_loss(self, point, buffers: Mapping | None = None) -> torch.Tensor:
         """Full-data mean loss Σ_b w_b L_b as one differentiable scalar (one graph over all
-        batches: use for small data; :meth:`grad` and :meth:`hvp` stream batch by batch)."""
+        batches: use for small data; :meth:`grad` and :meth:`hvp` stream batch by batch).
+        On data split across processes it is this rank's share (sum it over the ranks)."""
         buffers = self.buffers_at(point) if buffers is None else buffers
         total = 0.0
         for w, b in zip(self.weights, self.batches):
@@ -361,6 +388,7 @@ class Objective:
                 out = self._run(work, b)
                 loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
                 correct += accuracy_count(out, b.targets)
+        loss_sum, correct = (float(v) for v in self._sum(np.array([loss_sum, correct])))
         return {"loss": loss_sum / self.n, "accuracy": correct / self.n}
 
     def loss(self, point=None, buffers: Mapping | None = None) -> float:
@@ -391,7 +419,7 @@ class Objective:
             for (k, _), g in zip(leaves.items(), gs):
                 if g is not None:
                     total[k].add_(g, alpha=w)
-        return P.Point(total)
+        return P.Point(self._sum_point(total))
 
     def hvp(self, vectors: Sequence[Mapping] | Mapping, point=None) -> list[P.Point]:
         """H v for each vector, H the Hessian of the full-data mean loss at ``point``.
@@ -418,8 +446,39 @@ class Objective:
                 for k, h in zip(keys, hv):
                     if h is not None:
                         out[i][k].add_(h, alpha=w)
-        res = [P.Point(o) for o in out]
+        res = [P.Point(self._sum_point(o)) for o in out]
         return res[0] if single else res
+
+    # -- data-parallel reduction (lossatlas.distributed) ---------------------------------
+    def _sum(self, x):
+        """Σ over the ranks of a weighted sum (a float, array or tensor); ``x`` itself in one
+        process or inside :meth:`partial_sums`."""
+        return x if self.dist is None or self._partial else self.dist.all_sum(x)
+
+    def _sum_point(self, point: dict) -> dict:
+        """A name -> tensor mapping summed over the ranks with one all-reduce."""
+        if self.dist is None or self._partial:
+            return point
+        keys = list(point)
+        flat = self.dist.all_sum(torch.cat([point[k].reshape(-1) for k in keys]))
+        parts = torch.split(flat, [point[k].numel() for k in keys])
+        return {k: p.reshape(point[k].shape) for k, p in zip(keys, parts)}
+
+    def all_sum(self, x):
+        """Public form of the reduction for engines that accumulate their own weighted sums
+        (n_b/N-weighted over this process's batches): the full-data value."""
+        return self._sum(x)
+
+    @contextlib.contextmanager
+    def partial_sums(self) -> Iterator[None]:
+        """Within the block, values are this rank's share of the full-data value (summed
+        weights n_b/N of its own batches) and no collective runs; sum them with
+        :meth:`all_sum` afterwards."""
+        saved, self._partial = self._partial, True
+        try:
+            yield
+        finally:
+            self._partial = saved
 
     # -- safety --------------------------------------------------------------------------
     @torch.no_grad()
@@ -470,7 +529,7 @@ class Objective:
             self.model, data, loss=self.loss_fn if self.loss_name not in LOSSES else
             self.loss_name, batch_size=batch_size if batch_size is not None else
             self.batch_size, bn=self.bn, device=self.device, params=self.names,
-            target_key=self.target_key, check=False,
+            target_key=self.target_key, check=False, distributed=self.distributed,
         )
 
     @property
@@ -495,6 +554,7 @@ class Objective:
             "param_names": list(self.names),
             "center_hash": P.hash_point(self.center),
             "model_class": type(self.model).__name__,
+            "processes": 1 if self.dist is None else self.dist.world,
         }
 
     def __repr__(self) -> str:
