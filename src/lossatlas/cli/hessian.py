@@ -34,6 +34,7 @@ from lossatlas.cli._common import (
     setup,
 )
 from lossatlas.errors import LossAtlasError
+from lossatlas.store import check_output
 
 
 def _figures(summary, out: Path) -> list[Path]:
@@ -97,7 +98,7 @@ def hessian(
             "nothing to compute; pass --top K, --bottom K, --trace, --density or --delta")
     if nproc < 1:
         raise LossAtlasError(f"--nproc {nproc} must be at least 1 (1 runs in this process)")
-    la.store.check_output(out, "--out", resumable=False)
+    check_output(out, "--out", resumable=False)
     opts = dict(locals())
     del opts["distributed"]
     if nproc == 1:
