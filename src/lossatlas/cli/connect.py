@@ -42,8 +42,9 @@ def _pair(a, b, model, data, index, seed, width, depth, model_arg, data_arg, dev
     net_a, train_set, _ = setup(model, data, checkpoint=a, index=index, seed=seed,
                                 model_opts=opts, data_opts=parse_options(data_arg, "--data-arg"),
                                 device=device)
-    net_b, _, _ = setup(model, data, checkpoint=None, seed=seed + 1, model_opts=opts,
-                        data_opts=parse_options(data_arg, "--data-arg"), device=device)
+    import copy
+
+    net_b = copy.deepcopy(net_a)  # the same architecture (a's run recipe, if any), b's weights
     load_checkpoint(net_b, b, index)
     if device is not None:
         net_b.to(device)

@@ -203,6 +203,10 @@ def surface(
     bad = [k for k in kinds if k not in PlotKinds]
     if bad:
         raise LossAtlasError(f"--plot {bad[0]!r} is unknown; use {', '.join(PlotKinds)}")
+    if checkpoint is None:
+        typer.secho(f"warning: no --checkpoint: this maps a random initialization of {model} "
+                    f"(seed {seed}); pass -c RUN_FOLDER for trained weights", err=True,
+                    fg="yellow")
     net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
                           data_arg, device, batch_size, bn, split, include, exclude)
     d1, d2 = parse_directions([x_direction, y_direction], obj, model=net)

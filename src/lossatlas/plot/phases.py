@@ -26,7 +26,8 @@ from matplotlib import colors
 
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["PHASE_COLORS", "TITLES", "heatmap", "mc_curves", "phase_diagram", "phase_map"]
+__all__ = ["PHASE_COLORS", "PHASE_WORDS", "TITLES", "heatmap", "mc_curves", "phase_diagram",
+           "phase_key", "phase_map"]
 
 #: Panel titles, in the paper's order (Fig. 2 a-g).
 TITLES = {
@@ -140,7 +141,24 @@ def phase_map(result, ax=None, path: str | os.PathLike | None = None):
                 weight="bold", color="black")
     _axes_labels(ax, result, order)
     ax.set_title("phase", fontsize=9)
+    phase_key(ax)
     return _finish(fig, path) if own else fig
+
+
+#: The words of Yang et al. Sect. 3.1 for each phase, as the key of a phase map says them.
+PHASE_WORDS = {"I": "poorly connected, sharp", "II": "well connected, sharp",
+               "III": "poorly connected, flat", "IV-A": "well connected, flat, dissimilar",
+               "IV-B": "well connected, flat, similar"}
+
+
+def phase_key(ax) -> None:
+    """A key for the phase colours (I, II, III, IV-A, IV-B with their meaning) beside ``ax``."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=PHASE_COLORS[k], edgecolor="black", lw=0.5,
+                     label=f"{k}: {PHASE_WORDS[k]}") for k in PHASE_COLORS]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
+              frameon=False, title="phase (Yang et al. 2021)", title_fontsize=7)
 
 
 def phase_diagram(result, path: str | os.PathLike | None = None,
