@@ -1,5 +1,4 @@
-"""``lossatlas curve``, ``surface``, ``interpolate`` and ``plot`` (Li et al. 2018), plus the
-demo's landscape section.
+"""``lossatlas curve``, ``surface``, ``interpolate`` and ``plot`` (Li et al. 2018).
 
     lossatlas curve --checkpoint runs/mlp-digits-seed0 --direction gaussian:filter:seed=0
     lossatlas surface --checkpoint runs/mlp-digits-seed0 --resolution 51 --out surface.h5
@@ -270,7 +269,9 @@ def interpolate(
 
 @app.command(name="plot")
 def plot_cmd(
-    file: Annotated[Path, typer.Argument(help="A curve, interpolation or surface file (.h5).")],
+    file: Annotated[Path, typer.Argument(
+        help="Any result file (.h5): curve, interpolation, surface, hessian, connect, "
+        "trajectory path, mined, ...; or a sweep folder.")],
     kind: Annotated[list[str] | None, typer.Option(
         help=f"Surface figures (repeatable): {', '.join(PlotKinds)} or all.")] = None,
     log: Annotated[bool, typer.Option(help="Log scale / log10 of the loss.")] = False,
@@ -278,15 +279,29 @@ def plot_cmd(
                                              help="Figure base name (default: FILE).")] = None,
     partial: PartialOpt = False,
 ) -> None:
-    """Draw a saved landscape file, choosing the figure by the result's kind. A half-computed
-    file is refused unless --partial (then its missing points are left blank and the figure's
-    title says "partial")."""
+    """Draw a saved result, choosing the figure by its kind (curves, surfaces, Hessian
+    spectra and densities, δL histograms, connectivity curves, trajectory fits, mined
+    directions, sweeps). A half-computed curve or surface is refused unless --partial (then
+    its missing points are left blank and the figure's title says "partial")."""
     import lossatlas as la
 
+    if file.is_dir() or file.name == "results.jsonl":  # a sweep
+        from lossatlas import sweep as S
+        from lossatlas.cli.sweep import write_figures
+
+        result = S.load_results(file)
+        target = Path(out or result.out)
+        target.mkdir(parents=True, exist_ok=True)
+        for f in write_figures(result, target):
+            typer.echo(str(f))
+        return
     res = la.load(file)
     if getattr(res, "kind", None) not in ("curve", "interpolation", "surface"):
-        raise LossAtlasError(f"FILE {str(file)!r} holds a {getattr(res, 'kind', '?')} result; "
-                             "lossatlas plot draws curves, interpolations and surfaces")
+        from lossatlas.plot.kinds import draw
+
+        for f in draw(res, Path(out or file)):
+            typer.echo(str(f))
+        return
     note = completeness(res, file, partial)
     if note:
         typer.echo(f"{note}: the figures show only the computed points")
@@ -300,24 +315,3 @@ def plot_cmd(
     for f in figs:
         typer.echo(str(f))
 
-
-def demo_landscape(ctx) -> None:
-    """Demo section: a 1D curve and a 2D surface (filter-normalized Gaussian directions, Li et
-    al. 2018) of the trained default model on its training data."""
-    import lossatlas as la
-
-    out = Path(ctx.out) / "landscape"
-    out.mkdir(parents=True, exist_ok=True)
-    obj = la.Objective(ctx.model, ctx.train, batch_size=None)
-    d1 = la.directions.gaussian(ctx.model, seed=ctx.seed)
-    d2 = la.directions.gaussian(ctx.model, seed=ctx.seed + 1)
-    c = la.curve(obj, d1, points=21 if ctx.quick else 51, path=out / "curve.h5")
-    la.plot.plot_curve(c, out / "curve.png")
-    n = 11 if ctx.quick else 31
-    s = la.surface(obj, d1, d2, resolution=n, path=out / "surface.h5", orthogonalize=True)
-    la.plot.plot_surface(s, "contour", out / "surface-contour.png")
-    la.plot.plot_surface(s, "surface3d", out / "surface-3d.png")
-    la.plot.to_html(s, out / "surface.html")
-    la.plot.to_vtp(s, out / "surface.vtp")
-    ctx.log(f"landscape: curve min loss {c.loss.min():.4f}, surface {n}x{n} loss "
-            f"{s.loss.min():.4f}..{s.loss.max():.4f} (engine {s.meta.get('engine')}) -> {out}")

@@ -62,14 +62,14 @@ def phase(ctx, opts) -> Output:
     )
 
 
-@section("sweep", "Phase diagram of a sweep", inputs=("sweep",),
+@section("phase_diagram", "Phase diagram of a sweep", inputs=("sweep",),
          paper="Yang et al. 2021, Fig. 2", when=lambda ctx: ctx.sweep is not None)
 def sweep(ctx, opts) -> Output:
     """``lossatlas phases SWEEP``: every metric of the sweep's cells and their phase map."""
     from lossatlas import sweep as S
     from lossatlas.plot import phases as P
 
-    folder = ctx.folder("sweep")
+    folder = ctx.folder("phase_diagram")
     result = S.load_results(ctx.sweep)
     path = folder / "phases.png"
     plt.close(P.phase_diagram(result, path))
