@@ -147,22 +147,24 @@ def atlas(
     docs: list[dict] = []
     ok = True
     active = _run_order([s for s in todo if s.when is None or s.when(ctx)])
+    resolved = {s.name: s.resolved(quick, (options or {}).get(s.name)) for s in todo}
     for i, sec in enumerate(active, 1):
         t1 = time.perf_counter()
         folder = ctx.folder(sec.name)
         entry: dict[str, Any] = {"name": sec.name, "title": sec.title, "paper": sec.paper}
         try:
-            opts = sec.resolved(quick, (options or {}).get(sec.name))
-            key = cache.section_key(sec.name, sec.version, opts,
-                                    {n: ctx.input_hash(n) for n in sec.inputs})
-            doc = None if force else cache.read(folder, out, key)
-            if doc is None and chosen is not None and sec.name not in chosen:
+            opts = resolved[sec.name]
+            if chosen is not None and sec.name not in chosen:
                 old = folder / cache.FILE  # not asked for: keep its last result, if any
                 doc = json.loads(old.read_text()) if old.is_file() else None
                 status = "kept" if doc is not None else "skipped"
             else:
+                key = cache.section_key(sec.name, sec.version, opts,
+                                        {n: ctx.input_hash(n) for n in sec.inputs})
+                doc = None if force else cache.read(folder, out, key)
                 status = "reused"
             if doc is None and status != "skipped":
+                cache.clear_stale(folder, key)
                 output = sec.fn(ctx, opts)
                 doc = cache.write(folder, out, key, opts, output, time.perf_counter() - t1)
                 status = "computed"

@@ -21,7 +21,7 @@ from typing import Any
 from lossatlas import __version__
 from lossatlas.report.registry import Figure, Output
 
-__all__ = ["FILE", "folder_hash", "read", "section_key", "write"]
+__all__ = ["FILE", "clear_stale", "folder_hash", "read", "section_key", "write"]
 
 FILE = "section.json"
 
@@ -81,6 +81,24 @@ def write(folder: Path, out: Path, key: str, options: Mapping, output: Output,
     tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     os.replace(tmp, folder / FILE)
     return doc
+
+
+def clear_stale(folder: Path, key: str) -> None:
+    """Before a section is computed: when its ``section.json`` holds another key (its options or
+    inputs changed) remove the folder's files, so no file of the old computation is resumed;
+    without a ``section.json`` (an interrupted section) the files stay and resume."""
+    path = folder / FILE
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text()).get("key")
+    except (OSError, ValueError):
+        old = None
+    if old == key:
+        return
+    for p in folder.iterdir():
+        if p.is_file():
+            p.unlink()
 
 
 def read(folder: Path, out: Path, key: str) -> dict | None:
