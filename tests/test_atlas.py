@@ -245,3 +245,58 @@ def test_progress_bar_closes_at_its_real_count(monkeypatch):
         if i == 143:
             break
     assert seen == {"total": 144, "completed": 144}
+
+
+CHROMIUM = os.environ.get("LOSSATLAS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def open_page(page_path: Path, screenshot: Path) -> dict:
+    """Open the page in headless Chromium (Playwright, the system's chromium); return the
+    console errors, requests, images not loaded and interactive plots not drawn."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
+                  "--ignore-gpu-blocklist"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_path.as_uri(), wait_until="load")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.plot')].every(d => d._fullData)",
+                timeout=60_000)
+            state = page.evaluate(
+                "() => ({images: [...document.images].map(i => [i.getAttribute('src'),"
+                " i.complete && i.naturalWidth > 0]),"
+                " plots: [...document.querySelectorAll('.plot')].map(d => [d.id,"
+                " !!d.querySelector('.main-svg') && !!d._fullData && d._fullData.length > 0]),"
+                " sections: document.querySelectorAll('section').length})")
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return {"errors": errors, "requests": requests, **state}
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=(
+    f"no Chromium at {CHROMIUM}: install Debian's chromium (apt-get install -y chromium; "
+    "`make test` does) to run the browser test"))
+def test_atlas_page_opens_in_chromium(built, tmp_path):
+    """No console error, every image loaded, every interactive plot drawn, no network; the
+    screenshot is kept next to the page (atlas-screenshot.png) to be looked at."""
+    root, _run, _res = built
+    shot = root / "out" / "atlas-screenshot.png"
+    state = open_page(root / "out" / "index.html", shot)
+    assert not state["errors"], state["errors"]
+    assert all(u.startswith(("file:", "data:")) for u in state["requests"]), state["requests"]
+    assert state["images"] and all(ok for _, ok in state["images"]), state["images"]
+    assert len(state["plots"]) == 2 and all(ok for _, ok in state["plots"]), state["plots"]
+    assert state["sections"] == 10 and shot.stat().st_size > 10_000
+    size = sum(p.stat().st_size for p in (root / "out").rglob("*")
+               if p.is_file() and p.suffix in (".html", ".png", ".js", ".json"))
+    assert size < 10e6

@@ -36,7 +36,7 @@ TITLES = {
     "hessian_max": "Hessian λ_max",
     "sharpness": "sharpness (Andriushchenko et al.)",
     "hessian_trace": "Hessian trace",
-    "mc": "mode connectivity (train error %)",
+    "mc": "mc (train error %)",
     "cka": "CKA similarity",
     "l2": "ℓ2 distance",
     "train_error": "train error (%)",
@@ -73,8 +73,7 @@ def _axes_labels(ax, result, order) -> None:
     ax.set_yticks(range(len(order)))
     ax.set_yticklabels([str(result.temperature_values[j]) for j in order], fontsize=8)
     ax.set_xlabel(f"load: {spec.load.label}")
-    hot = "hotter ↑"
-    ax.set_ylabel(f"temperature: {spec.temperature.label} ({hot})")
+    ax.set_ylabel(f"temperature:\n{spec.temperature.label} (hotter ↑)")
 
 
 def heatmap(result, metric: str, ax=None, path: str | os.PathLike | None = None,
@@ -102,7 +101,18 @@ def heatmap(result, metric: str, ax=None, path: str | os.PathLike | None = None,
     elif metric == "cka":
         norm = colors.Normalize(min(0.0, finite.min()) if finite.size else 0.0, 1.0)
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, norm=norm, aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    if isinstance(norm, colors.LogNorm):  # few round ticks, written plainly (2, 5, 10)
+        from matplotlib.ticker import LogLocator, NullFormatter
+
+        from lossatlas.plot.landscape import nice_ticks
+
+        cb.set_ticks(nice_ticks(norm.vmin, norm.vmax, geometric=True, n=4)
+                     if norm.vmax / norm.vmin > 3 else
+                     nice_ticks(norm.vmin, norm.vmax, n=3))
+        cb.ax.yaxis.set_minor_locator(LogLocator(subs=()))
+        cb.ax.yaxis.set_minor_formatter(NullFormatter())
+        cb.ax.yaxis.set_major_formatter(plt.FormatStrFormatter("%g"))
     if annotate:
         for (r, c), v in np.ndenumerate(data):
             if np.isfinite(v):
@@ -183,6 +193,9 @@ def phase_diagram(result, path: str | os.PathLike | None = None,
         phase_map(result, ax=flat[len(shown)])
     for ax in flat[n:]:
         ax.axis("off")
+    for k, ax in enumerate(flat[:n]):  # one y label per row: long labels never collide
+        if k % cols:
+            ax.set_ylabel("")
     fig.suptitle(title or f"sweep {result.spec.name}", fontsize=11)
     fig.tight_layout()
     return _finish(fig, path)
