@@ -149,7 +149,7 @@ def atlas(
     active = _run_order([s for s in todo if s.when is None or s.when(ctx)])
     resolved = {s.name: s.resolved(quick, (options or {}).get(s.name)) for s in todo}
     for i, sec in enumerate(active, 1):
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         folder = ctx.folder(sec.name)
         entry: dict[str, Any] = {"name": sec.name, "title": sec.title, "paper": sec.paper}
         try:
@@ -177,11 +177,11 @@ def atlas(
             ok = False
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                          traceback=traceback.format_exc())
-        seconds = time.perf_counter() - t1
-        entry["wall_seconds"] = round(seconds, 3)
+        seconds, cpu = time.perf_counter() - t1, time.process_time() - c1
+        entry["wall_seconds"], entry["cpu_seconds"] = round(seconds, 3), round(cpu, 3)
         docs.append(entry)
         note = entry["status"] if entry["status"] != "failed" else f"FAILED: {entry['error']}"
-        log(f"[{i}/{len(active)}] {sec.title:<42} {seconds:6.1f} s  {note}")
+        log(f"[{i}/{len(active)}] {sec.title:<42} {seconds:6.1f} s (CPU {cpu:5.1f} s)  {note}")
 
     page_order = [s.name for s in todo]
     docs.sort(key=lambda d: page_order.index(d["name"]))

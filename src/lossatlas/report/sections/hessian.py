@@ -11,7 +11,7 @@ from lossatlas.report.registry import Figure, Output, section
 
 @section("hessian", "Hessian spectrum, trace, density and δL", inputs=("run",),
          paper="Yang et al. 2021 (λ_max, trace); Li, Li, Zhan 2024, Figs. 8 and 13",
-         options={"top": 3, "bottom": 3, "steps": 80, "products": 60, "samples": 100,
+         options={"top": 3, "bottom": 3, "steps": 64, "products": 40, "samples": 60,
                   "batch_size": 2048},
          quick={"steps": 30, "products": 20, "samples": 30})
 def hessian(ctx, opts) -> Output:
