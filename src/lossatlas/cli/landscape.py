@@ -74,13 +74,13 @@ def _figures(result, out: Path, kinds: list[str], log: bool = False) -> list[Pat
         if "html" in kinds:
             written.append(plot.to_html(result, out.with_suffix(".html"), log=log))
         return written
-    for k in kinds:
+    for k in kinds:  # the 3D view is OUT-3d.png (static) and OUT-3d.html (interactive)
         if k == "html":
-            written.append(plot.to_html(result, out.with_suffix(".html"), log=log))
+            written.append(plot.to_html(result, out.with_name(f"{out.stem}-3d.html"), log=log))
         elif k == "vtp":
             written.append(plot.to_vtp(result, out.with_suffix(".vtp"), log=log))
         else:
-            p = out.with_name(f"{out.stem}-{k}.png")
+            p = out.with_name(f"{out.stem}-{'3d' if k == 'surface3d' else k}.png")
             plot.plot_surface(result, k, p, log=log)
             written.append(p)
     return written
@@ -194,7 +194,8 @@ def surface(
         "process, torch's default threads).")] = 1,
 ) -> None:
     """2D surface L(θ + a·d₁ + b·d₂) on a grid, written as computed to OUT (.h5); rerun the
-    same command to resume. Figures: OUT-contour.png and OUT.html by default."""
+    same command to resume. Figures: OUT-contour.png and OUT-3d.html by default (the 3D view
+is OUT-3d.png / OUT-3d.html, whichever --plot asks for)."""
     import lossatlas as la
     from lossatlas.directions import parse_directions
 

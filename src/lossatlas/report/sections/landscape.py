@@ -135,6 +135,7 @@ def surface(ctx, opts) -> Output:
     res = la.surface(obj, d1, d2, span=(-sp, sp), resolution=n, path=h5, orthogonalize=True,
                      progress=ctx.progress)
     figs, extra = surface_output(ctx, res, folder, "surface", "random filter-normalized plane")
+    figs, extra = figs[:2], [*extra, figs[2].path]  # the static 3D view: a file, not shown
     loss = np.asarray(res.loss)
     i0 = (int(np.argmin(np.abs(res.x))), int(np.argmin(np.abs(res.y))))
     numbers = {"loss_min": float(np.nanmin(loss)), "loss_max": float(np.nanmax(loss)),
