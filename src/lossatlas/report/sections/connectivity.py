@@ -22,7 +22,7 @@ def connectivity(ctx, opts) -> Output:
     model_a, model_b = ctx.model, ctx.model_b
     obj = la.Objective(model_a, ctx.train, batch_size=512)
     res = la.connect.train_curve(obj, model_a, model_b, epochs=opts["epochs"], lr=opts["lr"],
-                                 points=opts["points"], seed=ctx.seed, progress=False)
+                                 points=opts["points"], seed=ctx.seed, progress=ctx.progress)
     h5 = res.save(folder / "mode_connectivity.h5")
     prof = la.connect.dense_profile(obj, res, opts["dense"])
     cka = float(la.similarity.model_cka(model_a, model_b, ctx.train, m=opts["cka_samples"],

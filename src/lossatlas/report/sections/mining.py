@@ -27,9 +27,9 @@ def mined(ctx, opts) -> Output:
     k = min(1, len(ctx.run) - 1)
     early = ctx.run.checkpoints[k]
     wp = la.mining.mine_w_peak(small, epochs=opts["epochs"], lr=opts["lr_w_peak"], center=early,
-                               seed=ctx.seed, progress=False)
+                               seed=ctx.seed, progress=ctx.progress)
     vvv = la.mining.mine_vvv_basin(small, epochs=opts["epochs"], lr=opts["lr_vvv"],
-                                   gamma=opts["gamma"], seed=ctx.seed, progress=False)
+                                   gamma=opts["gamma"], seed=ctx.seed, progress=ctx.progress)
     files = [wp.save(folder / "w-peak.h5"), vvv.save(folder / "vvv-basin.h5")]
     kw = {"points": opts["points"], "progress": False}
     c_wp = la.curve(obj, wp.direction, center=early, **kw)

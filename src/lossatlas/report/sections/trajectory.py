@@ -21,7 +21,7 @@ def trajectory(ctx, opts) -> Output:
     folder = ctx.folder("trajectory")
     obj = ctx.objective(batch_size=None)
     res = analyse(obj, ctx.run, folder, method=opts["method"], center=opts["center"],
-                  resolution=opts["resolution"], compare=1, progress=False)
+                  resolution=opts["resolution"], compare=1, progress=ctx.progress)
     plane, traj = res["plane"], res["trajectory"]
     err, err_r = float(traj.fitting_error), float(res["random_fitting_errors"][0])
     r = plane.explained_variance_ratio
