@@ -68,7 +68,8 @@ def _draw(ax, surface, traj, plane, title, levels, log, legend=True):
             ax.plot(x[ch], y[ch], "^", color="tab:orange", ms=8, mec="black", mew=0.5,
                     zorder=6, label="lr change")
     # a ring, so that a start (or final) point at the center stays visible inside it
-    ax.plot([0], [0], "o", mfc="none", mec="red", ms=13, mew=2, zorder=7, label="center")
+    ax.plot([0], [0], "o", color="red", mfc="none", mec="red", ms=13, mew=2, zorder=7,
+            label="center")
     xl, yl = axis_labels(plane)
     ax.set_xlabel(xl, fontsize=8)
     ax.set_ylabel(yl, fontsize=8)
