@@ -90,11 +90,12 @@ def cli_sequence(doc: dict, atlas_dir: Path, work: Path) -> list[str]:
                     f"'{work / 'sweep.json'}')), '{work / 'sweep'}', progress=False)\"")
     for s in doc["sections"]:
         for c in s.get("command", []):
+            if doc.get("sweep"):
+                c = c.replace(str(Path(doc["sweep"]).resolve()), str(work / "sweep"))
+                c = c.replace(doc["sweep"], str(work / "sweep"))
             c = (c.replace(str(atlas_dir / "run_b"), str(work / "run_b"))
                  .replace(doc["run"], str(work / "run"))
                  .replace(str(atlas_dir), str(work)))
-            if doc.get("sweep"):
-                c = c.replace(doc["sweep"], str(work / "sweep"))
             cmds.append(c)
     return cmds
 
