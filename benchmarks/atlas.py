@@ -43,9 +43,9 @@ def timed(fn):
     return out, time.perf_counter() - w, cpu_seconds() - c
 
 
-def page_open_seconds(page: Path) -> float | None:
-    """Seconds from navigation until every image is loaded and every plot drawn (None without
-    Playwright / Chromium)."""
+def page_open_seconds(page: Path) -> tuple[float, float] | None:
+    """Seconds from navigation until the page is shown with every image loaded, and until
+    every interactive plot is drawn too (None without Playwright / Chromium)."""
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     try:
         from playwright.sync_api import sync_playwright
@@ -62,10 +62,13 @@ def page_open_seconds(page: Path) -> float | None:
             t0 = time.perf_counter()
             tab.goto(page.resolve().as_uri(), wait_until="load")
             tab.wait_for_function(
-                "() => [...document.images].every(i => i.complete && i.naturalWidth > 0) &&"
-                " [...document.querySelectorAll('.plot')].every(d => d._fullData)",
+                "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)",
                 timeout=60_000)
-            return time.perf_counter() - t0
+            shown = time.perf_counter() - t0
+            tab.wait_for_function(
+                "() => [...document.querySelectorAll('.plot')].every(d => d._fullData)",
+                timeout=60_000)
+            return shown, time.perf_counter() - t0
         finally:
             browser.close()
 
@@ -145,9 +148,9 @@ def main() -> None:
     print(f"{'atlas rerun, nothing changed':<46}{wall2:9.1f}{cpu2:9.1f}  <= 10")
     print(f"{f'plain CLI sequence ({len(cmds)} commands)':<46}{cwall:9.1f}{ccpu:9.1f}  "
           f"(ratio atlas/CLI: wall {wall / cwall:.2f}, CPU {cpu / ccpu:.2f})")
-    shown = "n/a (no Chromium/Playwright)" if opened is None else f"{opened:.2f} s"
-    print(f"page: opens with every image and plot drawn in {shown} (budget < 3 s); "
-          f"{size / 1e6:.1f} MB with plotly.js (budget < 10 MB)")
+    shown = ("n/a (no Chromium/Playwright)" if opened is None else
+             f"shown with every image in {opened[0]:.2f} s, every plot drawn at {opened[1]:.2f} s")
+    print(f"page: {shown} (budget < 3 s); {size / 1e6:.1f} MB with plotly.js (budget < 10 MB)")
     times = [f"{s['name']} {s['seconds']:.1f}" for s in res.doc["sections"]
              if s.get("seconds") is not None]
     print(f"section seconds (first run): {', '.join(times)}")

@@ -182,11 +182,17 @@ def write_page(doc: Mapping, sections: Sequence[Mapping], out: Path) -> Path:
     if plots:
         calls = "".join(
             f"draw({json.dumps(pid)},{spec});" for pid, spec in plots)
-        scripts = (f'<script src="{js}"></script><script>'
+        # plotly.js (~5 MB) loads after the page has shown its text and images, then draws
+        # the interactive plots: the page is readable at once instead of after the parse
+        scripts = ("<script>"
                    "function draw(id,spec){var el=document.getElementById(id);"
                    "Plotly.newPlot(el,spec.data,Object.assign({},spec.layout,"
                    "{margin:{l:0,r:0,t:40,b:0}}),{responsive:true,displaylogo:false});}"
-                   f"{calls}</script>")
+                   f"function drawAll(){{{calls}}}"
+                   "window.addEventListener('load',function(){"
+                   "var s=document.createElement('script');"
+                   f"s.src={json.dumps(js)};s.onload=drawAll;document.body.appendChild(s);}});"
+                   "</script>")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>lossatlas: {model} on {html.escape(str(r['data']))}</title>
