@@ -1,5 +1,6 @@
 """The surface engine is chosen by a race on the model at hand; the race's points are real."""
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -49,3 +50,37 @@ def test_surface_with_the_race_equals_in_place(setup):
     assert raced.meta["engine"] in ("affine", "inplace")
     np.testing.assert_allclose(raced.loss, plain.loss, rtol=1e-5)
     np.testing.assert_allclose(raced.accuracy, plain.accuracy)
+
+
+def test_one_engine_per_run_recorded_and_reused_on_resume(setup, tmp_path, monkeypatch):
+    """The race runs once, in the driver: every point of a run comes from the engine it kept
+    (no mix of the two engines' rounding), the choice is in the file, and a resume reuses it
+    even when a new race would pick the other engine."""
+    obj, d1, d2, _, _ = setup
+    path = tmp_path / "s.h5"
+    chosen = {}
+
+    def force(choice):
+        def decide(token, *args):
+            chosen["calls"] = chosen.get("calls", 0) + 1
+            return choice
+        return decide
+
+    monkeypatch.setattr(_fastpath, "decide_engine", force("affine"))
+    stop = {"n": 0}
+
+    def interrupt(done, total):
+        stop["n"] += 1
+        if stop["n"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        la.surface(obj, d1, d2, span=(-1, 1), resolution=5, path=path, callback=interrupt,
+                   progress=False)
+    with h5py.File(path) as f:
+        assert la.store.read_attrs(f)["engine_choice"] == "affine"
+    monkeypatch.setattr(_fastpath, "decide_engine", force(False))  # a new race would differ
+    resumed = la.surface(obj, d1, d2, span=(-1, 1), resolution=5, path=path, progress=False)
+    assert chosen["calls"] == 1 and resumed.meta["engine"] == "affine"
+    whole = la.surface(obj, d1, d2, span=(-1, 1), resolution=5, fast="affine", progress=False)
+    np.testing.assert_array_equal(resumed.loss, whole.loss)

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _LAZY_MODULES = {
     "datasets", "zoo", "training", "store", "directions", "landscape", "hessian", "trajectory",
     "shapes", "mining", "connect", "similarity", "taxonomy", "sweep", "executors", "plot",
-    "runs", "align", "track", "sharpness", "memory", "report",
+    "runs", "align", "track", "sharpness", "memory", "distributed", "report",
 }
 _LAZY_ATTRS = {
     "train": ("training", "train"),

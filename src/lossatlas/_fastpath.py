@@ -27,11 +27,12 @@ an executor (a process pool, Ray) can run chunks elsewhere; an engine is built o
 and run token and reused for all chunks of that run.
 
 Where the affine trick applies (``fast=True``), it is kept only where it is faster on the model
-at hand: :func:`race_engines` times it against the in-place engine on the first grid points of
-the run (their values are kept, so the race costs no extra point) and drops its buffers when it
-loses. Its buffers (five first-layer outputs per data batch) must fit half the memory budget
-(:mod:`lossatlas.memory`). The two engines agree up to float rounding, so which one a process
-picks changes no number beyond rounding.
+at hand: :func:`decide_engine` times it against the in-place engine on the first grid points of
+the run (:func:`race_engines`), once, in the driver, and every chunk of the run then uses the
+winner; the choice is written to the result file, so a resumed run uses it again. The two
+engines agree only up to float rounding, which is why one run never mixes them. The affine
+buffers (five first-layer outputs per data batch) must fit half the memory budget
+(:mod:`lossatlas.memory`).
 """
 
 from __future__ import annotations
@@ -740,7 +741,9 @@ def race_engines(eng: Engine, coeffs: np.ndarray, rounds: int = 2
     """Affine against in-place on the first ``2·rounds`` rows of ``coeffs`` (interleaved, each
     row evaluated once by one engine, so the values are the run's own); the slower engine is
     dropped (the affine buffers freed when in-place wins). Returns (loss, acc) of those rows,
-    or None when there is nothing to race (not affine, or too few rows)."""
+    or None when there is nothing to race (not affine, or too few rows). :func:`decide_engine`
+    runs it once per run and discards these values, so that every point of a run is computed
+    by the one engine kept (bit-identical across processes and resumes)."""
     n = 2 * rounds
     if eng.mode != "affine" or len(coeffs) < n:
         return None
@@ -766,11 +769,45 @@ def race_engines(eng: Engine, coeffs: np.ndarray, rounds: int = 2
     return loss, acc
 
 
+def decide_engine(token: str, obj: Objective, center: Mapping, directions: Sequence[Mapping],
+                  coeffs: np.ndarray) -> bool | str:
+    """The engine of a whole run, decided once in the driver: ``"affine"`` when the affine
+    trick applies, passes its guard and wins :func:`race_engines` on the first rows of
+    ``coeffs``, else ``False`` (in-place, or functional when the model cannot be copied).
+    Every chunk, in this process or a worker, then runs that engine (``Chunk.fast``), so the
+    numbers of a run never depend on which process timed what. The engine built here is kept
+    for this process's chunks of the run."""
+    t0 = time.perf_counter()
+    with obj.partial_sums():  # no collective in the race: ranks may time it differently
+        eng = Engine.build(obj, center, directions, fast=True)
+        eng.measure_per_pass()
+        if eng.mode == "affine":
+            race_engines(eng, coeffs)  # the raced values are not kept (one engine per run)
+    if obj.dist is not None:  # data split over ranks: rank 0's choice for all of them
+        choice = obj.dist.broadcast(eng.mode == "affine")
+        if choice != (eng.mode == "affine"):
+            with obj.partial_sums():
+                eng = Engine.build(obj, center, directions, fast="affine" if choice else False)
+                eng.measure_per_pass()
+    _ENGINES.clear()
+    _SETUP.clear()
+    _ENGINES[token] = eng
+    _SETUP[token] = time.perf_counter() - t0
+    return "affine" if eng.mode == "affine" else False
+
+
 def evaluate_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Evaluate one chunk; returns (index, loss, accuracy, engine mode). Top-level and picklable:
-    the engine is built on first use in each process and reused for the run's other chunks."""
+    the engine is built on first use in each process and reused for the run's other chunks.
+    Data split across processes: each rank's share, then one all-reduce for the chunk."""
+    with chunk.objective.partial_sums():
+        index, loss, acc, mode = _evaluate_here(chunk)
+    loss, acc = chunk.objective.all_sum(np.stack([loss, acc]))
+    return index, loss, acc, mode
+
+
+def _evaluate_here(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     eng = _ENGINES.get(chunk.token)
-    raced = None
     if eng is None:
         _ENGINES.clear()
         _SETUP.clear()
@@ -778,17 +815,8 @@ def evaluate_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, st
         eng = Engine.build(chunk.objective, chunk.center, chunk.directions, fast=chunk.fast)
         eng.measure_per_pass()
         _SETUP[chunk.token] = time.perf_counter() - t0
-        if chunk.fast is True:
-            raced = race_engines(eng, chunk.coeffs)
         _ENGINES[chunk.token] = eng
-    if raced is None:
-        loss, acc = eng.evaluate(chunk.coeffs)
-    else:
-        n = len(raced[0])
-        loss, acc = raced
-        if len(chunk.coeffs) > n:
-            rest = eng.evaluate(chunk.coeffs[n:])
-            loss, acc = np.concatenate([loss, rest[0]]), np.concatenate([acc, rest[1]])
+    loss, acc = eng.evaluate(chunk.coeffs)
     return chunk.index, loss, acc, eng.mode
 
 

@@ -8,6 +8,7 @@ is Σ_b weight_b · L_b / Σ_b weight_b whatever the batch size.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lossatlas.distributed import shard_range
 from lossatlas.errors import LossAtlasError
 from lossatlas.losses import IGNORE_INDEX
 
@@ -116,10 +118,11 @@ def _equal(a, b) -> bool:
     return a == b
 
 
-def _materialize(data) -> Any:
-    """Turn the user's data into one in-memory structure: (inputs, targets) or a dict."""
+def _materialize(data, part: tuple[int, int] | None = None) -> tuple[Any, bool]:
+    """Turn the user's data into one in-memory structure: (inputs, targets) or a dict, and
+    whether it is already cut to ``part=(rank, world)`` (a Dataset reads only its shard)."""
     if isinstance(data, Mapping):
-        return _as_tensor(dict(data))
+        return _as_tensor(dict(data)), False
     if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(
         data[0], (tuple, list)
     ):
@@ -128,10 +131,15 @@ def _materialize(data) -> Any:
         except (LossAtlasError, IndexError, TypeError):
             n0 = n1 = -1
         if n0 == n1 and n0 > 0:
-            return (_as_tensor(data[0]), _as_tensor(data[1]))
+            return (_as_tensor(data[0]), _as_tensor(data[1])), False
+        if n0 == n1 == 0:
+            raise LossAtlasError("data is empty (0 samples); pass at least one sample")
+        if n0 >= 0 and n1 >= 0:
+            raise LossAtlasError(f"data has {n0} inputs but {n1} targets; pass inputs and "
+                                 "targets of equal length")
     tensors = getattr(data, "tensors", None)
     if isinstance(tensors, (tuple, list)) and len(tensors) == 2:
-        return (tensors[0], tensors[1])
+        return (tensors[0], tensors[1]), False
     if isinstance(data, torch.utils.data.DataLoader) or (
         not hasattr(data, "__getitem__") and isinstance(data, Iterable)
     ):
@@ -140,18 +148,19 @@ def _materialize(data) -> Any:
         batches = [_as_tensor(b) for b in data]
         if not batches:
             raise LossAtlasError("data: the loader yielded no batch; pass a non-empty dataset")
-        return cat(batches)
+        return cat(batches), False
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         if len(data) == 0:
             raise LossAtlasError("data: the dataset is empty; pass at least one sample")
-        whole = _stack([_as_tensor(data[i]) for i in range(len(data))])
-        again = _stack([_as_tensor(data[0])])
+        lo, hi = (0, len(data)) if part is None else shard_range(len(data), *part)
+        whole = _stack([_as_tensor(data[i]) for i in range(lo, hi)])
+        again = _stack([_as_tensor(data[lo])])
         if not _equal(slice_batch(whole, 0, 1), again):
             raise LossAtlasError(
                 "data: the dataset returns a different item 0 on a second read (random "
                 "augmentation?); pass a dataset without random transforms for evaluation"
             )
-        return whole
+        return whole, part is not None
     raise LossAtlasError(
         f"data of type {type(data).__name__} is not understood; pass a Dataset, a DataLoader, "
         "an (inputs, targets) tuple of tensors or a dict of tensors"
@@ -206,11 +215,16 @@ def check_loader_visits_all(loader: torch.utils.data.DataLoader) -> None:
 
 
 def as_batches(
-    data, batch_size: int | None, target_key: str | None = "labels", device=None
+    data, batch_size: int | None, target_key: str | None = "labels", device=None,
+    part: tuple[int, int] | None = None, info: dict | None = None,
 ) -> list[Batch]:
     """Split ``data`` into in-memory :class:`Batch` objects of ``batch_size`` (all at once when
-    None). Dict data: ``target_key`` names the targets (None: the model computes its loss)."""
-    whole = _materialize(data)
+    None). Dict data: ``target_key`` names the targets (None: the model computes its loss).
+    ``part=(rank, world)`` keeps only that rank's contiguous shard of the samples
+    (:func:`lossatlas.distributed.shard_range`), batched the same way; ``info`` (a dict) then
+    receives ``"total"`` (samples before the cut) and ``"first"`` (a digest of sample 0), which
+    tell whether every rank passed the same data."""
+    whole, cut = _materialize(data, part)
     if isinstance(whole, Mapping):
         inputs = {k: v for k, v in whole.items() if k != target_key}
         targets = whole.get(target_key) if target_key else None
@@ -221,6 +235,14 @@ def as_batches(
             "data items must be (input, target) pairs or dicts; wrap other layouts in a Dataset"
         )
     n = length_of(inputs)
+    if info is not None and part is not None:
+        first = _stack([_as_tensor(data[0])]) if cut else slice_batch(whole, 0, 1)
+        info.update(total=len(data) if cut else n, first=_digest(first))
+    if part is not None and not cut:
+        lo, n = shard_range(n, *part)
+        n -= lo
+        inputs = slice_batch(inputs, lo, lo + n)
+        targets = slice_batch(targets, lo, lo + n) if targets is not None else None
     if batch_size is None:
         batch_size = n
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -234,6 +256,26 @@ def as_batches(
     if device is not None:
         batches = [b.to(device) for b in batches]
     return batches
+
+
+def _digest(x) -> str:
+    """sha256 of the bytes of a tensor, or of every tensor of a dict / tuple of them."""
+    h = hashlib.sha256()
+    for t in _leaves(x):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _leaves(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, Mapping):
+        return [t for k in sorted(x) for t in _leaves(x[k])]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _leaves(v)]
+    return []
 
 
 def _target_count(targets, n: int) -> float:

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -109,7 +110,43 @@ class LocalExecutor(Executor):
             yield item, run_job(fn, item, self.threads)
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in the block (main thread only): a process exec'd here inherits it, so
+    Ctrl-C while the fork server imports its preload prints no traceback there; the driver
+    alone handles Ctrl-C."""
+    with _sigint_handler(signal.SIG_IGN):
+        yield
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C in the block is held and raised as KeyboardInterrupt at its end: workers being
+    started when the driver quits would die on its vanished semaphores, with tracebacks."""
+    hits: list[int] = []
+    with _sigint_handler(lambda *_: hits.append(1)):
+        yield
+    if hits:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_handler(handler) -> Iterator[None]:
+    try:
+        old = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _init_worker(n_threads: int | None, driver: int | None = None) -> None:
+    # Ctrl-C reaches the whole process group: the driver alone handles it (it cancels what is
+    # pending and reports what was kept), so a worker finishes its job without a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if n_threads is not None:
         torch.set_num_threads(n_threads)
     os.environ.setdefault("LOSSATLAS_QUIET", "1")  # no progress bars from inside workers
@@ -201,6 +238,24 @@ def _ready() -> int:
 _POOLS: dict[tuple, futures.ProcessPoolExecutor] = {}
 
 
+def _start_pool(workers: int, threads: int | None, context: mp.context.BaseContext
+                ) -> futures.ProcessPoolExecutor:
+    """A new pool whose workers all start now (one :func:`_ready` job each) while Ctrl-C waits,
+    so an interrupt never lands in a half-started worker; the fork server ignores Ctrl-C."""
+    with _sigint_deferred():
+        if context.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            with _sigint_ignored():  # the fork server inherits "ignore Ctrl-C"
+                forkserver.ensure_running()
+        pool = futures.ProcessPoolExecutor(workers, mp_context=context,
+                                           initializer=_init_worker,
+                                           initargs=(threads, os.getpid()))
+        for _ in range(workers):
+            pool.submit(_ready)
+    return pool
+
+
 def warm_pool(workers: int, threads: int | None, context: mp.context.BaseContext
               ) -> futures.ProcessPoolExecutor:
     """The process-wide pool for these settings, started (all workers forked from the preloaded
@@ -210,11 +265,7 @@ def warm_pool(workers: int, threads: int | None, context: mp.context.BaseContext
     pool = _POOLS.get(key)
     if pool is None or getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread",
                                                                   False):
-        pool = futures.ProcessPoolExecutor(workers, mp_context=context,
-                                           initializer=_init_worker,
-                                           initargs=(threads, os.getpid()))
-        for _ in range(workers):
-            pool.submit(_ready)
+        pool = _start_pool(workers, threads, context)
         _POOLS[key] = pool
     return pool
 
@@ -261,10 +312,7 @@ class ProcessExecutor(Executor):
         if self.warm:
             self._pool = warm_pool(self._workers, self.threads, self._context)
         elif self._pool is None:
-            self._pool = futures.ProcessPoolExecutor(
-                self._workers, mp_context=self._context, initializer=_init_worker,
-                initargs=(self.threads, os.getpid()),
-            )
+            self._pool = _start_pool(self._workers, self.threads, self._context)
         return self._pool
 
     def as_completed(self, fn: Callable, items: Iterable) -> Iterator[tuple[Any, Any]]:

@@ -51,7 +51,7 @@ import h5py
 import numpy as np
 import torch
 
-from lossatlas import _fastpath, store
+from lossatlas import _fastpath, resources, store
 from lossatlas import params as P
 from lossatlas._locks import lock_path, writer_lock
 from lossatlas._progress import track
@@ -116,7 +116,7 @@ class _Result:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result (classic keys + provenance) to ``path``; ``la.load`` reads it."""
-        path = Path(path)
+        path = store.check_output(path, "path", resumable=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         lay = FileLayout(split=self.meta.get("split") or "train")
@@ -253,6 +253,8 @@ def data_hash(obj: Objective, limit: int = 2**26) -> str:
     for b in obj.batches:
         feed(b.inputs)
         feed(b.targets)
+    if obj.dist is not None:  # data split across processes: the shards' hashes in rank order
+        return hashlib.sha256("".join(obj.dist.gather(h.hexdigest())).encode()).hexdigest()[:16]
     return h.hexdigest()[:16]
 
 
@@ -262,12 +264,44 @@ def _direction_info(d: Mapping) -> dict:
     return {**meta, "hash": P.hash_point(d)}
 
 
-def _check_signature(path: Path, kind: str, signature: dict, split: str = "train") -> None:
-    with h5py.File(path, "r") as f:
+#: What each signature entry means, in the words of the options that set it.
+_SIGNATURE_WORDS = {
+    "kind": ("the kind of result", ""),
+    "coordinates": ("the grid", "span, points / resolution"),
+    "center_hash": ("the center weights", "--checkpoint / --index, center="),
+    "direction_hashes": ("the directions", "their specs, seeds or files"),
+    "bn": ("the BN policy", "--bn / bn="),
+    "loss": ("the loss", ""),
+    "num_samples": ("the number of samples", "--data-arg train_size, --split"),
+    "data_hash": ("the data", "--data, --data-arg, --split"),
+}
+
+
+def _difference(key: str, old: dict, new: dict, file_meta: dict, meta: dict) -> str:
+    """One differing signature entry in words, with the file's and the new value where short;
+    a data hash that differs only because the batches are cut differently names the batch
+    size (the batches are hashed one by one, so the file's floats belong to its batching)."""
+    words, options = _SIGNATURE_WORDS.get(key, (key, ""))
+    if key == "data_hash":
+        b_old, b_new = file_meta.get("batch_size"), meta.get("batch_size")
+        if b_old is not None and b_old != b_new and old.get("num_samples") == new.get(
+                "num_samples"):
+            show = {-1: "all"}
+            return (f"the batch size (--batch-size / batch_size=: file {show.get(b_old, b_old)}, "
+                    f"now {show.get(b_new, b_new)}; data_hash)")
+    values = (f"file {old.get(key)}, now {new.get(key)}; " if key in ("bn", "loss", "num_samples",
+                                                                     "kind") else "")
+    return f"{words} ({values}{options + '; ' if options else ''}{key})"
+
+
+def _check_signature(path: Path, kind: str, signature: dict, split: str = "train",
+                     meta: dict | None = None) -> None:
+    with store.open_h5(path, "r", "path") as f:
         fkind = f.attrs.get("lossatlas_kind")
         fkind = fkind.decode() if isinstance(fkind, bytes) else fkind
         old = json.loads(f.attrs["signature"]) if "signature" in f.attrs else None
         lay = FileLayout.of(f)
+        file_meta = store.read_attrs(f) if old is not None else {}
     if fkind != kind or old is None:
         raise LossAtlasError(
             f"path={str(path)!r} holds a {fkind or 'foreign'} file, not a resumable {kind}; "
@@ -280,9 +314,10 @@ def _check_signature(path: Path, kind: str, signature: dict, split: str = "train
     new = json.loads(json.dumps(store._jsonable(signature), sort_keys=True))
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        words = [_difference(k, old, new, file_meta, meta or {}) for k in diff]
         raise LossAtlasError(
             f"path={str(path)!r} holds a {kind} computed with other arguments (differing: "
-            f"{', '.join(diff)}); pass the same arguments to resume, or another path / delete "
+            f"{', '.join(words)}); pass the same arguments to resume, or another path / delete "
             "the file to start afresh"
         )
 
@@ -308,6 +343,15 @@ def _grid(span, n: int, name: str) -> np.ndarray:
     if lo == hi and n > 1:
         raise LossAtlasError(f"{name}={span!r} gives {n} copies of one point; pass low < high")
     return np.linspace(lo, hi, int(n))
+
+
+def _check_size(counts: Sequence, what: str, path) -> None:
+    """Refuse point counts that are not positive integers, or a grid this machine cannot hold
+    (memory) or store (disk), before any array is made (see :mod:`lossatlas.resources`)."""
+    for n in counts:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise LossAtlasError(f"{what} must be a positive integer number of points")
+    resources.check_grid(tuple(int(n) for n in counts), what, path)
 
 
 def _prepare_direction(obj: Objective, d: Mapping, name: str) -> P.Point:
@@ -366,6 +410,12 @@ def _run(
         raise LossAtlasError(f"split={split!r} is unknown; pass 'train' or 'test' (the data the "
                              "objective averages over, named in the file's keys)")
     shape = tuple(len(c) for c in coords)
+    group = obj.dist  # data split across processes: every rank computes, rank 0 writes
+    if group is not None and executor is not None:
+        raise LossAtlasError("executor= cannot run the chunks of an Objective whose data is "
+                             "split across processes; leave executor=None")
+    if group is not None and group.rank != 0:
+        path, progress = None, False
     desc = obj.describe()
     signature = {
         "kind": kind,
@@ -394,31 +444,38 @@ def _run(
         "split": split,
         "signature": signature,
     }
+    if group is not None:
+        group.same([signature["center_hash"], *signature["direction_hashes"]],
+                   "the center or a direction", "build them the same way on every process "
+                   "(same seeds; a per-batch gradient is local to its process)")
     stored = list(directions) if store_directions else []
     cls = _KINDS[kind]
     arrays = {"loss": np.full(shape, np.nan), "accuracy": np.full(shape, np.nan),
               "done": np.zeros(shape, dtype=bool)}
     f = lock = None
     if path is not None:
-        path = Path(path)
+        path = store.check_output(path, "path", resumable=False)
         lock = writer_lock(lock_path(path), f"path={str(path)!r}")
     try:
         if path is not None:
             if path.exists():
-                _check_signature(path, kind, signature, split)
+                _check_signature(path, kind, signature, split, meta)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.name + ".tmp")
                 with h5py.File(tmp, "w") as g:
                     _layout(g, kind, coords, meta, stored, FileLayout(split=meta["split"]))
                 os.replace(tmp, path)
-            f = h5py.File(path, "r+")
+            f = store.open_h5(path, "r+", "path")
             lay = FileLayout.of(f)
+            fast = _recorded_engine(f, fast)
             # the file's arrays, kept in the file's layout and units: a resume rewrites the
             # finished points bit for bit (no percent -> fraction -> percent round trip)
             held = {"loss": f[lay.loss_key][()], "accuracy": f[lay.acc_key][()],
                     "done": f["done"][()]}
             arrays["done"] = lay.to_memory(held["done"])
+        if group is not None:  # rank 0's resume state, so every rank computes the same points
+            arrays["done"] = group.broadcast(arrays["done"])
         _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f,
                   (lay, held) if f is not None else None, chunk_size, executor, fast,
                   callback, progress)
@@ -429,8 +486,22 @@ def _run(
             lock.release()
     if path is not None:
         with h5py.File(path, "r") as g:
-            return _read(g)
-    return cls(meta=meta, directions=stored, **dict(zip(("x", "y"), coords)), **arrays)
+            out = _read(g)
+    else:
+        out = cls(meta=meta, directions=stored, **dict(zip(("x", "y"), coords)), **arrays)
+    if group is not None:  # rank 0's arrays (resumed points included) on every rank
+        for k, v in group.broadcast({k: getattr(out, k) for k in arrays}).items():
+            setattr(out, k, v)
+    return out
+
+
+def _recorded_engine(f: h5py.File, fast: bool | str) -> bool | str:
+    """On resume with ``fast=True``, the engine the file's run chose (``engine_choice``), so
+    the remaining points are computed exactly as the first ones were."""
+    if fast is not True:
+        return fast
+    choice = store.read_attrs(f).get("engine_choice")
+    return {"affine": "affine", "plain": False}.get(choice, True)
 
 
 def _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f, held,
@@ -443,12 +514,21 @@ def _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f, hel
         size = chunk_size or (shape[-1] if len(shape) > 1 else max(1, min(16, shape[0] // 4)))
         grids = np.meshgrid(*coords, indexing="ij")
         flat = np.stack([g.reshape(-1) for g in grids], axis=1)  # (N, k)
+        if fast is True and len(todo):
+            # one engine for the whole run, chosen here (not per worker) and recorded first
+            fast = _fastpath.decide_engine(token, obj, center, directions, flat[todo[:4]])
+            meta["engine_choice"] = fast or "plain"
+            if f is not None:
+                store.write_attrs(f, {"engine_choice": meta["engine_choice"]})
+                f.flush()
+        executor = executor or InProcess()
+        if not isinstance(executor, InProcess):
+            _fastpath.release(token)  # the driver's engine served the choice; workers build theirs
         chunks = (
             _fastpath.Chunk(token, obj, center, directions, idx, flat[idx], fast)
             for idx in (todo[i:i + size] for i in range(0, len(todo), size))
         )
         n_chunks = (len(todo) + size - 1) // size
-        executor = executor or InProcess()
         results = executor.map(_fastpath.evaluate_chunk, chunks)
         engines = set()
         shown = track(results, f"{kind} ({len(todo)} points)", total=n_chunks,
@@ -518,6 +598,7 @@ def curve(
     (points,), ``loss``, ``accuracy``."""
     center = _prepare_center(obj, center)
     d = _prepare_direction(obj, d, "d")
+    _check_size([points], f"points={points!r}", path)
     x = _grid(span, points, "span")
     return _run("curve", obj, center, [d], [x], {}, path, chunk_size, executor, fast,
                 callback, progress, store_directions, split)
@@ -556,6 +637,8 @@ def surface(
     d1 = _prepare_direction(obj, d1, "d1")
     d2 = _prepare_direction(obj, d2, "d2")
     d2, cos = _check_orthogonal(d1, d2, orthogonalize)
+    _check_size([xres or resolution, yres or resolution], f"resolution={resolution!r}" if
+                xres is None and yres is None else f"xres={xres!r}, yres={yres!r}", path)
     x = _grid(xspan if xspan is not None else span, xres or resolution, "xspan")
     y = _grid(yspan if yspan is not None else span, yres or resolution, "yspan")
     extra = {"cosine": cos, "orthogonalized": bool(orthogonalize)}
@@ -588,6 +671,7 @@ def interpolate(
     a = _prepare_direction(obj, a, "a")
     b = _prepare_direction(obj, b, "b")
     d = between(a, b)
+    _check_size([points], f"points={points!r}", path)
     t = _grid(span, points, "span")
     return _run("interpolation", obj, a, [d], [t], {"a_hash": P.hash_point(a),
                 "b_hash": P.hash_point(b)}, path, chunk_size, executor, fast, callback,

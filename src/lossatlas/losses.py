@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["IGNORE_INDEX", "LOSSES", "accuracy_count", "logits_of", "resolve_loss"]
+__all__ = ["IGNORE_INDEX", "LOSSES", "accuracy_count", "check_targets", "logits_of",
+           "resolve_loss"]
 
 IGNORE_INDEX = -100
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -88,6 +89,43 @@ def resolve_loss(loss) -> tuple[str, LossFn]:
         f"loss={loss!r} is unknown; use one of {sorted(LOSSES)} or a callable "
         "loss(output, target) returning the batch mean"
     )
+
+
+def check_targets(output, targets, loss_name: str, model: str = "model") -> None:
+    """Refuse targets that a class-label loss (``cross_entropy``, ``nll``) cannot take, in one
+    sentence: floating-point targets that are not class probabilities of the output's shape,
+    or labels outside ``[0, C)`` for a model with C outputs (:data:`IGNORE_INDEX` is allowed).
+    ``targets`` is a tensor or a list of them (the batches); ``output`` a model output on
+    some of the data; other losses pass."""
+    if loss_name not in ("cross_entropy", "nll"):
+        return
+    parts = [t for t in (targets if isinstance(targets, (list, tuple)) else [targets])
+             if isinstance(t, torch.Tensor)]
+    try:
+        logits = logits_of(output)
+    except LossAtlasError:
+        return
+    if not parts or not isinstance(logits, torch.Tensor):
+        return
+    if parts[0].is_floating_point():
+        if logits.shape[-1:] == parts[0].shape[-1:] and parts[0].dim() == logits.dim():
+            return  # class probabilities (soft labels) for cross-entropy
+        raise LossAtlasError(
+            f"the targets are floating point ({parts[0].dtype}) but loss={loss_name!r} needs "
+            "integer class labels; pass y.long() for labels, or loss='mse' for real values"
+        )
+    classes = int(logits.shape[-1]) if logits.dim() >= 2 else 1
+    for t in parts:
+        bad = t[(t != IGNORE_INDEX) & ((t < 0) | (t >= classes))]
+        if not bad.numel():
+            continue
+        label = int(bad[0])
+        fix = ("class labels count from 0; fix the labels" if label < 0 else
+               f"build the model with num_classes={int(t.max()) + 1} or fix the labels")
+        raise LossAtlasError(
+            f"the targets hold the label {label} but the model ({model}) outputs {classes} "
+            f"classes (labels 0..{classes - 1}); {fix}"
+        )
 
 
 def accuracy_count(output, target) -> float:

@@ -38,10 +38,19 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from lossatlas import distributed as _dist
 from lossatlas import params as P
-from lossatlas.batching import Batch, as_batches, length_of
+from lossatlas import resources
+from lossatlas.batching import Batch, as_batches, length_of, slice_batch
 from lossatlas.errors import LossAtlasError
-from lossatlas.losses import LOSSES, LossFn, accuracy_count, logits_of, resolve_loss
+from lossatlas.losses import (
+    LOSSES,
+    LossFn,
+    accuracy_count,
+    check_targets,
+    logits_of,
+    resolve_loss,
+)
 
 __all__ = ["Batch", "Objective", "as_batches"]
 
@@ -113,6 +122,22 @@ def _math_attention(model: nn.Module) -> Iterator[None]:
 
 
 # -- the objective --------------------------------------------------------------------------
+def _shape(x) -> str:
+    """``(20, 7)`` for a tensor, ``{'input_ids': (2, 9)}`` / ``((2, 3), (2,))`` for nests."""
+    if isinstance(x, torch.Tensor):
+        return str(tuple(x.shape))
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_shape(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(_shape(v) for v in x) + ")"
+    return type(x).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 class Objective:
     """L(θ) = Σ_b (n_b/N) · loss(model(x_b; θ), y_b): the full-data mean loss of ``model``.
 
@@ -134,6 +159,11 @@ class Objective:
     params : names of the perturbed parameters, or None for :func:`lossatlas.params.select`
         with ``include`` / ``exclude`` / ``trainable_only``.
     check : run the determinism check (two passes over the first batch agree).
+    distributed : split the data over the ranks of a ``torch.distributed`` process group (see
+        :mod:`lossatlas.distributed`): None shards when a group of several ranks is initialized,
+        True / ``"shard"`` always (every rank passes the same data and keeps its contiguous
+        shard), ``"local"`` when each rank passes its own part, False never. The weighted sums
+        are all-reduced, so every value is the exact full-data one, the same on every rank.
     """
 
     def __init__(
@@ -150,6 +180,7 @@ class Objective:
         trainable_only: bool = True,
         target_key: str | None = "labels",
         check: bool = True,
+        distributed: bool | str | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise LossAtlasError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -161,7 +192,7 @@ class Objective:
         self.batch_size = batch_size
         self.target_key = target_key
         first = next(iter(model.parameters()), None)
-        self.device = torch.device(device) if device is not None else (
+        self.device = resources.device(device) if device is not None else (
             first.device if first is not None else torch.device("cpu")
         )
         self.names = list(params) if params is not None else P.select(
@@ -179,15 +210,35 @@ class Objective:
         self.buffers = {k: v.detach().to(self.device).clone()
                         for k, v in model.named_buffers()}
         self._has_bn = bool(_bn_modules(model))
-        self.batches = as_batches(data, batch_size, target_key, self.device)
-        self.n = sum(b.weight for b in self.batches)
+        self.distributed = distributed
+        self.dist = _dist.resolve(distributed, self.device)
+        self._partial = False
+        if self.dist is not None and bn == "recalibrate" and self._has_bn:
+            raise LossAtlasError(
+                'bn="recalibrate" is not supported on data split across processes; use '
+                'bn="keep" or distributed=False'
+            )
+        part = (self.dist.rank, self.dist.world) if self.dist and \
+            self.dist.mode == "shard" else None
+        seen: dict = {}
+        self.batches = as_batches(data, batch_size, target_key, self.device, part=part,
+                                  info=seen)
+        self.n = self._sum(sum(b.weight for b in self.batches))
         if self.n <= 0:
             raise LossAtlasError("data: no target to average over (all ignored?)")
         self.weights = [b.weight / self.n for b in self.batches]
-        self.num_samples = sum(length_of(b.inputs) for b in self.batches)
+        self.num_samples = int(self._sum(sum(length_of(b.inputs) for b in self.batches)))
+        if self.dist is not None:
+            self.dist.same(P.hash_point(self.center), "the model (its parameters)",
+                           "build or load the same model on every process")
+        if part is not None:
+            self.dist.same((seen["total"], seen["first"]), "the data (size, first sample)",
+                           'pass the same data on every process, or distributed="local" when '
+                           "each process holds its own part")
         self._keyed = isinstance(self.batches[0].inputs, Mapping)
         self._work_model: nn.Module | None = None
         self._work_failed = False
+        self.check_data()
         if check:
             self.check_determinism()
 
@@ -228,7 +279,8 @@ class Objective:
 
     def mean_loss(self, point, buffers: Mapping | None = None) -> torch.Tensor:
         """Full-data mean loss Σ_b w_b L_b as one differentiable scalar (one graph over all
-        batches: use for small data; :meth:`grad` and :meth:`hvp` stream batch by batch)."""
+        batches: use for small data; :meth:`grad` and :meth:`hvp` stream batch by batch).
+        On data split across processes it is this rank's share (sum it over the ranks)."""
         buffers = self.buffers_at(point) if buffers is None else buffers
         total = 0.0
         for w, b in zip(self.weights, self.batches):
@@ -336,6 +388,7 @@ class Objective:
                 out = self._run(work, b)
                 loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
                 correct += accuracy_count(out, b.targets)
+        loss_sum, correct = (float(v) for v in self._sum(np.array([loss_sum, correct])))
         return {"loss": loss_sum / self.n, "accuracy": correct / self.n}
 
     def loss(self, point=None, buffers: Mapping | None = None) -> float:
@@ -366,7 +419,7 @@ class Objective:
             for (k, _), g in zip(leaves.items(), gs):
                 if g is not None:
                     total[k].add_(g, alpha=w)
-        return P.Point(total)
+        return P.Point(self._sum_point(total))
 
     def hvp(self, vectors: Sequence[Mapping] | Mapping, point=None) -> list[P.Point]:
         """H v for each vector, H the Hessian of the full-data mean loss at ``point``.
@@ -393,10 +446,64 @@ class Objective:
                 for k, h in zip(keys, hv):
                     if h is not None:
                         out[i][k].add_(h, alpha=w)
-        res = [P.Point(o) for o in out]
+        res = [P.Point(self._sum_point(o)) for o in out]
         return res[0] if single else res
 
+    # -- data-parallel reduction (lossatlas.distributed) ---------------------------------
+    def _sum(self, x):
+        """Σ over the ranks of a weighted sum (a float, array or tensor); ``x`` itself in one
+        process or inside :meth:`partial_sums`."""
+        return x if self.dist is None or self._partial else self.dist.all_sum(x)
+
+    def _sum_point(self, point: dict) -> dict:
+        """A name -> tensor mapping summed over the ranks with one all-reduce."""
+        if self.dist is None or self._partial:
+            return point
+        keys = list(point)
+        flat = self.dist.all_sum(torch.cat([point[k].reshape(-1) for k in keys]))
+        parts = torch.split(flat, [point[k].numel() for k in keys])
+        return {k: p.reshape(point[k].shape) for k, p in zip(keys, parts)}
+
+    def all_sum(self, x):
+        """Public form of the reduction for engines that accumulate their own weighted sums
+        (n_b/N-weighted over this process's batches): the full-data value."""
+        return self._sum(x)
+
+    @contextlib.contextmanager
+    def partial_sums(self) -> Iterator[None]:
+        """Within the block, values are this rank's share of the full-data value (summed
+        weights n_b/N of its own batches) and no collective runs; sum them with
+        :meth:`all_sum` afterwards."""
+        saved, self._partial = self._partial, True
+        try:
+            yield
+        finally:
+            self._partial = saved
+
     # -- safety --------------------------------------------------------------------------
+    @torch.no_grad()
+    def check_data(self, probe: int = 64) -> None:
+        """The model runs on the data and the targets suit the loss, or one sentence says what
+        to change: a forward on the first ``probe`` samples (input shape), then for class-label
+        losses (``cross_entropy``, ``nll``) integer labels in ``[0, C)`` for a model with C
+        outputs (``-100`` is ignored) in every batch."""
+        b = self.batches[0]
+        n = length_of(b.inputs)
+        small = Batch(slice_batch(b.inputs, 0, min(n, probe)),
+                      slice_batch(b.targets, 0, min(n, probe)), b.weight)
+        model = type(self.model).__name__
+        try:
+            out = self.forward(self.center, small)
+        except LossAtlasError:
+            raise
+        except Exception as exc:
+            raise LossAtlasError(
+                f"the model ({model}) cannot run on the data (inputs {_shape(small.inputs)}: "
+                f"{_first_line(exc)}); build the model for this data, e.g. "
+                "la.zoo.build(name, dataset=data)"
+            ) from None
+        check_targets(out, [batch.targets for batch in self.batches], self.loss_name, model)
+
     @torch.no_grad()
     def check_determinism(self) -> None:
         """Two passes over the first batch at the center must agree exactly; otherwise the
@@ -422,7 +529,7 @@ class Objective:
             self.model, data, loss=self.loss_fn if self.loss_name not in LOSSES else
             self.loss_name, batch_size=batch_size if batch_size is not None else
             self.batch_size, bn=self.bn, device=self.device, params=self.names,
-            target_key=self.target_key, check=False,
+            target_key=self.target_key, check=False, distributed=self.distributed,
         )
 
     @property
@@ -447,6 +554,7 @@ class Objective:
             "param_names": list(self.names),
             "center_hash": P.hash_point(self.center),
             "model_class": type(self.model).__name__,
+            "processes": 1 if self.dist is None else self.dist.world,
         }
 
     def __repr__(self) -> str:

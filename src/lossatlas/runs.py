@@ -291,7 +291,7 @@ def mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], show: int = 4)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shaped = [f"{k} {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+    shaped = [f"{k} is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
               for k in own if k in state and hasattr(state[k], "shape")
               and tuple(state[k].shape) != tuple(own[k].shape)]
 

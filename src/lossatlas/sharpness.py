@@ -119,6 +119,9 @@ def batches_of(obj, m: int | None) -> list[list[tuple[float, Batch]]]:
         return [list(zip(obj.weights, obj.batches))]
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
         raise LossAtlasError(f"m={m!r} must be a positive number of samples or None (all)")
+    if obj.dist is not None:
+        raise LossAtlasError("m= is not supported on data split across processes; pass m=None "
+                             "or build the Objective with distributed=False")
     if not all(isinstance(b.inputs, torch.Tensor) and isinstance(b.targets, torch.Tensor)
                for b in obj.batches):
         raise LossAtlasError(
@@ -132,8 +135,9 @@ def batches_of(obj, m: int | None) -> list[list[tuple[float, Batch]]]:
 
 
 def _loss(obj, point, group, buffers) -> float:
-    with torch.no_grad():
-        return float(sum(w * obj.batch_loss(point, b, buffers) for w, b in group))
+    with torch.no_grad():  # all_sum: Σ over the ranks when the data is split across processes
+        return float(obj.all_sum(float(sum(w * obj.batch_loss(point, b, buffers)
+                                           for w, b in group))))
 
 
 def _loss_grad(obj, w, c, u, group, buffers) -> tuple[float, dict[str, torch.Tensor]]:
@@ -147,6 +151,7 @@ def _loss_grad(obj, w, c, u, group, buffers) -> tuple[float, dict[str, torch.Ten
         for k, g in zip(leaves, gs):
             if g is not None:
                 grads[k].add_(g, alpha=wt)
+    total, grads = float(obj.all_sum(total)), obj._sum_point(grads)  # split data: Σ over ranks
     return total, {k: c[k] * g for k, g in grads.items()}
 
 

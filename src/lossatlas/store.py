@@ -43,8 +43,8 @@ import torch
 
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["load", "open_regular", "read_attrs", "read_state_dict", "register_loader", "result",
-           "save", "write_attrs"]
+__all__ = ["check_folder", "check_output", "load", "open_h5", "open_regular", "read_attrs",
+           "read_state_dict", "register_loader", "result", "save", "write_attrs"]
 
 _REGISTRY: dict[str, type] = {}
 _LOADERS: dict[str, Any] = {}
@@ -100,7 +100,10 @@ def _pickle_reason(exc: BaseException) -> str:
         return (f"it asks for {found.group(1)}, which loading with weights_only=True refuses "
                 "as it could run code")
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-    return first.rstrip(".")
+    return first.split(". ")[0].rstrip(".")  # torch's first line holds several sentences
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "checkpoint"
@@ -117,6 +120,13 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint"
     if not path.exists() or path.is_dir():
         raise LossAtlasError(f"{what} {str(path)!r} is not a file; check the path")
     with open_regular(path, what) as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise LossAtlasError(f"{what} {str(path)!r} is empty (0 bytes, an interrupted "
+                                 "copy?); pass the checkpoint file itself")
+        if f.read(8) == _HDF5_MAGIC:
+            raise LossAtlasError(f"{what} {str(path)!r} is an HDF5 result file, not a "
+                                 "checkpoint; pass a .pt state dict or a run folder")
+        f.seek(0)
         try:
             state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -221,7 +231,7 @@ def save(obj, path: str | os.PathLike, **extra_attrs) -> Path:
         raise LossAtlasError(
             f"objects of type {type(obj).__name__} cannot be saved; only lossatlas results can"
         )
-    path = Path(path)
+    path = check_output(path, "path", resumable=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
@@ -256,39 +266,146 @@ def _stamp(f: h5py.File, kind: str) -> None:
     f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def load(path: str | os.PathLike):
-    """Read any lossatlas result file back into its result object."""
-    path = Path(path)
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive, or a legacy pickle
+
+
+def _not_result(path: Path, what: str) -> str | None:
+    """Why ``path`` cannot be an HDF5 result file (None when it may be one)."""
     if not path.exists():
-        raise LossAtlasError(f"path {str(path)!r} does not exist; check the file name")
-    with h5py.File(path, "r") as f:
-        kind = f.attrs.get("lossatlas_kind")
-        if isinstance(kind, bytes):
-            kind = kind.decode()
-        if kind is None:
-            raise LossAtlasError(f"{path} is not a lossatlas result file (no lossatlas_kind)")
-        _import_kinds()
-        if kind in _LOADERS:
-            return _LOADERS[kind](f)
-        if kind not in _REGISTRY:
-            raise LossAtlasError(f"{path} holds a result of unknown kind {kind!r}")
-        cls = _REGISTRY[kind]
-        fields = json.loads(f.attrs.get("fields", "{}"))
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            name = field.name
-            if name in f:
-                node = f[name]
-                if isinstance(node, h5py.Dataset):
-                    values[name] = node[()]
-                elif node.attrs.get("type") == "points":
-                    values[name] = [_read_point(node[str(i)]) for i in
-                                    range(int(node.attrs["count"]))]
-                else:
-                    values[name] = _read_point(node)
-            elif name in fields:
-                values[name] = fields[name]
-        return cls(**values)
+        return f"{what} {str(path)!r} does not exist; check the file name"
+    if path.is_dir():
+        return (f"{what} {str(path)!r} is a folder, not a result file; pass one of the .h5 "
+                "files written by lossatlas (e.g. surface.h5)")
+    if not path.is_file():
+        return f"{what} {str(path)!r} is not a regular file; pass an .h5 result file"
+    size = path.stat().st_size
+    if size == 0:
+        return (f"{what} {str(path)!r} is empty (0 bytes, an interrupted copy?); delete it and "
+                "rerun the command that writes it")
+    if not h5py.is_hdf5(path):
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head.startswith(_PICKLE_MAGIC):
+            return (f"{what} {str(path)!r} is a torch checkpoint, not a result file; pass it as "
+                    "--checkpoint (or la.load_run / torch.load) and give an .h5 result here")
+        return (f"{what} {str(path)!r} is not an HDF5 file ({size} bytes of something else, "
+                "or a truncated copy); pass an .h5 result written by lossatlas")
+    return None
+
+
+def open_h5(path: str | os.PathLike, mode: str = "r", what: str = "path") -> h5py.File:
+    """``h5py.File(path, mode)`` for a result file, or one sentence naming ``what`` and the
+    fix: a folder, an empty or foreign file, a truncated HDF5 file, a file another process is
+    writing (HDF5's file lock)."""
+    path = Path(path)
+    reason = _not_result(path, what)
+    if reason:
+        raise LossAtlasError(reason)
+    try:
+        return h5py.File(path, mode)
+    except BlockingIOError:
+        raise LossAtlasError(
+            f"{what} {str(path)!r} is being written by {_writer(path)} (HDF5 holds its lock); "
+            "wait until that command finishes, then run this one again"
+        ) from None
+    except OSError as exc:
+        raise LossAtlasError(
+            f"{what} {str(path)!r} is a damaged or truncated HDF5 file "
+            f"({str(exc).splitlines()[0]}); delete it and rerun the command that writes it"
+        ) from None
+
+
+def _writer(path: Path) -> str:
+    """``"process 1234"`` from the writer's lock file (see :mod:`lossatlas._locks`), else
+    ``"another process"``."""
+    from lossatlas._locks import lock_path
+
+    try:
+        pid = lock_path(path).read_text().strip()
+    except OSError:
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+def check_output(path: str | os.PathLike, what: str = "path", resumable: bool = True) -> Path:
+    """Refuse an output ``path`` that cannot be written: a folder, a path under a file, or
+    (``resumable``) an existing file that is not a readable HDF5 result to resume."""
+    path = Path(path)
+    if path.is_dir():
+        raise LossAtlasError(f"{what} {str(path)!r} is a folder; pass a file name in it, e.g. "
+                             f"{str(path / 'result.h5')!r}")
+    _check_parents(path, what)
+    if resumable and path.exists():
+        open_h5(path, "r", what).close()
+    return path
+
+
+def check_folder(path: str | os.PathLike, what: str = "out") -> Path:
+    """Refuse an output folder ``path`` that is a file or lies under a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LossAtlasError(f"{what} {str(path)!r} is a file; pass a folder path (it is "
+                             "created if missing)")
+    _check_parents(path, what)
+    return path
+
+
+def _check_parents(path: Path, what: str) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LossAtlasError(
+                    f"{what} {str(path)!r} lies under {str(parent)!r}, which is a file, not a "
+                    "folder; choose a path inside a folder"
+                )
+            return
+
+
+def load(path: str | os.PathLike, *, what: str = "path"):
+    """Read any lossatlas result file back into its result object (``what`` names the
+    argument in the one-sentence errors, e.g. ``"FILE"`` for the command line)."""
+    path = Path(path)
+    with open_h5(path, "r", what) as f:
+        try:
+            return _load_open(f, path, what)
+        except (OSError, KeyError) as exc:
+            raise LossAtlasError(
+                f"{what} {str(path)!r} is incomplete or damaged ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'missing data'}); delete it and "
+                "rerun the command that writes it"
+            ) from None
+
+
+def _load_open(f: h5py.File, path: Path, what: str):
+    kind = f.attrs.get("lossatlas_kind")
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    if kind is None:
+        raise LossAtlasError(f"{what} {str(path)!r} is an HDF5 file but not a lossatlas result "
+                             "(no lossatlas_kind attribute); pass a file written by lossatlas")
+    _import_kinds()
+    if kind in _LOADERS:
+        return _LOADERS[kind](f)
+    if kind not in _REGISTRY:
+        raise LossAtlasError(f"{what} {str(path)!r} holds a result of unknown kind {kind!r}; "
+                             "read it with the lossatlas version that wrote it")
+    cls = _REGISTRY[kind]
+    fields = json.loads(f.attrs.get("fields", "{}"))
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        name = field.name
+        if name in f:
+            node = f[name]
+            if isinstance(node, h5py.Dataset):
+                values[name] = node[()]
+            elif node.attrs.get("type") == "points":
+                values[name] = [_read_point(node[str(i)]) for i in
+                                range(int(node.attrs["count"]))]
+            else:
+                values[name] = _read_point(node)
+        elif name in fields:
+            values[name] = fields[name]
+    return cls(**values)
 
 
 def _import_kinds() -> None:

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lossatlas import _progress
+from lossatlas import _progress, resources
 from lossatlas.errors import LossAtlasError
-from lossatlas.losses import IGNORE_INDEX, accuracy_count, resolve_loss
+from lossatlas.losses import IGNORE_INDEX, accuracy_count, check_targets, resolve_loss
 from lossatlas.params import hash_point, select
 from lossatlas.runs import Record, Recorder, Run, _check_every, _is_int, load_run
 
@@ -202,6 +202,21 @@ def _evaluate_tensors(
     return {"loss": total / n, "accuracy": correct / max(counted, 1.0)}
 
 
+def _explain_targets(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: LossArg) -> None:
+    """Raise the targets' own one-sentence error (float labels, labels out of range) when the
+    model runs on the inputs, so a failed first evaluation names the real cause."""
+    was_training = model.training
+    try:
+        model.eval()  # BN running statistics stay untouched
+        with torch.no_grad():
+            out = model(X[:64])
+    except Exception:
+        return
+    finally:
+        model.train(was_training)
+    check_targets(out, y, _loss_name(loss), type(model).__name__)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -218,7 +233,7 @@ def evaluate(
     """``{"loss", "accuracy"}``: full-dataset means in eval mode (accuracy is NaN unless the
     targets are class indices and the output is ``(N, C)``). The model's mode is restored."""
     X, y = as_tensors(data, progress=False)
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = resources.device(device) if device is not None else _model_device(model)
     return _evaluate_tensors(model, X.to(dev), y.to(dev), _loss_fn(loss), batch_size)
 
 
@@ -346,7 +361,7 @@ def train(
     if not any(p.requires_grad for p in model.parameters()):
         raise LossAtlasError("model has no trainable parameters; set requires_grad=True on some")
     loss_fn = _loss_fn(loss)
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = resources.device(device) if device is not None else _model_device(model)
     model.to(dev)
     X, y = (t.to(dev) for t in as_tensors(train_data, progress))
     test = None
@@ -424,6 +439,7 @@ def train(
                 except (RuntimeError, ValueError, IndexError) as exc:
                     if isinstance(exc, LossAtlasError):
                         raise
+                    _explain_targets(model, X, y, loss)
                     raise LossAtlasError(
                         f"the model cannot be evaluated on train_data with loss="
                         f"{_loss_name(loss)!r} (inputs {tuple(X.shape)}, targets "

@@ -32,7 +32,8 @@ _load_commands()
 
 
 def main() -> None:
-    """Entry point: bad input is reported as one line, not a traceback."""
+    """Entry point: bad input is reported as one line, not a traceback (exit code 2); so is
+    Ctrl-C, with what was kept and the command that resumes (exit code 130)."""
     from lossatlas.errors import LossAtlasError
 
     try:
@@ -43,3 +44,17 @@ def main() -> None:
     except FileNotFoundError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(2)
+    except KeyboardInterrupt:  # typer turns Ctrl-C into exit code 130 (below); this is a guard
+        _interrupted()
+    except SystemExit as exc:
+        if exc.code == 130:  # Ctrl-C during the command (typer's Exit(130))
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    """Ctrl-C: one line saying what was kept and the command that resumes; exit code 130."""
+    from lossatlas.cli._common import interrupted_line
+
+    typer.secho(interrupted_line(sys.argv[1:]), err=True, fg="yellow")
+    sys.exit(130)

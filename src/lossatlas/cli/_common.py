@@ -21,7 +21,9 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,8 +45,10 @@ __all__ = [
     "OutOpt",
     "SeedOpt",
     "WidthOpt",
+    "interrupted_line",
     "load_checkpoint",
     "model_options",
+    "on_interrupt",
     "parse_options",
     "resolve_data",
     "resolve_model",
@@ -137,6 +141,33 @@ def model_options(
 def slug(text: str) -> str:
     """A file-name-safe version of a model/data name (``pkg.mod:make`` -> ``pkg.mod-make``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------
+_KEPT: list[tuple[Callable[[], str], bool | Callable[[], bool]]] = []
+
+
+def on_interrupt(kept: Callable[[], str], resumes: bool | Callable[[], bool] = True) -> None:
+    """Tell :func:`lossatlas.cli.main` what this command keeps if it is interrupted: ``kept()``
+    says it in words at that moment ("37 of 121 points are kept in s.h5"); ``resumes`` (or
+    ``resumes()`` at that moment) says whether the same command line continues from there."""
+    _KEPT[:] = [(kept, resumes)]
+
+
+def interrupted_line(argv: list[str]) -> str:
+    """The one line printed on Ctrl-C: what was kept and the exact command to run next."""
+    command = shlex.join(["lossatlas", *argv])
+    if not _KEPT:
+        return (f"interrupted: nothing was kept (this command writes its result when it "
+                f"finishes); start it again with: {command}")
+    kept, resumes = _KEPT[-1]
+    try:
+        what = kept()
+        resumes = resumes() if callable(resumes) else resumes
+    except Exception as exc:  # never a traceback on Ctrl-C
+        what, resumes = f"what was kept is unknown ({type(exc).__name__})", False
+    verb = "resume with" if resumes else "start it again with"
+    return f"interrupted: {what}; {verb}: {command}"
 
 
 # -- resolvers ------------------------------------------------------------------------------
@@ -247,6 +278,10 @@ def setup(
     ``seed`` (the zoo's ``seed=``, the global RNG is left alone), then the ``checkpoint``
     weights if given. A run folder's recorded model and data (and their options) replace
     ``model`` / ``data`` left at their defaults (``mlp`` / ``digits``); options given here win."""
+    if device is not None:
+        from lossatlas.resources import device as check_device
+
+        check_device(device, "--device")
     recipe = run_recipe(checkpoint)
     if recipe is not None:
         if model in (DEFAULT_MODEL, recipe["model"]):

@@ -96,6 +96,7 @@ def connect(
     import lossatlas as la
     from lossatlas.plot import connect as plot
 
+    la.store.check_output(out, "--out", resumable=False)
     net_a, net_b, train_set = _pair(a, b, model, data, index, seed, width, depth, model_arg,
                                     data_arg, device)
     obj = la.Objective(net_a, train_set, batch_size=512)

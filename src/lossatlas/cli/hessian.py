@@ -33,6 +33,7 @@ from lossatlas.cli._common import (
     setup,
 )
 from lossatlas.errors import LossAtlasError
+from lossatlas.store import check_output
 
 
 def _figures(summary, out: Path) -> list[Path]:
@@ -80,9 +81,12 @@ def hessian(
     model_arg: ModelArgOpt = None,
     data_arg: DataArgOpt = None,
     device: DeviceOpt = None,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", help="Processes to split the data over (torch.distributed: gloo on "
+        "127.0.0.1, NCCL with --device cuda); the numbers equal the one-process run.")] = 1,
 ) -> None:
     """Hessian spectrum of the full-data mean loss at a checkpoint (BN in eval mode)."""
-    import lossatlas as la
+    from lossatlas import distributed
 
     if split not in ("train", "test"):
         raise LossAtlasError(f"--split {split!r} is unknown; use train or test")
@@ -91,33 +95,59 @@ def hessian(
     if top == bottom == 0 and not trace and not density and not delta:
         raise LossAtlasError(
             "nothing to compute; pass --top K, --bottom K, --trace, --density or --delta")
+    if nproc < 1:
+        raise LossAtlasError(f"--nproc {nproc} must be at least 1 (1 runs in this process)")
+    check_output(out, "--out", resumable=False)
+    opts = dict(locals())
+    del opts["distributed"]
+    if nproc == 1:
+        lines = _compute(opts)
+    else:
+        backend = "nccl" if device is not None and device.startswith("cuda") else "gloo"
+        lines = distributed.launch(_compute, nproc, opts, backend=backend)
+    for line in lines:
+        typer.echo(line)
+
+
+def _compute(o: dict) -> list[str]:
+    """The work of ``lossatlas hessian`` in this process (one rank of ``--nproc``: every rank
+    computes, rank 0 writes the files and returns the lines to print)."""
+    import lossatlas as la
+    from lossatlas.distributed import is_main
+
     net, train_set, test_set = setup(
-        model, data, checkpoint=checkpoint, index=index, seed=seed,
-        model_opts=model_options(width, depth, model_arg),
-        data_opts=parse_options(data_arg, "--data-arg"), device=device)
-    obj = la.Objective(net, train_set if split == "train" else test_set, batch_size=batch_size)
-    written = []
-    if delta:
-        dist = la.hessian.delta_distribution(obj, samples=samples, seed=seed,
-                                             params=block or None)
-        written += [dist.save(out.with_name(f"{out.stem}-delta.h5")),
-                    out.with_name(f"{out.stem}-delta.png")]
-        la.plot.hessian.plot_delta(dist, written[-1])
+        o["model"], o["data"], checkpoint=o["checkpoint"], index=o["index"], seed=o["seed"],
+        model_opts=model_options(o["width"], o["depth"], o["model_arg"]),
+        data_opts=parse_options(o["data_arg"], "--data-arg"), device=o["device"])
+    obj = la.Objective(net, train_set if o["split"] == "train" else test_set,
+                       batch_size=o["batch_size"], distributed=o["nproc"] > 1)
+    main, out, block = is_main(), Path(o["out"]), o["block"] or None
+    top, bottom, trace, density = o["top"], o["bottom"], o["trace"], o["density"]
+    lines, written = [], []
+    if o["delta"]:
+        dist = la.hessian.delta_distribution(obj, samples=o["samples"], seed=o["seed"],
+                                             params=block)
+        if main:
+            written += [dist.save(out.with_name(f"{out.stem}-delta.h5")),
+                        out.with_name(f"{out.stem}-delta.png")]
+            la.plot.hessian.plot_delta(dist, written[-1])
         for lam, p, t in zip(dist.lambdas, dist.predicted, dist.true):
-            typer.echo(f"λ = {lam:g}: mean δL {p.mean():.3g} (second order), "
-                       f"{t.mean():.3g} (true); positive {100 * (t > 0).mean():.0f} %")
+            lines.append(f"λ = {lam:g}: mean δL {p.mean():.3g} (second order), "
+                         f"{t.mean():.3g} (true); positive {100 * (t > 0).mean():.0f} %")
         if top == bottom == 0 and not trace and not density:
-            for p in written:
-                typer.echo(f"wrote {p}")
-            return
-    summary = la.hessian.summarize(obj, top, bottom, trace, density, params=block or None,
-                                   tol=tol, products=products, steps=steps, seed=seed)
-    path = summary.save(out)
+            return lines + [f"wrote {p}" for p in written]
+    summary = la.hessian.summarize(obj, top, bottom, trace, density, params=block,
+                                   tol=o["tol"], products=o["products"], steps=o["steps"],
+                                   seed=o["seed"])
     for name, v, r in zip(summary.names, summary.values, summary.residuals):
-        typer.echo(f"{name:>7} λ = {v: .6g}   ‖Hv−λv‖ = {r:.2g}")
+        lines.append(f"{name:>7} λ = {v: .6g}   ‖Hv−λv‖ = {r:.2g}")
     if trace:
-        typer.echo(f"trace = {summary.trace:.6g} ± {summary.trace_error:.2g}")
-    typer.echo(f"{summary.matvecs} Hessian-vector products over {len(summary.params)} tensors")
-    for p in [path, *_figures(summary, Path(out)), *written]:
-        typer.echo(f"wrote {p}")
+        lines.append(f"trace = {summary.trace:.6g} ± {summary.trace_error:.2g}")
+    procs = f" on {o['nproc']} processes" if o["nproc"] > 1 else ""
+    lines.append(f"{summary.matvecs} Hessian-vector products over {len(summary.params)} "
+                 f"tensors{procs}")
+    if main:
+        path = summary.save(out)
+        lines += [f"wrote {p}" for p in [path, *_figures(summary, out), *written]]
+    return lines
 

@@ -36,6 +36,7 @@ from lossatlas.cli._common import (
     WidthOpt,
     completeness,
     model_options,
+    on_interrupt,
     parse_options,
     setup,
 )
@@ -61,6 +62,37 @@ def _objective(model, data, checkpoint, index, seed, width, depth, model_arg, da
     obj = la.Objective(net, train_set if split == "train" else test_set,
                        batch_size=batch_size, bn=bn, include=include, exclude=exclude)
     return net, obj
+
+
+def _check_out(out: Path, counts: list[int], what: str, resumable: bool = True) -> Path:
+    """Refuse, before any data is loaded, an --out that cannot be written (a folder, under a
+    file, an unreadable file to resume) and a grid this machine cannot hold; on Ctrl-C the
+    command then reports the points kept in --out."""
+    from lossatlas import resources, store
+
+    if min(counts) < 1:
+        raise LossAtlasError(f"{what} asks for no point; pass a positive number, e.g. 41")
+    store.check_output(out, "--out", resumable=resumable)
+    resources.check_grid(tuple(counts), what, out)
+    if resumable:
+        on_interrupt(lambda: _points_kept(out))
+    return out
+
+
+def _points_kept(path: Path) -> str:
+    """``"37 of 121 points are kept in s.h5"`` (read from the file's done mask)."""
+    import numpy as np
+
+    from lossatlas import store
+
+    if not path.exists():
+        return f"nothing was computed yet ({path} was not written)"
+    try:
+        with store.open_h5(path, "r", "--out") as f:
+            done = np.asarray(f["done"][()])
+    except (LossAtlasError, KeyError, OSError):
+        return f"the points already in {path} are kept"
+    return f"{int(done.sum())} of {done.size} points are kept in {path}"
 
 
 def _figures(result, out: Path, kinds: list[str], log: bool = False) -> list[Path]:
@@ -135,10 +167,11 @@ def curve(
     import lossatlas as la
     from lossatlas.directions import parse_direction
 
-    net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
-                          data_arg, device, batch_size, bn, split, include, exclude)
     out = Path(out or "curve.h5")
     specs = direction or ["gaussian:filter:seed=0"]
+    _check_out(out, [points], f"--points {points}", resumable=len(specs) == 1)
+    net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
+                          data_arg, device, batch_size, bn, split, include, exclude)
     if len(specs) > 1:
         from lossatlas.cli.shapes import overlay_curves
 
@@ -203,6 +236,17 @@ is OUT-3d.png / OUT-3d.html, whichever --plot asks for)."""
     bad = [k for k in kinds if k not in PlotKinds]
     if bad:
         raise LossAtlasError(f"--plot {bad[0]!r} is unknown; use {', '.join(PlotKinds)}")
+    if workers < 1:
+        raise LossAtlasError(f"--workers {workers} must be at least 1; pass --workers 2.")
+    counts = {"--xres": xres or resolution, "--yres": yres or resolution}
+    what = (f"--resolution {resolution}" if xres is None and yres is None else
+            " ".join(f"{k} {v}" for k, v in counts.items()))
+    for name, n in counts.items():
+        if n < 2:
+            arg = "--resolution" if xres is None and yres is None else name
+            raise LossAtlasError(f"{arg} {n} gives {n} point along an axis, and a surface's "
+                                 f"figures need at least 2; pass {arg} 2 or more (e.g. 51)")
+    out = _check_out(Path(out or "surface.h5"), list(counts.values()), what)
     if checkpoint is None:
         typer.secho(f"warning: no --checkpoint: this maps a random initialization of {model} "
                     f"(seed {seed}); pass -c RUN_FOLDER for trained weights", err=True,
@@ -210,9 +254,6 @@ is OUT-3d.png / OUT-3d.html, whichever --plot asks for)."""
     net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
                           data_arg, device, batch_size, bn, split, include, exclude)
     d1, d2 = parse_directions([x_direction, y_direction], obj, model=net)
-    out = Path(out or "surface.h5")
-    if workers < 1:
-        raise LossAtlasError(f"--workers {workers} must be at least 1; pass --workers 2.")
     with contextlib.ExitStack() as stack:
         executor = None
         if ray or workers > 1:
@@ -260,10 +301,10 @@ def interpolate(
     import lossatlas as la
     from lossatlas.directions import load_point
 
+    out = _check_out(Path(out or "interpolation.h5"), [points], f"--points {points}")
     _, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
                         data_arg, device, batch_size, bn, split, include, exclude)
     b = load_point(to, obj.names, to_index)
-    out = Path(out or "interpolation.h5")
     res = la.interpolate(obj, obj.center, b, span=span, points=points, path=out, split=split)
     _report(res, out, _figures(res, out, [], log=log))
 
@@ -286,8 +327,8 @@ def plot_cmd(
     its missing points are left blank and the figure's title says "partial")."""
     import lossatlas as la
 
-    if file.is_dir() or file.name == "results.jsonl":  # a sweep
-        from lossatlas import sweep as S
+    if (file.is_dir() and (file / "results.jsonl").is_file()) or file.name == "results.jsonl":
+        from lossatlas import sweep as S  # a sweep folder: its phase diagram and mc curves
         from lossatlas.cli.sweep import write_figures
 
         result = S.load_results(file)
@@ -296,7 +337,7 @@ def plot_cmd(
         for f in write_figures(result, target):
             typer.echo(str(f))
         return
-    res = la.load(file)
+    res = la.load(file, what="FILE")
     if getattr(res, "kind", None) not in ("curve", "interpolation", "surface"):
         from lossatlas.plot.kinds import draw
 
@@ -306,6 +347,11 @@ def plot_cmd(
     note = completeness(res, file, partial)
     if note:
         typer.echo(f"{note}: the figures show only the computed points")
+    if res.kind == "surface" and min(len(res.x), len(res.y)) < 2:
+        raise LossAtlasError(
+            f"FILE {str(file)!r} holds a {len(res.x)} x {len(res.y)} surface and its figures "
+            "need at least 2 points per axis; recompute it with --resolution 2 or more"
+        )
     kinds = list(kind) if kind else ["contour", "contourf", "heatmap", "surface3d", "html"]
     if "all" in kinds:
         kinds = list(PlotKinds)

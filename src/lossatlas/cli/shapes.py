@@ -73,6 +73,8 @@ def mine(
 
     if algorithm not in ALGORITHMS:
         raise LossAtlasError(f"ALGORITHM {algorithm!r} is unknown; use w-peak or vvv-basin")
+    if out is not None:
+        la.store.check_output(out, "--out", resumable=False)
     net, train_set, _ = setup(model, data, checkpoint=checkpoint, index=index, seed=seed,
                               model_opts=model_options(width, depth, model_arg),
                               data_opts=parse_options(data_arg, "--data-arg"), device=device)
@@ -128,6 +130,7 @@ def curves(
     in the legend ("[1]") and its curve type; each curve is also saved next to --out."""
     import lossatlas as la
 
+    la.store.check_output(out, "--out", resumable=False)
     net, train_set, _ = setup(model, data, checkpoint=checkpoint, index=index, seed=seed,
                               model_opts=model_options(width, depth, model_arg),
                               data_opts=parse_options(data_arg, "--data-arg"), device=device)
@@ -194,7 +197,7 @@ def shapes(
     log_c = math.log(num_classes) if num_classes else None
     curves, labels = [], []
     for f in files:
-        res = la.load(f)
+        res = la.load(f, what="FILE")
         if not hasattr(res, "x") or not hasattr(res, "loss") or np.ndim(res.loss) != 1:
             raise LossAtlasError(f"{f} holds a {type(res).__name__}, not a curve; pass files "
                                  "written by `lossatlas curve` or la.curve(...).save")

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lossatlas.cli import app
-from lossatlas.cli._common import OutOpt
+from lossatlas.cli._common import OutOpt, on_interrupt
 from lossatlas.errors import LossAtlasError
 
 _COLUMNS = ("test_acc", "train_loss", "hessian_max", "hessian_trace", "mc", "cka", "l2")
@@ -57,6 +57,15 @@ def write_figures(result, out: Path) -> list[Path]:
     return written
 
 
+def _jobs_kept(results: Path) -> str:
+    """``"5 finished jobs are kept in sweeps/x/results.jsonl"`` (its complete lines)."""
+    if not results.is_file():
+        return f"no job had finished yet ({results} was not written)"
+    with open(results, "rb") as fh:
+        n = sum(1 for line in fh if line.endswith(b"\n") and line.strip())
+    return f"{n} finished job{'s are' if n != 1 else ' is'} kept in {results}"
+
+
 @app.command()
 def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep description (.toml); see examples/.")],
@@ -70,11 +79,13 @@ def sweep(
     """Train and measure every cell of a load x temperature grid; resumes where it stopped."""
     from lossatlas import sweep as S
     from lossatlas.executors import make_executor
+    from lossatlas.store import check_folder
 
     spec = S.load_spec(file)
     if workers < 1:
         raise LossAtlasError(f"--workers {workers} must be at least 1; pass --workers 2.")
-    target = Path(out or spec.out or Path("sweeps") / spec.name)
+    target = check_folder(Path(out or spec.out or Path("sweeps") / spec.name), "--out")
+    on_interrupt(lambda: _jobs_kept(target / S.RESULTS))
     with make_executor(ray=ray, workers=workers,
                        threads=spec.measure.get("threads", 1)) as executor:
         typer.echo(f"sweep {spec.name}: {len(spec.load.values)} x "

@@ -23,6 +23,7 @@ from lossatlas.cli._common import (
     SeedOpt,
     WidthOpt,
     model_options,
+    on_interrupt,
     parse_options,
     setup,
     slug,
@@ -65,6 +66,21 @@ def summary(run) -> str:
         if loss == loss:  # not NaN
             parts.append(f"{split} loss {loss:.4f} acc {100 * acc:.1f}%")
     return ", ".join(parts)
+
+
+def _checkpoint_files(out: Path) -> list[Path]:
+    from lossatlas.runs import CKPT_DIR
+
+    return sorted((out / CKPT_DIR).glob("ckpt_*.pt")) if (out / CKPT_DIR).is_dir() else []
+
+
+def _checkpoints_kept(out: Path) -> str:
+    """``"3 checkpoints are kept in runs/x"`` (the checkpoint files in the run folder)."""
+    files = _checkpoint_files(out)
+    if not files:
+        return f"no checkpoint was written to {out} yet"
+    n = len(files)
+    return f"{n} checkpoint{'s are' if n > 1 else ' is'} kept in {out}"
 
 
 @app.command()
@@ -120,17 +136,23 @@ def train(
     `lossatlas train --epochs 200 --lr 0.5 --momentum 0 --weight-decay 0 --batch-size 100000
     --track sharpness:every=10`.
     """
+    from lossatlas.resources import device as check_device
+    from lossatlas.store import check_folder
     from lossatlas.track import parse as parse_track
     from lossatlas.training import train as train_fn
 
     rec = parse_record(record)
     ms = parse_milestones(milestones)
+    if device is not None:
+        check_device(device, "--device")
+    out = Path(out) if out is not None else Path("runs") / f"{slug(model)}-{slug(data)}-seed{seed}"
+    check_folder(out, "--out")
+    on_interrupt(lambda: _checkpoints_kept(out), resumes=lambda: bool(_checkpoint_files(out)))
     net, train_set, test_set = setup(
         model, data, checkpoint=checkpoint, index=index, seed=seed,
         model_opts=model_options(width, depth, model_arg),
         data_opts=parse_options(data_arg, "--data-arg"),
     )
-    out = Path(out) if out is not None else Path("runs") / f"{slug(model)}-{slug(data)}-seed{seed}"
     run = train_fn(
         net, train_set, test_data=test_set, epochs=epochs, lr=lr, momentum=momentum,
         weight_decay=weight_decay, batch_size=batch_size, schedule=schedule, milestones=ms,

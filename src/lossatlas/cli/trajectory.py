@@ -148,6 +148,7 @@ def trajectory(
     if not -n <= c < n:
         raise LossAtlasError(f"--center {c} must be a checkpoint index in [-{n}, {n - 1}]")
     c %= n
+    la.store.check_folder(out or Path(run) / f"trajectory-{method}-c{c}", "--out")
     runobj, obj = _objective(run, c, model, data, width, depth, model_arg, data_arg, device,
                              batch_size, bn, split, include, exclude)
     out = Path(out or Path(run) / f"trajectory-{method}-c{c}")

@@ -136,7 +136,7 @@ def parse_direction(text: str, obj, model=None, cache: dict | None = None) -> P.
         raise LossAtlasError(f"--direction {text!r} needs a file: mined:FILE")
     from lossatlas import store
 
-    res = store.load(a[0])
+    res = store.load(a[0], what=f"--direction {text!r}: FILE")
     d = getattr(res, "direction", res)
     if not hasattr(d, "keys") or d.keys() != center.keys():
         raise LossAtlasError(f"--direction {text!r}: the file holds no direction over this "

@@ -264,14 +264,14 @@ class HessianOperator:
         if self.method == "graph":
             if self._graphs is None:
                 self._build_graphs()
-            return self._grad.clone()
+            return self.obj.all_sum(self._grad.clone())  # Σ over ranks when data is split
         leaves = [self.point[k].detach().clone().requires_grad_(True) for k in self.names]
         g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         for w, b in zip(self.weights, self.batches):
             gs = torch.autograd.grad(self._batch_loss(leaves, b), leaves,
                                      materialize_grads=True)
             g.add_(torch.cat([t.reshape(-1) for t in gs]), alpha=w)
-        return g
+        return self.obj.all_sum(g)  # data split across processes: Σ over the ranks
 
     def release(self) -> None:
         """Drop the cached graphs (memory)."""
@@ -293,6 +293,7 @@ class HessianOperator:
         fn(rows, out)
         if self.auto and rows.shape[0] > 1 and way not in self._multi:
             self._multi[way] = (time.perf_counter() - t0) / rows.shape[0]
+        out = self.obj.all_sum(out)  # data split across processes: Σ over the ranks
         self.matvecs += rows.shape[0]
         res = out.T.to(out_dtype)
         return res.reshape(-1) if single else res
@@ -328,6 +329,7 @@ class HessianOperator:
             if w != 1.0:
                 flat.mul_(w)
             acc = flat if acc is None else acc.add_(flat)
+        acc = self.obj.all_sum(acc)  # data split across processes: Σ over the ranks
         self.matvecs += 1
         return acc.to(v.dtype) if acc.dtype != v.dtype else acc
 
