@@ -247,12 +247,11 @@ is OUT-3d.png / OUT-3d.html, whichever --plot asks for)."""
             raise LossAtlasError(f"{arg} {n} gives {n} point along an axis, and a surface's "
                                  f"figures need at least 2; pass {arg} 2 or more (e.g. 51)")
     out = _check_out(Path(out or "surface.h5"), list(counts.values()), what)
-    if checkpoint is None:
-        typer.secho(f"warning: no --checkpoint: this maps a random initialization of {model} "
-                    f"(seed {seed}); pass -c RUN_FOLDER for trained weights", err=True,
-                    fg="yellow")
     net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
                           data_arg, device, batch_size, bn, split, include, exclude)
+    if checkpoint is None:  # on stdout, once the inputs are known to be good (stderr: errors)
+        typer.secho(f"warning: no --checkpoint: this maps a random initialization of {model} "
+                    f"(seed {seed}); pass -c RUN_FOLDER for trained weights", fg="yellow")
     d1, d2 = parse_directions([x_direction, y_direction], obj, model=net)
     with contextlib.ExitStack() as stack:
         executor = None
