@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 import lossatlas.demo as demo_mod
@@ -106,45 +105,39 @@ def test_resolvers_and_load_checkpoint(tmp_path):
     assert slug("pkg.mod:make") == "pkg.mod-make"
 
 
-def section_ok(ctx):
-    assert isinstance(ctx.model, nn.Module) and ctx.quick
-    final = ctx.run.final
-    assert all(torch.equal(v, final[k]) for k, v in of(ctx.model).items())
-    (ctx.out / "ok.txt").write_text(f"{len(ctx.run)} checkpoints, seed {ctx.seed}")
-    ctx.log("wrote ok.txt")
+def test_demo_is_the_atlas_of_the_default_run(tmp_path, monkeypatch):
+    """`lossatlas demo` trains the default run (read back on a rerun) and writes the atlas;
+    a failing section is shown as failed and exits 1 while the others run."""
+    from lossatlas.report import registry
+    from lossatlas.report.registry import Output
 
-
-def section_fails(ctx):
-    raise RuntimeError("boom")
-
-
-def section_retrain(ctx):
-    _model, run = ctx.retrain(seed=1)
-    assert run.info["seed"] == 1 and len(run) == len(ctx.run)
-    assert not torch.equal(run.final["1.weight"], ctx.run.final["1.weight"])
-
-
-def test_demo_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSATLAS_QUIET", "1")
     out = tmp_path / "atlas"
-    specs = [f"{__name__}:section_ok", f"{__name__}:section_fails", "no_such_module:fn",
-             f"{__name__}:section_retrain"]
-    monkeypatch.setattr(demo_mod, "SECTIONS", specs)
-    res = invoke("demo", "--out", out, "--quick", "--epochs", "3")
-    assert res.exit_code == 1, res.output  # one section failed, the others ran
-    assert "FAILED" in res.output and "boom" in res.output and "ok.txt" in res.output
-    assert (out / "ok.txt").read_text() == "4 checkpoints, seed 0"
-    assert (out / "training.png").is_file() and len(load_run(out / "run")) == 4
-    log = (out / "demo.log").read_text()
-    assert "[section_ok] wrote ok.txt" in log and "Traceback" in log
-    assert "section_fails failed: RuntimeError: boom" in log
-    assert "no_such_module:fn failed: LossAtlasError" in log
-    assert "section_retrain failed" not in log and "section_ok failed" not in log
-    res = invoke("demo", "--out", out, "--quick", "--epochs", "3", "--section", "section_ok")
+    res = invoke("demo", "--out", out, "--quick", "--epochs", "3", "--no-sweep",
+                 "--section", "training")
     assert res.exit_code == 0, res.output
+    assert (out / "index.html").is_file() and len(load_run(out / "run")) == 4
+    doc = json.loads((out / "atlas.json").read_text())
+    assert [s["status"] for s in doc["sections"] if s["name"] == "training"] == ["computed"]
+    mtime = (out / "run" / "manifest.json").stat().st_mtime_ns
+
+    def boom(ctx, opts) -> Output:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(registry.SECTIONS, "boom", registry.Section("boom", "Boom", boom))
+    res = invoke("demo", "--out", out, "--quick", "--epochs", "3", "--no-sweep",
+                 "--section", "training", "--section", "boom")
+    assert res.exit_code == 1, res.output
+    assert (out / "run" / "manifest.json").stat().st_mtime_ns == mtime  # the run was reused
+    doc = json.loads((out / "atlas.json").read_text())
+    status = {s["name"]: s["status"] for s in doc["sections"]}
+    assert status["training"] == "reused" and status["boom"] == "failed"
+    assert "RuntimeError: boom" in (out / "index.html").read_text()
 
 
-def test_demo_default_training_reaches_high_accuracy(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo_mod, "SECTIONS", [])
-    result = demo_mod.run_demo(tmp_path, quick=True, progress=False)
-    assert result.ok and len(result.run) == demo_mod.DEFAULTS["epochs"] + 1
-    assert result.run.train_acc[-1] > 0.99 and result.run.test_acc[-1] > 0.95
+def test_demo_default_training_reaches_high_accuracy(tmp_path):
+    from lossatlas.report.runspec import ensure_run
+
+    run = ensure_run(tmp_path / "run", demo_mod.default_recipe(), progress=False)
+    assert len(run) == demo_mod.DEFAULTS["epochs"] + 1
+    assert run.train_acc[-1] > 0.99 and run.test_acc[-1] > 0.95

@@ -261,15 +261,3 @@ def test_agrees_with_garipov_curve_layers(minima):
     with torch.no_grad():
         want = float(nn.functional.cross_entropy(curve(X, 0.5)[0], y))
     assert la.Objective(ma, (X, y)).loss(r.point(0.5)) == pytest.approx(want, rel=1e-6)
-
-
-def test_demo_section_quick(tmp_path, monkeypatch):
-    from lossatlas.demo import run_demo
-
-    monkeypatch.setenv("LOSSATLAS_QUIET", "1")
-    res = run_demo(tmp_path, quick=True, epochs=3, sections=["lossatlas.cli.connect:demo_section"],
-                   progress=False)
-    assert res.ok
-    assert (tmp_path / "mode_connectivity.png").is_file()
-    r = la.load(tmp_path / "mode_connectivity.h5")
-    assert r.t.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0] and np.isfinite(r.mc)

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _LAZY_MODULES = {
     "datasets", "zoo", "training", "store", "directions", "landscape", "hessian", "trajectory",
     "shapes", "mining", "connect", "similarity", "taxonomy", "sweep", "executors", "plot",
-    "runs", "align", "track", "sharpness", "memory", "distributed",
+    "runs", "align", "track", "sharpness", "memory", "distributed", "report",
 }
 _LAZY_ATTRS = {
     "train": ("training", "train"),
@@ -30,6 +30,7 @@ _LAZY_ATTRS = {
     "surface": ("landscape", "surface"),
     "interpolate": ("landscape", "interpolate"),
     "load": ("store", "load"),
+    "atlas": ("report", "atlas"),
 }
 
 __all__ = ["LossAtlasError", "Objective", "__version__", "params", *_LAZY_MODULES, *_LAZY_ATTRS]

@@ -43,6 +43,8 @@ def track(
 ) -> Iterator[T]:
     """Iterate with a rich progress bar on stderr.
 
+    A loop that stops before ``total`` (a ``break``, a converged solver) leaves the bar at the
+    count it reached, shown as complete (144/144), not stuck at 144/1000.
     ``disable=None`` follows :func:`quiet`; ``disable=True`` never shows a bar.
     """
     if disable is None:
@@ -57,6 +59,11 @@ def track(
             total = None
     with make_progress() as progress:
         task = progress.add_task(description, total=total)
-        for item in iterable:
-            yield item
-            progress.advance(task)
+        done = 0
+        try:
+            for item in iterable:
+                done += 1  # handed out: its work counts even if the consumer stops after it
+                yield item
+                progress.advance(task)
+        finally:  # a loop that ends early (Lanczos converged at 144/1000) closes at its count
+            progress.update(task, total=done, completed=done)

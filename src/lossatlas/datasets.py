@@ -151,21 +151,55 @@ class ArrayDataset(Dataset):
 # -- helpers shared with the zoo ---------------------------------------------------------------
 
 
+def _import_file(path_text: str, spec: str, argument: str) -> Any:
+    """The module of the Python file ``path_text`` (relative to the current folder), loaded once
+    under a name derived from its absolute path."""
+    import importlib.util
+    import sys
+
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise LossAtlasError(
+            f"{argument}={spec!r}: file {path_text!r} does not exist (looked in {Path.cwd()}); "
+            "give the path of the .py file that defines the factory."
+        )
+    name = "lossatlas_user_" + "".join(c if c.isalnum() else "_" for c in str(path))
+    if name in sys.modules:
+        return sys.modules[name]
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    assert loader_spec is not None and loader_spec.loader is not None
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise LossAtlasError(
+            f"{argument}={spec!r}: {path_text} fails to import ({type(e).__name__}: {e}); "
+            "fix the file or run it with python to see the traceback."
+        ) from e
+    return module
+
+
 def import_spec(spec: str, argument: str = "name") -> Callable:
-    """The object named by ``"package.module:attribute"`` (dots after the colon walk attributes)."""
-    module_name, _, attr = spec.partition(":")
+    """The object named by ``"package.module:attribute"`` or ``"path/file.py:attribute"`` (dots
+    after the colon walk attributes; a file path is read relative to the current folder)."""
+    module_name, _, attr = spec.rpartition(":") if ".py:" in spec else spec.partition(":")
     if not module_name or not attr:
         raise LossAtlasError(
-            f"{argument}={spec!r} is not of the form 'package.module:factory'; "
-            "write the module path, a colon and the function name."
+            f"{argument}={spec!r} is not of the form 'package.module:factory' or "
+            "'file.py:factory'; write the module path, a colon and the function name."
         )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise LossAtlasError(
-            f"{argument}={spec!r}: module {module_name!r} cannot be imported ({e}); "
-            "check the spelling and that the module is on sys.path."
-        ) from e
+    if module_name.endswith(".py"):
+        obj: Any = _import_file(module_name, spec, argument)
+    else:
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError as e:
+            raise LossAtlasError(
+                f"{argument}={spec!r}: module {module_name!r} cannot be imported ({e}); "
+                "check the spelling and that the module is on sys.path (the current folder is)."
+            ) from e
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise LossAtlasError(
@@ -292,8 +326,21 @@ def load(
     train = corrupt_labels(train, label_noise, seed=seed)  # always a new object
     test = test._replace(test.X, test.y)  # never mutate what a factory may have cached
     train.info.update(seed=seed, train_size=train_size, full_train_size=n_full, split="train")
+    # how to load the same data again (recorded in a run's manifest by la.train)
+    options = {"train_size": train_size, "label_noise": label_noise, "seed": seed,
+               **({"root": str(root)} if root is not None else {}), **kw}
+    train.info["load"] = {"name": _absolute_spec(name), "options": options}
     test.info.update(seed=seed, split="test")
     return train, test
+
+
+def _absolute_spec(name: str) -> str:
+    """``"file.py:f"`` with the file's absolute path (so a run can be rebuilt from elsewhere);
+    other names unchanged."""
+    module, sep, attr = name.rpartition(":")
+    if sep and module.endswith(".py"):
+        return f"{Path(module).expanduser().resolve()}:{attr}"
+    return name
 
 
 def from_factory(spec: str, **kw: Any) -> Pair:

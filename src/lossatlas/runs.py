@@ -10,8 +10,11 @@ or, with ``out=None``, the same kept in memory.
 
 ``manifest.json`` (format ``"lossatlas.run"``, ``format_version`` 1) holds ``status``
 (running / finished / stopped / interrupted), ``stopped_reason``, ``record``,
-``hyperparameters``, ``seed``, ``data`` (train/test: class, len, name, num_classes,
-input_shape, info), ``model`` (class, repr, num_parameters), ``parameter_names`` and
+``hyperparameters`` (the training recipe), ``seed``, ``data`` (train/test: class, len, name,
+num_classes, input_shape, info, and ``load``: the ``datasets.load`` name and options that give
+the same data again), ``model`` (class, repr, num_parameters, and ``build``: the
+``zoo.build`` name, options and seed, a ``file.py:factory`` path made absolute), so a run is
+rebuilt from its folder alone (:func:`lossatlas.report.runspec.rebuild`), ``parameter_names`` and
 ``parameter_shapes`` (the trainable parameters a point covers), ``buffer_names``,
 ``steps_per_epoch``, ``device``, ``init_hash`` (:func:`~lossatlas.params.hash_point` of the
 initialization), ``lossatlas_version``, ``torch_version``, ``created``, ``config`` (what
@@ -55,7 +58,7 @@ from lossatlas.errors import LossAtlasError
 from lossatlas.params import Point, select
 from lossatlas.store import read_state_dict
 
-__all__ = ["CKPT_DIR", "MANIFEST", "Recorder", "Run", "load_run"]
+__all__ = ["CKPT_DIR", "MANIFEST", "Recorder", "Run", "load_run", "mismatch", "model_flags"]
 
 FORMAT = "lossatlas.run"
 FORMAT_VERSION = 1
@@ -230,12 +233,14 @@ class Run:
                 f"index={index} is out of range for a run with {n} checkpoints; "
                 f"use 0..{n - 1} or a negative index"
             )
+        state = self.states[index]
         try:
-            model.load_state_dict(self.states[index])
-        except RuntimeError as exc:
+            model.load_state_dict(state)
+        except RuntimeError:
+            where = f"{self.path}" if self.path is not None else "the run"
             raise LossAtlasError(
-                f"checkpoint {index} does not fit the model ({str(exc).splitlines()[0]}); build "
-                f"the model the run was trained with ({self.info.get('model', {}).get('class')})"
+                f"checkpoint {index} of {where} does not fit the model ({mismatch(model, state)}); "
+                f"build the model the run was trained with: {model_flags(self.info)}"
             ) from None
         return model
 
@@ -278,6 +283,38 @@ class Run:
     def __repr__(self) -> str:
         where = str(self.path) if self.path is not None else "memory"
         return f"Run({where!r}, {len(self)} checkpoints, {self.status})"
+
+
+def mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], show: int = 4) -> str:
+    """Why ``state`` does not fit ``model``: its missing, unexpected and mis-shaped keys (the
+    first ``show`` of each, with the counts)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [f"{k} is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
+              for k in own if k in state and hasattr(state[k], "shape")
+              and tuple(state[k].shape) != tuple(own[k].shape)]
+
+    def part(what: str, keys: list[str]) -> str:
+        more = f" and {len(keys) - show} more" if len(keys) > show else ""
+        return f"{len(keys)} {what}: {', '.join(keys[:show])}{more}"
+
+    parts = [part(w, k) for w, k in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("mis-shaped keys", shaped)) if k]
+    return "; ".join(parts) or "the keys match but loading failed"
+
+
+def model_flags(info: Mapping) -> str:
+    """The ``--model`` (and ``--model-arg``) options that rebuild a run's model, from its
+    manifest's ``model.build``; the model class when the run did not record how it was built."""
+    model = info.get("model", {}) if isinstance(info, Mapping) else {}
+    build = model.get("build")
+    if not isinstance(build, Mapping):
+        return (f"the {model.get('class', 'model')} it was trained with "
+                "(--model NAME --model-arg K=V)")
+    opts = " ".join(f"--model-arg {k}={v!r}" if isinstance(v, str) else f"--model-arg {k}={v}"
+                    for k, v in (build.get("options") or {}).items())
+    return f"--model {build['name']}" + (f" {opts}" if opts else "")
 
 
 def load_run(path: str | os.PathLike) -> Run:
@@ -336,11 +373,13 @@ def _check_every(every: Record, name: str = "record") -> Record:
 def _model_info(model: nn.Module) -> dict:
     names = select(model) if any(p.requires_grad for p in model.parameters()) else []
     params = dict(model.named_parameters())
+    build = getattr(model, "lossatlas_build", None)  # zoo.build's name, options and seed
     return {
         "model": {
             "class": f"{type(model).__module__}.{type(model).__qualname__}",
             "repr": repr(model),
             "num_parameters": sum(params[n].numel() for n in names),
+            **({"build": _clean(build)} if isinstance(build, Mapping) else {}),
         },
         "parameter_names": names,
         "parameter_shapes": {n: list(params[n].shape) for n in names},

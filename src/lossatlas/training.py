@@ -164,6 +164,8 @@ def _data_info(data: Any, n: int) -> dict:
         info["info"] = {
             str(k): v for k, v in extra.items() if isinstance(v, (str, int, float, bool))
         }
+        if isinstance(extra.get("load"), Mapping):  # datasets.load's name and options
+            info["load"] = dict(extra["load"])
     return info
 
 

@@ -83,6 +83,7 @@ def build(
     """
     if not isinstance(name, str):
         raise _unknown_name(name)
+    options = dict(kw)  # the user's options, recorded on the model (see _record)
     if name.startswith("hf:"):  # a transformers preset or config file (lossatlas.hf)
         factory, what = hf.factory(name[3:]), f"model {name!r}"
     elif ":" in name:
@@ -104,12 +105,27 @@ def build(
         kw[key] = value
     check_options(factory, kw, what)
     if seed is None:
-        return factory(**kw)
+        return _record(factory(**kw), name, options, seed)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise LossAtlasError(f"seed={seed!r} must be a non-negative integer or None; pass seed=0.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return factory(**kw)
+        return _record(factory(**kw), name, options, seed)
+
+
+#: The attribute where :func:`build` leaves how it built a model; ``la.train`` copies it into
+#: the run's manifest (``model.build``) so that a run can be rebuilt from its folder alone.
+BUILD_ATTR = "lossatlas_build"
+
+
+def _record(model: Any, name: str, options: dict, seed: int | None) -> Any:
+    """Attach ``{"name", "options", "seed"}`` to the model (a file path made absolute)."""
+    from lossatlas.datasets import _absolute_spec
+
+    if isinstance(model, nn.Module):
+        setattr(model, BUILD_ATTR, {"name": _absolute_spec(name), "options": options,
+                                    "seed": seed})
+    return model
 
 
 def _unknown_name(name: Any) -> LossAtlasError:

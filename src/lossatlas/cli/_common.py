@@ -1,7 +1,10 @@
 """Conventions shared by every ``lossatlas`` command.
 
-- a **model** is a zoo name (``mlp``) or ``package.module:factory``;
-- **data** is a dataset name (``digits``) or ``package.module:factory``;
+- a **model** is a zoo name (``mlp``), ``package.module:factory`` or ``file.py:factory``
+  (both found from the current folder);
+- **data** is a dataset name (``digits``), ``package.module:factory`` or ``file.py:factory``;
+- a **run folder** given to ``--checkpoint`` brings its own model and data (recorded in its
+  manifest): ``--model`` / ``--data`` left at their defaults take the run's;
 - **weights** come from ``--checkpoint PATH``: a state-dict ``.pt`` file, or a run folder with
   ``--index K`` (default: the last checkpoint).
 
@@ -19,6 +22,7 @@ import ast
 import os
 import re
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,11 +57,18 @@ __all__ = [
 ]
 
 # -- option aliases -------------------------------------------------------------------------
+DEFAULT_MODEL, DEFAULT_DATA = "mlp", "digits"
 ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="Zoo name (mlp, ...) or package.module:factory.")
+    str, typer.Option("--model", "-m", help="Zoo name (mlp, ...), package.module:factory or "
+                      "file.py:factory, found from the current folder; the factory takes its "
+                      "--model-arg options and, if it names them, input_shape, num_classes, "
+                      "in_features, and returns an nn.Module. Default: the run's own model "
+                      "when --checkpoint is a run folder, else mlp.")
 ]
 DataOpt = Annotated[
-    str, typer.Option("--data", "-d", help="Dataset name (digits, ...) or package.module:factory.")
+    str, typer.Option("--data", "-d", help="Dataset name (digits, ...), package.module:factory "
+                      "or file.py:factory. Default: the run's own data when --checkpoint is a "
+                      "run folder, else digits.")
 ]
 CheckpointOpt = Annotated[
     Path | None,
@@ -160,20 +171,35 @@ def interrupted_line(argv: list[str]) -> str:
 
 
 # -- resolvers ------------------------------------------------------------------------------
+def importable_cwd() -> None:
+    """Put the current folder on ``sys.path`` (an installed ``lossatlas`` script lacks it), so
+    ``--model pkg.mod:factory`` finds a package there, as ``python -m`` would."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def resolve_data(name: str, **opts: Any) -> tuple[Any, Any]:
-    """``(train, test)`` for a dataset name or ``package.module:factory`` (see
-    ``lossatlas.datasets.load``; ``opts`` such as ``train_size``, ``label_noise``, ``seed``
-    go there)."""
+    """``(train, test)`` for a dataset name, ``package.module:factory`` or ``file.py:factory``
+    (see ``lossatlas.datasets.load``; ``opts`` such as ``train_size``, ``label_noise``,
+    ``seed`` go there)."""
     from lossatlas import datasets
 
+    importable_cwd()
     return datasets.load(name, **opts)
 
 
 def resolve_model(name: str, dataset: Any = None, **opts: Any) -> nn.Module:
-    """An ``nn.Module`` for a zoo name or ``package.module:factory``, sized for ``dataset``
-    (``lossatlas.zoo.build(name, dataset=dataset, **opts)``)."""
+    """An ``nn.Module`` for a zoo name, ``package.module:factory`` or ``file.py:factory``,
+    sized for ``dataset`` (``lossatlas.zoo.build(name, dataset=dataset, **opts)``).
+
+    A factory is called with its options (``--width``, ``--depth``, ``--model-arg K=V``) and,
+    when its signature takes them (or ``**kwargs``), ``input_shape``, ``num_classes``,
+    ``in_features`` and ``vocab_size`` from the dataset; it returns an ``nn.Module``
+    ``(N, *input_shape) -> (N, num_classes)``. Its initialization is seeded by ``--seed``."""
     from lossatlas import zoo
 
+    importable_cwd()
     model = zoo.build(name, dataset=dataset, **opts)
     if not isinstance(model, nn.Module):
         raise LossAtlasError(
@@ -211,26 +237,30 @@ def load_checkpoint(
     state = read_state_dict(path, "--checkpoint")
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except RuntimeError:
+        from lossatlas.runs import mismatch
+
         raise LossAtlasError(
-            f"--checkpoint {str(path)!r} does not fit the model ({_misfit(model, state) or exc}); "
-            "pass the --model options it was trained with"
+            f"--checkpoint {str(path)!r} does not fit the model ({mismatch(model, state)}); pass "
+            "the --model (and --width / --model-arg) it was trained with"
         ) from None
     return model
 
 
-def _misfit(model: nn.Module, state: dict) -> str:
-    """How a state dict misses a model, in a few words: missing / unexpected keys, shapes."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shapes = [f"{k} is {tuple(state[k].shape)} in the file, {tuple(v.shape)} here"
-              for k, v in own.items() if k in state and state[k].shape != v.shape]
-    parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"]
-             if missing else [])
-    parts += [f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"] if extra \
-        else []
-    return "; ".join(parts + shapes[:2])
+def run_recipe(checkpoint: str | os.PathLike | None) -> dict[str, Any] | None:
+    """``{"model", "model_opts", "data", "data_opts"}`` recorded in a run folder's manifest
+    (``None`` for a ``.pt`` file, no checkpoint, or a run that did not record them)."""
+    from lossatlas.runs import MANIFEST, load_run
+
+    if checkpoint is None or not (Path(checkpoint) / MANIFEST).is_file():
+        return None
+    info = load_run(checkpoint).info
+    build = info.get("model", {}).get("build")
+    load = info.get("data", {}).get("train", {}).get("load")
+    if not isinstance(build, dict) or not isinstance(load, dict):
+        return None
+    return {"model": build["name"], "model_opts": dict(build.get("options") or {}),
+            "data": load["name"], "data_opts": dict(load.get("options") or {})}
 
 
 def setup(
@@ -246,11 +276,18 @@ def setup(
 ) -> tuple[nn.Module, Any, Any]:
     """``(model, train, test)``: the data, then the model sized for it and initialized with
     ``seed`` (the zoo's ``seed=``, the global RNG is left alone), then the ``checkpoint``
-    weights if given."""
+    weights if given. A run folder's recorded model and data (and their options) replace
+    ``model`` / ``data`` left at their defaults (``mlp`` / ``digits``); options given here win."""
     if device is not None:
         from lossatlas.resources import device as check_device
 
         check_device(device, "--device")
+    recipe = run_recipe(checkpoint)
+    if recipe is not None:
+        if model in (DEFAULT_MODEL, recipe["model"]):
+            model, model_opts = recipe["model"], {**recipe["model_opts"], **(model_opts or {})}
+        if data in (DEFAULT_DATA, recipe["data"]):
+            data, data_opts = recipe["data"], {**recipe["data_opts"], **(data_opts or {})}
     train, test = resolve_data(data, **(data_opts or {}))
     net = resolve_model(model, train, **{"seed": seed, **(model_opts or {})})
     if checkpoint is not None:

@@ -1,5 +1,5 @@
-"""``lossatlas connect A B`` and ``lossatlas cka A B`` (Yang et al. 2021), plus the demo's
-mode-connectivity curve between two seeds.
+"""``lossatlas connect A B`` and ``lossatlas cka A B`` (Yang et al. 2021); the atlas's
+connectivity section (lossatlas.report.sections.connectivity) runs the same functions.
 
     lossatlas connect runs/mlp-digits-seed0 runs/mlp-digits-seed1 --epochs 50 -o mc.h5
     lossatlas connect runs/mlp-digits-seed0 runs/mlp-digits-seed1 --align weights
@@ -42,8 +42,9 @@ def _pair(a, b, model, data, index, seed, width, depth, model_arg, data_arg, dev
     net_a, train_set, _ = setup(model, data, checkpoint=a, index=index, seed=seed,
                                 model_opts=opts, data_opts=parse_options(data_arg, "--data-arg"),
                                 device=device)
-    net_b, _, _ = setup(model, data, checkpoint=None, seed=seed + 1, model_opts=opts,
-                        data_opts=parse_options(data_arg, "--data-arg"), device=device)
+    import copy
+
+    net_b = copy.deepcopy(net_a)  # the same architecture (a's run recipe, if any), b's weights
     load_checkpoint(net_b, b, index)
     if device is not None:
         net_b.to(device)
@@ -168,31 +169,3 @@ def cka(
             plot.cka_layers(per, path=out)
             typer.echo(f"wrote {out}")
 
-
-def demo_section(ctx) -> None:
-    """Mode connectivity between the demo model and a second seed (Yang et al. 2021): trains
-    the second model with the demo recipe (10 epochs when quick), a one-bend Bezier curve for
-    20 epochs (5 when quick) at lr 0.05, mc on 5 t values, the figure on 21 (11 when quick);
-    the CKA of the two models too. Writes mode_connectivity.png and mode_connectivity.h5."""
-    import lossatlas as la
-    from lossatlas.plot import connect as plot
-
-    quick = ctx.quick
-    if quick:
-        other = ctx.build_model(ctx.seed + 1)
-        la.train(other, ctx.train, **{**ctx.train_kwargs, "epochs": 10, "seed": ctx.seed + 1,
-                                      "progress": False})
-    else:
-        other, _ = ctx.retrain(ctx.seed + 1)
-    obj = la.Objective(ctx.model, ctx.train, batch_size=512)
-    res = la.connect.train_curve(obj, ctx.model, other, epochs=5 if quick else 20, lr=0.05,
-                                 points=5, seed=ctx.seed, progress=False)
-    res.save(Path(ctx.out) / "mode_connectivity.h5")
-    prof = la.connect.dense_profile(obj, res, 11 if quick else 21)
-    plot.error_and_loss(res, dense=prof, path=Path(ctx.out) / "mode_connectivity.png",
-                        title=f"seeds {ctx.seed} and {ctx.seed + 1}: mc = {res.mc:+.2f}% "
-                        f"(line {res.linear_mc:+.2f}%)")
-    value = la.similarity.model_cka(ctx.model, other, ctx.train, seed=ctx.seed)
-    ctx.log(f"mode connectivity seeds {ctx.seed}/{ctx.seed + 1}: mc = {res.mc:+.2f}% train "
-            f"error at t* = {res.t_star:.2f} (straight line {res.linear_mc:+.2f}%), CKA = "
-            f"{value:.3f} -> mode_connectivity.png")

@@ -1,5 +1,4 @@
-"""``lossatlas hessian``: extreme eigenvalues, trace and density of the Hessian, plus the demo's
-spectrum section.
+"""``lossatlas hessian``: extreme eigenvalues, trace and density of the Hessian.
 
     lossatlas hessian --checkpoint runs/mlp-digits-seed0 --top 5 --bottom 5 --trace --density
     lossatlas hessian --checkpoint runs/mlp-digits-seed0 --block '2.*' --out block2.h5
@@ -152,19 +151,3 @@ def _compute(o: dict) -> list[str]:
         lines += [f"wrote {p}" for p in [path, *_figures(summary, out), *written]]
     return lines
 
-
-def demo_section(ctx) -> None:
-    """The default model's spectrum: top/bottom eigenvalues and the SLQ density figure."""
-    import lossatlas as la
-
-    obj = la.Objective(ctx.model, ctx.train, batch_size=2048)
-    summary = la.hessian.summarize(obj, top=3, bottom=3, trace=True, dens=True,
-                                   steps=40 if ctx.quick else 80, products=60, seed=ctx.seed)
-    out = Path(ctx.out) / "hessian.h5"
-    summary.save(out)
-    _figures(summary, out)
-    dist = la.hessian.delta_distribution(obj, samples=30 if ctx.quick else 100, seed=ctx.seed)
-    la.plot.hessian.plot_delta(dist, Path(ctx.out) / "hessian-delta.png")
-    ctx.log(f"Hessian: λ_max {summary.values[-1]:.4g}, λ_min {summary.values[0]:.4g}, "
-            f"trace {summary.trace:.4g} ± {summary.trace_error:.2g} "
-            f"({summary.matvecs} products)")

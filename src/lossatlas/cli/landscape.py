@@ -1,5 +1,4 @@
-"""``lossatlas curve``, ``surface``, ``interpolate`` and ``plot`` (Li et al. 2018), plus the
-demo's landscape section.
+"""``lossatlas curve``, ``surface``, ``interpolate`` and ``plot`` (Li et al. 2018).
 
     lossatlas curve --checkpoint runs/mlp-digits-seed0 --direction gaussian:filter:seed=0
     lossatlas surface --checkpoint runs/mlp-digits-seed0 --resolution 51 --out surface.h5
@@ -107,13 +106,13 @@ def _figures(result, out: Path, kinds: list[str], log: bool = False) -> list[Pat
         if "html" in kinds:
             written.append(plot.to_html(result, out.with_suffix(".html"), log=log))
         return written
-    for k in kinds:
+    for k in kinds:  # the 3D view is OUT-3d.png (static) and OUT-3d.html (interactive)
         if k == "html":
-            written.append(plot.to_html(result, out.with_suffix(".html"), log=log))
+            written.append(plot.to_html(result, out.with_name(f"{out.stem}-3d.html"), log=log))
         elif k == "vtp":
             written.append(plot.to_vtp(result, out.with_suffix(".vtp"), log=log))
         else:
-            p = out.with_name(f"{out.stem}-{k}.png")
+            p = out.with_name(f"{out.stem}-{'3d' if k == 'surface3d' else k}.png")
             plot.plot_surface(result, k, p, log=log)
             written.append(p)
     return written
@@ -228,7 +227,8 @@ def surface(
         "process, torch's default threads).")] = 1,
 ) -> None:
     """2D surface L(θ + a·d₁ + b·d₂) on a grid, written as computed to OUT (.h5); rerun the
-    same command to resume. Figures: OUT-contour.png and OUT.html by default."""
+    same command to resume. Figures: OUT-contour.png and OUT-3d.html by default (the 3D view
+is OUT-3d.png / OUT-3d.html, whichever --plot asks for)."""
     import lossatlas as la
     from lossatlas.directions import parse_directions
 
@@ -249,6 +249,9 @@ def surface(
     out = _check_out(Path(out or "surface.h5"), list(counts.values()), what)
     net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
                           data_arg, device, batch_size, bn, split, include, exclude)
+    if checkpoint is None:  # on stdout, once the inputs are known to be good (stderr: errors)
+        typer.secho(f"warning: no --checkpoint: this maps a random initialization of {model} "
+                    f"(seed {seed}); pass -c RUN_FOLDER for trained weights", fg="yellow")
     d1, d2 = parse_directions([x_direction, y_direction], obj, model=net)
     with contextlib.ExitStack() as stack:
         executor = None
@@ -307,7 +310,9 @@ def interpolate(
 
 @app.command(name="plot")
 def plot_cmd(
-    file: Annotated[Path, typer.Argument(help="A curve, interpolation or surface file (.h5).")],
+    file: Annotated[Path, typer.Argument(
+        help="Any result file (.h5): curve, interpolation, surface, hessian, connect, "
+        "trajectory path, mined, ...; or a sweep folder.")],
     kind: Annotated[list[str] | None, typer.Option(
         help=f"Surface figures (repeatable): {', '.join(PlotKinds)} or all.")] = None,
     log: Annotated[bool, typer.Option(help="Log scale / log10 of the loss.")] = False,
@@ -315,15 +320,29 @@ def plot_cmd(
                                              help="Figure base name (default: FILE).")] = None,
     partial: PartialOpt = False,
 ) -> None:
-    """Draw a saved landscape file, choosing the figure by the result's kind. A half-computed
-    file is refused unless --partial (then its missing points are left blank and the figure's
-    title says "partial")."""
+    """Draw a saved result, choosing the figure by its kind (curves, surfaces, Hessian
+    spectra and densities, δL histograms, connectivity curves, trajectory fits, mined
+    directions, sweeps). A half-computed curve or surface is refused unless --partial (then
+    its missing points are left blank and the figure's title says "partial")."""
     import lossatlas as la
 
+    if (file.is_dir() and (file / "results.jsonl").is_file()) or file.name == "results.jsonl":
+        from lossatlas import sweep as S  # a sweep folder: its phase diagram and mc curves
+        from lossatlas.cli.sweep import write_figures
+
+        result = S.load_results(file)
+        target = Path(out or result.out)
+        target.mkdir(parents=True, exist_ok=True)
+        for f in write_figures(result, target):
+            typer.echo(str(f))
+        return
     res = la.load(file, what="FILE")
     if getattr(res, "kind", None) not in ("curve", "interpolation", "surface"):
-        raise LossAtlasError(f"FILE {str(file)!r} holds a {getattr(res, 'kind', '?')} result; "
-                             "lossatlas plot draws curves, interpolations and surfaces")
+        from lossatlas.plot.kinds import draw
+
+        for f in draw(res, Path(out or file)):
+            typer.echo(str(f))
+        return
     note = completeness(res, file, partial)
     if note:
         typer.echo(f"{note}: the figures show only the computed points")
@@ -342,24 +361,3 @@ def plot_cmd(
     for f in figs:
         typer.echo(str(f))
 
-
-def demo_landscape(ctx) -> None:
-    """Demo section: a 1D curve and a 2D surface (filter-normalized Gaussian directions, Li et
-    al. 2018) of the trained default model on its training data."""
-    import lossatlas as la
-
-    out = Path(ctx.out) / "landscape"
-    out.mkdir(parents=True, exist_ok=True)
-    obj = la.Objective(ctx.model, ctx.train, batch_size=None)
-    d1 = la.directions.gaussian(ctx.model, seed=ctx.seed)
-    d2 = la.directions.gaussian(ctx.model, seed=ctx.seed + 1)
-    c = la.curve(obj, d1, points=21 if ctx.quick else 51, path=out / "curve.h5")
-    la.plot.plot_curve(c, out / "curve.png")
-    n = 11 if ctx.quick else 31
-    s = la.surface(obj, d1, d2, resolution=n, path=out / "surface.h5", orthogonalize=True)
-    la.plot.plot_surface(s, "contour", out / "surface-contour.png")
-    la.plot.plot_surface(s, "surface3d", out / "surface-3d.png")
-    la.plot.to_html(s, out / "surface.html")
-    la.plot.to_vtp(s, out / "surface.vtp")
-    ctx.log(f"landscape: curve min loss {c.loss.min():.4f}, surface {n}x{n} loss "
-            f"{s.loss.min():.4f}..{s.loss.max():.4f} (engine {s.meta.get('engine')}) -> {out}")

@@ -1,5 +1,4 @@
-"""``lossatlas mine`` and ``lossatlas shapes`` (Li, Li, Zhan 2024), plus the demo's panel of the
-five curve types.
+"""``lossatlas mine`` and ``lossatlas shapes`` (Li, Li, Zhan 2024).
 
     lossatlas mine w-peak --checkpoint runs/mlp-digits-seed0 --index 1 --out wpeak.h5
     lossatlas mine vvv-basin --checkpoint runs/mlp-digits-seed0 --gamma 0.1 --alpha 0
@@ -225,47 +224,3 @@ def _fmt(xs) -> str:
     return "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"
 
 
-# -- demo -----------------------------------------------------------------------------------
-def demo_panel(ctx) -> None:
-    """The five curve types of the demo run (Li, Li, Zhan 2024, Fig. 1): Gaussian directions
-    (v-basin), toward the final checkpoint from epoch 1 (v-side), toward an independently
-    trained model (10 epochs, 5 when quick) on [−1, 2] (w-basin), Algorithm 1 at epoch 1 with
-    η = 1 and batches of 32 (w-peak), Algorithm 2 at the final model (vvv-basin). Writes
-    curve_types.png."""
-    import lossatlas as la
-    from lossatlas.plot import shapes as plot
-
-    quick = ctx.quick
-    pts = 21 if quick else 41
-    obj = la.Objective(ctx.model, ctx.train, batch_size=256)
-    log_c = _log_c(obj)
-    final = obj.center
-    early = ctx.run.checkpoints[1]
-    kw = dict(points=pts, progress=False)
-    panel, labels, markers = {}, {}, {}
-    gs = [la.directions.gaussian(final, norm="filter", seed=s) for s in range(2 if quick else 3)]
-    panel["Gaussian"] = [la.curve(obj, d, **kw) for d in gs]
-    labels["Gaussian"] = [f"Gau. s{s}" for s in range(len(gs))]
-    side = la.directions.toward(early, final)
-    panel["to final (E=1)"] = [la.curve(obj, side, center=early, span=(-1, 1.5), **kw)]
-    markers["to final (E=1)"] = (0.0, 1.0)
-    other = ctx.build_model(ctx.seed + 1)  # an independent model, a short recipe (speed)
-    la.train(other, ctx.train, **{**ctx.train_kwargs, "epochs": 5 if quick else 10,
-                                  "seed": ctx.seed + 1, "progress": False})
-    indep = la.directions.independent(final, la.params.of(other, names=obj.names))
-    panel["independent"] = [la.curve(obj, indep, span=(-1, 2), **kw)]
-    markers["independent"] = (0.0, 1.0)
-    small = la.Objective(ctx.model, ctx.train, batch_size=32)  # mining: many small steps
-    wp = la.mining.mine_w_peak(small, epochs=2 if quick else 5, lr=1.0, center=early,
-                               progress=False)
-    panel["Algo. 1 (E=1)"] = [la.curve(obj, wp.direction, center=early, **kw)]
-    vvv = la.mining.mine_vvv_basin(small, epochs=2 if quick else 5, gamma=0.1,
-                                   progress=False)
-    panel["Algo. 2"] = [la.curve(obj, vvv.direction, span=(-1, 2), **kw)]
-    markers["Algo. 2"] = (0.0, 1.0)
-    path = Path(ctx.out) / "curve_types.png"
-    plot.types_panel(panel, labels, log_c=log_c, markers=markers, path=path)
-    for name, curves in panel.items():
-        s = la.shapes.classify(curves[0].x, curves[0].loss, log_c=log_c)
-        ctx.log(f"  {name}: {s.kind} [{s.stationary}] ({s.pattern or 'monotone'})")
-    ctx.log(f"curve types: {path}")

@@ -1,5 +1,5 @@
-"""``lossatlas trajectory``: a training run on its PCA plane (Li et al. 2018; Ding et al. 2023),
-plus the demo's trajectory section.
+"""``lossatlas trajectory``: a training run on its PCA plane (Li et al. 2018; Ding et al. 2023);
+``analyse`` is shared with the atlas's trajectory section.
 
     lossatlas trajectory runs/mlp-digits-seed0 --method ding2023 --center 0 --slice 0:31
     lossatlas trajectory runs/mlp-digits-seed0 --method li2018 --compare 3 --resolution 41
@@ -168,17 +168,3 @@ def trajectory(
     for f in res["figures"]:
         typer.echo(f"  figure: {f}")
 
-
-def demo_trajectory(ctx) -> None:
-    """Demo section: the default run on its Ding et al. plane (center: the initialization),
-    with the path, the Fitting Error and one random filter-normalized plane for comparison."""
-    import lossatlas as la
-
-    out = Path(ctx.out) / "trajectory"
-    obj = la.Objective(ctx.model, ctx.train, batch_size=None)
-    res = analyse(obj, ctx.run, out, method="ding2023", center=0,
-                  resolution=7 if ctx.quick else 15, compare=1, progress=False)
-    r = res["plane"].explained_variance_ratio
-    ctx.log(f"trajectory: explained variance {100 * r.sum():.1f} %, fitting error "
-            f"{res['trajectory'].fitting_error:.3g} (random plane "
-            f"{res['random_fitting_errors'][0]:.3g}) -> {out}")

@@ -22,7 +22,11 @@ import numpy as np
 
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["SURFACE_KINDS", "plot_curve", "plot_result", "plot_surface"]
+__all__ = [
+    "SURFACE_KINDS", "axis_name", "axis_names", "draw_log_c", "level_colorbar", "nice_ticks",
+    "plain_log_ticks", "plot_curve",
+    "plot_result", "plot_surface",
+]
 
 SURFACE_KINDS = ("contour", "contourf", "heatmap", "surface3d")
 
@@ -33,6 +37,85 @@ def _finish(fig, path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=150, bbox_inches="tight")
     return fig
+
+
+_SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+def axis_name(info: object, i: int) -> str:
+    """The name of axis ``i`` (0 or 1) from its direction's metadata: ``P.E.1`` / ``N.E.1``
+    for Hessian eigenvectors, ``PC1 (84.4 %)`` for a trajectory's principal axes, ``d₁
+    (random, filter-norm.)`` for Gaussian directions, ``d₁`` when nothing is known."""
+    d = f"d{i + 1}".translate(_SUB)
+    if not isinstance(info, dict):
+        return d
+    name, kind = info.get("name") or info.get("label"), str(info.get("kind", ""))
+    if name and str(name)[:4] in ("P.E.", "N.E."):
+        lam = info.get("eigenvalue")
+        return f"{name} (λ = {lam:.3g})" if isinstance(lam, (int, float)) else str(name)
+    if kind.startswith("pca"):
+        evr = info.get("explained_variance_ratio")
+        pc = f"PC{info.get('component', i + 1)}"
+        return f"{pc} ({100 * evr:.1f} %)" if isinstance(evr, (int, float)) else pc
+    if kind == "gaussian":
+        norm = info.get("norm")
+        return f"{d} (random, {norm}-norm.)" if norm and norm != "none" else f"{d} (random)"
+    if name:
+        return str(name)
+    return f"{d} ({kind})" if kind else d
+
+
+def axis_names(result) -> tuple[str, str]:
+    """``(x name, y name)`` of a surface from its ``directions_info``."""
+    info = list((result.meta or {}).get("directions_info") or [])
+    info += [None] * (2 - len(info))
+    return axis_name(info[0], 0), axis_name(info[1], 1)
+
+
+def nice_ticks(lo: float, hi: float, geometric: bool = False, n: int = 6) -> np.ndarray:
+    """Round tick values inside [lo, hi]: 1-2-5 × 10^k for a geometric scale, else the
+    round steps of ``MaxNLocator`` (so a colour bar reads 0.01, 0.02, 0.05 … not 0.0103)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return np.array([lo])
+    if geometric and lo > 0:
+        ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)),
+                                               math.ceil(math.log10(hi)) + 1)
+                 for m in (1, 2, 5)]
+        ticks = np.array([t for t in ticks if lo <= t <= hi])
+        if len(ticks) > n + 2:  # a wide range: decades only
+            ticks = np.array([t for t in ticks if math.isclose(math.log10(t) % 1, 0,
+                                                               abs_tol=1e-9)])
+        if len(ticks) >= 2:
+            return ticks
+    ticks = MaxNLocator(nbins=n, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+    return ticks[(ticks >= lo - 1e-12 * abs(hi)) & (ticks <= hi + 1e-12 * abs(hi))]
+
+
+def level_colorbar(fig, ax, cs, label: str, **kw):
+    """A colour bar for contour levels ``cs`` with round ticks over the whole range (1-2-5
+    ticks when the levels are geometric) and plain ``%g`` labels."""
+    lv = np.asarray(cs.levels, dtype=float)
+    d = np.diff(lv)
+    geometric = lv.size > 2 and lv[0] > 0 and not np.allclose(d, d[0], rtol=1e-6)
+    cb = fig.colorbar(cs, ax=ax, label=label,
+                      ticks=nice_ticks(float(lv.min()), float(lv.max()), geometric), **kw)
+    cb.ax.yaxis.set_major_formatter(plt.FormatStrFormatter("%g"))
+    return cb
+
+
+def plain_log_ticks(ax, values) -> None:
+    """On a log y axis spanning less than ~1.5 decades, 1-2-5 ticks written plainly (1.2, 2)
+    instead of 1.2×10⁰."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size and v.max() / v.min() < 30:
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _num_classes(result) -> int | None:
@@ -58,7 +141,7 @@ def plot_curve(result, path: str | os.PathLike | None = None, *, log: bool = Fal
         ax.set_yscale("log")
     c = _num_classes(result)
     if random_guess and c:
-        ax.axhline(math.log(c), color="gray", ls="--", lw=1, label=f"random guess log {c}")
+        draw_log_c(ax, math.log(c), loss, label=f"random guess log {c}")
     marks = [0.0, 1.0] if result.kind == "interpolation" else [0.0]
     for m in marks:
         if x.min() <= m <= x.max():
@@ -73,13 +156,33 @@ def plot_curve(result, path: str | os.PathLike | None = None, *, log: bool = Fal
         ax2.plot(x, 100 * acc, color="tab:red", lw=1.5, ls="-.", label="accuracy")
         ax2.set_ylabel("accuracy (%)", color="tab:red")
         ax2.tick_params(axis="y", colors="tab:red")
-        ax2.set_ylim(0, 100)
+        lo = np.nanmin(100 * acc)
+        bottom = max(0.0, lo - 0.1 * (100 - lo) - 2)
+        ax2.set_ylim(bottom, 103)  # 100 % stays inside the frame
+        ax2.set_yticks(nice_ticks(bottom, 100.0, n=5))
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="best", fontsize=8, framealpha=0.8)
     ax.set_title(title or _title(result), fontsize=10)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def draw_log_c(ax, log_c: float, values, label: str = "log C", color: str = "gray") -> None:
+    """The random-guess loss ``log C`` as a dashed line, without letting it squash the curves:
+    when it lies far above them (over twice their highest value) the axis keeps the curves'
+    range and a labelled arrow at the top points up to it instead."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    top = float(v.max()) if v.size else log_c
+    bottom = float(v.min()) if v.size else 0.0
+    if ax.get_yscale() == "log" or log_c <= 2 * top or top <= 0:
+        ax.axhline(log_c, color=color, ls="--", lw=1, label=label)
+        return
+    ax.set_ylim(min(0.0, bottom), top + 0.12 * (top - min(0.0, bottom)))
+    ax.annotate(f"{label} = {log_c:.2f} ↑", xy=(0.99, 0.99), xycoords="axes fraction",
+                ha="right", va="top", fontsize=7, color=color)
+    ax.plot([], [], color=color, ls="--", lw=1, label=f"{label} (above)")
 
 
 def _title(result) -> str:
@@ -131,30 +234,49 @@ def plot_surface(result, kind: str = "contour", path: str | os.PathLike | None =
         z = np.log10(np.clip(z, 1e-12, None))
         label = f"log10 {metric}"
     X, Y = np.meshgrid(result.x, result.y, indexing="ij")
+    finite = z[np.isfinite(z)]
+    zlo, zhi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    lv = _levels(z, levels) if finite.size else None
+    xname, yname = axis_names(result)
     if kind == "surface3d":
+        from matplotlib.ticker import MaxNLocator
+
         fig = plt.figure(figsize=(6.5, 5))
         ax = fig.add_subplot(projection="3d")
         surf = ax.plot_surface(X, Y, np.ma.masked_invalid(z), cmap="viridis", linewidth=0,
-                               antialiased=True, rcount=len(result.x), ccount=len(result.y))
-        fig.colorbar(surf, ax=ax, shrink=0.6, label=label)
+                               antialiased=True, rcount=len(result.x), ccount=len(result.y),
+                               vmin=zlo, vmax=zhi)
+        fig.colorbar(surf, ax=ax, shrink=0.6, label=label, ticks=nice_ticks(zlo, zhi))
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):  # few ticks: no colliding labels
+            axis.set_major_locator(MaxNLocator(nbins=4))
+        ax.tick_params(labelsize=7, pad=1)
+        ax.set_xlabel(xname, fontsize=8, labelpad=4)
+        ax.set_ylabel(yname, fontsize=8, labelpad=4)
+        ax.set_zlabel(label, fontsize=8, labelpad=2)
+        ax.set_box_aspect(None, zoom=0.88)  # room for the z label
     else:
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
         if kind == "contour":
-            cs = ax.contour(X, Y, z, levels=_levels(z, levels), cmap="viridis", linewidths=1)
+            cs = ax.contour(X, Y, z, levels=lv, cmap="viridis", linewidths=1)
             ax.clabel(cs, cs.levels[::5], inline=True, fontsize=7, fmt="%.3g")
-            fig.colorbar(cs, ax=ax, label=label)
+            level_colorbar(fig, ax, cs, label)
         elif kind == "contourf":
-            cs = ax.contourf(X, Y, z, levels=_levels(z, levels), cmap="viridis")
-            fig.colorbar(cs, ax=ax, label=label)
+            cs = ax.contourf(X, Y, z, levels=lv, cmap="viridis")
+            level_colorbar(fig, ax, cs, label)
         else:
-            im = ax.pcolormesh(X, Y, z, cmap="viridis", shading="nearest")
-            fig.colorbar(im, ax=ax, label=label)
+            im = ax.pcolormesh(X, Y, z, cmap="viridis", shading="nearest", vmin=zlo, vmax=zhi)
+            cb = fig.colorbar(im, ax=ax, label=label, ticks=nice_ticks(zlo, zhi))
+            cb.ax.yaxis.set_major_formatter(plt.FormatStrFormatter("%g"))
         ax.set_aspect("equal" if _square(result) else "auto")
         if result.x.min() <= 0 <= result.x.max() and result.y.min() <= 0 <= result.y.max():
             ax.plot([0], [0], marker="*", color="red", ms=10, ls="", label="center θ")
             ax.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel("a  (d₁)")
-    ax.set_ylabel("b  (d₂)")
+        from matplotlib.ticker import MaxNLocator
+
+        for axis in (ax.xaxis, ax.yaxis):  # at most 6 ticks: labels never collide
+            axis.set_major_locator(MaxNLocator(nbins=5))
+        ax.set_xlabel(xname)
+        ax.set_ylabel(yname)
     ax.set_title(title or _title(result), fontsize=10)
     fig.tight_layout()
     return _finish(fig, path)

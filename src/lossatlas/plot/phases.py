@@ -26,7 +26,8 @@ from matplotlib import colors
 
 from lossatlas.errors import LossAtlasError
 
-__all__ = ["PHASE_COLORS", "TITLES", "heatmap", "mc_curves", "phase_diagram", "phase_map"]
+__all__ = ["PHASE_COLORS", "PHASE_WORDS", "TITLES", "heatmap", "mc_curves", "phase_diagram",
+           "phase_key", "phase_map"]
 
 #: Panel titles, in the paper's order (Fig. 2 a-g).
 TITLES = {
@@ -35,7 +36,7 @@ TITLES = {
     "hessian_max": "Hessian λ_max",
     "sharpness": "sharpness (Andriushchenko et al.)",
     "hessian_trace": "Hessian trace",
-    "mc": "mode connectivity (train error %)",
+    "mc": "mc (train error %)",
     "cka": "CKA similarity",
     "l2": "ℓ2 distance",
     "train_error": "train error (%)",
@@ -72,8 +73,7 @@ def _axes_labels(ax, result, order) -> None:
     ax.set_yticks(range(len(order)))
     ax.set_yticklabels([str(result.temperature_values[j]) for j in order], fontsize=8)
     ax.set_xlabel(f"load: {spec.load.label}")
-    hot = "hotter ↑"
-    ax.set_ylabel(f"temperature: {spec.temperature.label} ({hot})")
+    ax.set_ylabel(f"temperature:\n{spec.temperature.label} (hotter ↑)")
 
 
 def heatmap(result, metric: str, ax=None, path: str | os.PathLike | None = None,
@@ -101,7 +101,18 @@ def heatmap(result, metric: str, ax=None, path: str | os.PathLike | None = None,
     elif metric == "cka":
         norm = colors.Normalize(min(0.0, finite.min()) if finite.size else 0.0, 1.0)
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, norm=norm, aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    if isinstance(norm, colors.LogNorm):  # few round ticks, written plainly (2, 5, 10)
+        from matplotlib.ticker import LogLocator, NullFormatter
+
+        from lossatlas.plot.landscape import nice_ticks
+
+        cb.set_ticks(nice_ticks(norm.vmin, norm.vmax, geometric=True, n=4)
+                     if norm.vmax / norm.vmin > 3 else
+                     nice_ticks(norm.vmin, norm.vmax, n=3))
+        cb.ax.yaxis.set_minor_locator(LogLocator(subs=()))
+        cb.ax.yaxis.set_minor_formatter(NullFormatter())
+        cb.ax.yaxis.set_major_formatter(plt.FormatStrFormatter("%g"))
     if annotate:
         for (r, c), v in np.ndenumerate(data):
             if np.isfinite(v):
@@ -140,7 +151,24 @@ def phase_map(result, ax=None, path: str | os.PathLike | None = None):
                 weight="bold", color="black")
     _axes_labels(ax, result, order)
     ax.set_title("phase", fontsize=9)
+    phase_key(ax)
     return _finish(fig, path) if own else fig
+
+
+#: The words of Yang et al. Sect. 3.1 for each phase, as the key of a phase map says them.
+PHASE_WORDS = {"I": "poorly connected, sharp", "II": "well connected, sharp",
+               "III": "poorly connected, flat", "IV-A": "well connected, flat, dissimilar",
+               "IV-B": "well connected, flat, similar"}
+
+
+def phase_key(ax) -> None:
+    """A key for the phase colours (I, II, III, IV-A, IV-B with their meaning) beside ``ax``."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=PHASE_COLORS[k], edgecolor="black", lw=0.5,
+                     label=f"{k}: {PHASE_WORDS[k]}") for k in PHASE_COLORS]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
+              frameon=False, title="phase (Yang et al. 2021)", title_fontsize=7)
 
 
 def phase_diagram(result, path: str | os.PathLike | None = None,
@@ -165,6 +193,9 @@ def phase_diagram(result, path: str | os.PathLike | None = None,
         phase_map(result, ax=flat[len(shown)])
     for ax in flat[n:]:
         ax.axis("off")
+    for k, ax in enumerate(flat[:n]):  # one y label per row: long labels never collide
+        if k % cols:
+            ax.set_ylabel("")
     fig.suptitle(title or f"sweep {result.spec.name}", fontsize=11)
     fig.tight_layout()
     return _finish(fig, path)

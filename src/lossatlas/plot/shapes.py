@@ -49,27 +49,32 @@ def overlay(curves: Sequence, labels: Sequence[str] | None = None, log_c: float 
             path: str | os.PathLike | None = None):
     """Draw ``curves`` (objects with ``.x``/``.loss`` or ``(x, y)`` pairs) in one axes.
 
-    Legend: "label [n]" with n the paper's stationary-point count; title: ``title`` and the mean
-    count "[m]". ``log_c``: dotted black line at the random-guess loss; ``markers``: dotted
+    Legend: "label [n]" with n the paper's stationary-point count (an integer); title: ``title``
+    and the count, the mean "[m.m]" over several curves. ``labels`` default to each curve's
+    ``label`` attribute. ``log_c``: dotted black line at the random-guess loss; ``markers``: dotted
     vertical lines (the center at 0, a checkpoint at 1)."""
     own = ax is None
     fig = ax.figure if ax is not None else plt.figure(figsize=(4.2, 3.4))
     ax = ax if ax is not None else fig.add_subplot(111)
-    counts = []
+    from lossatlas.plot.landscape import draw_log_c
+
+    counts, ys = [], []
     for i, c in enumerate(curves):
         x, y = _xy(c)
         n = shapes.stationary_points(y)
         counts.append(n)
-        lab = labels[i] if labels is not None else f"curve {i + 1}"
+        ys.append(y)
+        lab = labels[i] if labels is not None else getattr(c, "label", None) or "loss"
         ax.plot(x, y, lw=1.4, label=f"{lab} [{n}]")
-    if log_c is not None:
-        ax.axhline(log_c, color="k", ls=":", lw=1, label="log C")
-    for m, col in zip(markers, ("k", "r", "r")):
-        ax.axvline(m, color=col, ls=":", lw=1)
     if logy:
         ax.set_yscale("log")
-    mean = float(np.mean(counts)) if counts else 0.0
-    ax.set_title(f"{title} [{mean:.1f}]".strip(), fontsize=10)
+    if log_c is not None:
+        draw_log_c(ax, log_c, np.concatenate(ys) if ys else [], label="log C", color="k")
+    for m, col in zip(markers, ("k", "r", "r")):
+        ax.axvline(m, color=col, ls=":", lw=1)
+    # the paper's "[1.0]" is a mean over curves; one curve's count is an integer
+    mean = (f"{counts[0]}" if len(counts) == 1 else f"{np.mean(counts):.1f}") if counts else "0"
+    ax.set_title(f"{title} [{mean}]".strip(), fontsize=10)
     ax.set_xlabel("λ")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7, loc="best")

@@ -31,6 +31,13 @@ def training_curves(run, path: str | os.PathLike | None = None, title: str | Non
     losses = losses[np.isfinite(losses)]
     if losses.size and (losses > 0).all():
         ax_loss.set_yscale("log")
+        from lossatlas.plot.landscape import plain_log_ticks
+
+        plain_log_ticks(ax_loss, losses)
+    accs = np.concatenate([run.train_acc, run.test_acc])
+    accs = accs[np.isfinite(accs)]
+    if accs.size:  # 100 % stays inside the frame
+        ax_acc.set_ylim(max(0.0, 100 * accs.min() - 5), min(103.0, 100 * accs.max() + 5))
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lossatlas.plot.landscape import _finish, _levels
+from lossatlas.plot.landscape import _finish, _levels, level_colorbar, plain_log_ticks
 
 __all__ = ["axis_labels", "plot_comparison", "plot_fit", "plot_trajectory"]
 
@@ -35,10 +35,9 @@ def axis_labels(plane) -> tuple[str, str]:
         return "α  (d₁)", "β  (d₂)"
     if plane.method == "random":
         norm = plane.meta.get("norm", "filter")
-        return (f"α  (d₁: random, {norm}-normalized)", f"β  (d₂: random, {norm}-normalized)")
+        return (f"α: d₁ (random, {norm}-norm.)", f"β: d₂ (random, {norm}-norm.)")
     r = np.asarray(plane.explained_variance_ratio, dtype=float)
-    return (f"α  (d₁: PC1, {100 * r[0]:.1f} % of variance)",
-            f"β  (d₂: PC2, {100 * r[1]:.1f} % of variance)")
+    return f"α: PC1 ({100 * r[0]:.1f} %)", f"β: PC2 ({100 * r[1]:.1f} %)"
 
 
 def _lr_changes(traj) -> np.ndarray:
@@ -61,14 +60,16 @@ def _draw(ax, surface, traj, plane, title, levels, log, legend=True):
         x, y = np.asarray(traj.x), np.asarray(traj.y)
         ax.plot(x, y, "-", color="tab:blue", lw=1.2, alpha=0.9, zorder=3)
         ax.plot(x, y, "o", color="tab:blue", ms=3, zorder=4, label="checkpoints")
-        ax.plot(x[0], y[0], "s", color="black", ms=7, zorder=5, label="start")
+        ax.plot(x[0], y[0], "s", color="black", ms=5, zorder=8, label="start")
         ax.plot(x[-1], y[-1], "*", color="tab:green", ms=13, mec="black", mew=0.5, zorder=6,
                 label="final")
         ch = _lr_changes(traj)
         if ch.size:
             ax.plot(x[ch], y[ch], "^", color="tab:orange", ms=8, mec="black", mew=0.5,
                     zorder=6, label="lr change")
-    ax.plot([0], [0], "o", color="red", ms=8, mec="black", mew=0.5, zorder=7, label="center")
+    # a ring, so that a start (or final) point at the center stays visible inside it
+    ax.plot([0], [0], "o", color="red", mfc="none", mec="red", ms=13, mew=2, zorder=7,
+            label="center")
     xl, yl = axis_labels(plane)
     ax.set_xlabel(xl, fontsize=8)
     ax.set_ylabel(yl, fontsize=8)
@@ -89,6 +90,11 @@ def _title(plane, traj) -> str:
     return "\n".join([bits[0], ", ".join(bits[1:])]) if len(bits) > 1 else bits[0]
 
 
+def _colorbar(fig, ax, cs, log: bool, **kw):
+    """A colour bar over the contours' full range with round ticks."""
+    return level_colorbar(fig, ax, cs, "log10 loss" if log else "loss", **kw)
+
+
 def plot_trajectory(surface, trajectory=None, plane=None, path: str | os.PathLike | None = None,
                     *, log: bool = False, levels: int = 30, title: str | None = None):
     """Loss contours of ``surface`` (a surface on the plane, e.g. from
@@ -96,7 +102,7 @@ def plot_trajectory(surface, trajectory=None, plane=None, path: str | os.PathLik
     the loss. Returns the figure; written to ``path`` when given."""
     fig, ax = plt.subplots(figsize=(6, 5))
     cs = _draw(ax, surface, trajectory, plane, title or _title(plane, trajectory), levels, log)
-    fig.colorbar(cs, ax=ax, label="log10 loss" if log else "loss")
+    _colorbar(fig, ax, cs, log)
     fig.tight_layout()
     return _finish(fig, path)
 
@@ -107,7 +113,7 @@ def plot_comparison(panels: Sequence[tuple], path: str | os.PathLike | None = No
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
     for k, (ax, (s, t, p)) in enumerate(zip(axes[0], panels)):
         cs = _draw(ax, s, t, p, _title(p, t), levels, log, legend=k == 0)
-        fig.colorbar(cs, ax=ax, label="log10 loss" if log else "loss", shrink=0.85)
+        _colorbar(fig, ax, cs, log, shrink=0.85)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
@@ -132,6 +138,8 @@ def plot_fit(trajectories: Sequence, labels: Sequence[str] | None = None,
         ax.plot(x, t.projected_loss, "--", lw=1.3,
                 label=f"L(w̃_i) on {lab} (fitting error {t.fitting_error:.3g})")
     ax.set_yscale("log")
+    plain_log_ticks(ax, np.concatenate([np.asarray(t0.loss, float)] + [
+        np.asarray(t.projected_loss, float) for t in trajectories]))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
