@@ -475,15 +475,17 @@ def _interrupt(tmp_path: Path, argv: list[str], out: str, wait: float) -> tuple[
 
 @pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_ctrl_c_prints_what_was_kept_and_the_command(tmp_path, workers):
-    argv = ["surface", *DATA, "--resolution", "201", "--out", "s.h5", "--plot", "contour",
+    n = 201 if workers == 1 else 601  # two idle workers finish 201² points before the signal
+    argv = ["surface", *DATA, "--resolution", str(n), "--out", "s.h5", "--plot", "contour",
             "--workers", str(workers)]
     code, err = _interrupt(tmp_path, argv, "s.h5", wait=1.0 if workers == 1 else 3.0)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 130, err
     assert len(lines) == 1 and "Traceback" not in err, err
-    match = re.fullmatch(r"interrupted: (\d+) of 40401 points are kept in s\.h5; resume with: "
-                         r"(.*)", lines[0])
+    match = re.fullmatch(rf"interrupted: (\d+) of {n * n} points are kept in s\.h5; resume "
+                         r"with: (.*)", lines[0])
     assert match, lines[0]
+    assert int(match.group(1)) < n * n, "the signal came after the grid was done"
     assert match.group(2) == "lossatlas " + " ".join(argv)
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert int(np.sum(f["done"][()])) == int(match.group(1))
