@@ -173,6 +173,42 @@ def test_a_new_section_is_one_function(built, tmp_path, monkeypatch):
         la.atlas(run, out, options={"surface": {"nope": 1}}, progress=False)
 
 
+def test_sharpness_section_shows_the_runs_table(tmp_path):
+    """A run trained with la.track.Sharpness gets the section, right after the training curves,
+    and its numbers are the table's; a run without the table has no such section and no
+    summary key; a rerun reads it back, a changed table recomputes it."""
+    train, test = la.datasets.load("digits", train_size=120)
+    model = la.zoo.build("mlp", dataset=train, width=8, seed=0)
+    run = la.train(model, train, test_data=test, epochs=2, batch_size=40, seed=0,
+                   out=tmp_path / "run", progress=False,
+                   callbacks=[la.track.Sharpness(every=2)])
+    res = la.atlas(run, tmp_path / "out", only=["training", "sharpness"], progress=False)
+    sec = {s["name"]: s for s in res.doc["sections"]}
+    assert [s["name"] for s in res.doc["sections"]][:2] == ["training", "sharpness"]
+    assert sec["sharpness"]["status"] == "computed", sec["sharpness"].get("error")
+    table = run.track("sharpness")
+    nums = sec["sharpness"]["numbers"]
+    assert table["step"].tolist() == [0.0, 2.0, 4.0, 6.0]
+    assert res.summary["lambda_max_final"] == table["lambda_max"][-1]
+    assert nums["lambda_max_initial"] == table["lambda_max"][0]
+    assert nums["lambda_max_peak"] == max(table["lambda_max"]) and nums["every"] == 2
+    assert res.summary["sharpness_threshold"] == pytest.approx((2 + 2 * 0.9) / 0.1)
+    assert nums["products_median"] == float(np.median(table["products"][1:]))
+    assert (tmp_path / "out" / "sharpness" / "sharpness.png").stat().st_size > 10_000
+    assert "--track sharpness:every=2" in sec["sharpness"]["command"][0]
+    assert "edge of stability" in " ".join(sec["sharpness"]["caption"])
+    again = la.atlas(run, tmp_path / "out", only=["training", "sharpness"], progress=False)
+    assert {s["name"]: s["status"] for s in again.doc["sections"]}["sharpness"] == "reused"
+    csv = tmp_path / "run" / "sharpness.csv"
+    csv.write_text(csv.read_text().replace(repr(float(table["lambda_max"][-1])), "123.5"))
+    again = la.atlas(run, tmp_path / "out", only=["training", "sharpness"], progress=False)
+    assert again.summary["lambda_max_final"] == 123.5
+    plain = tiny_run(tmp_path / "plain", epochs=1)
+    res = la.atlas(plain, tmp_path / "out2", only=["training"], progress=False)
+    assert "sharpness" not in [s["name"] for s in res.doc["sections"]]
+    assert "lambda_max_final" not in res.summary
+
+
 def test_cli_atlas_prints_the_page(built, tmp_path):
     root, _run, _ = built
     out = tmp_path / "cli"

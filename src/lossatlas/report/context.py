@@ -102,7 +102,8 @@ class AtlasContext:
 
     # -- cache inputs -----------------------------------------------------------------------
     def input_hash(self, name: str) -> str:
-        """The hash of input ``name`` (``run``, ``run_b``, ``sweep`` or a section)."""
+        """The hash of input ``name`` (``run``, ``run_b``, ``sweep``, ``table:NAME``: the run's
+        tracked table ``NAME.csv``, or a section)."""
         if name == "run":
             return run_hash(self.run)
         if name == "run_b":
@@ -111,5 +112,9 @@ class AtlasContext:
             from lossatlas.report.cache import folder_hash
 
             return folder_hash(self.sweep, ("results.jsonl", "spec.json")) if self.sweep else "-"
+        if name.startswith("table:"):
+            from lossatlas.report.cache import folder_hash
+
+            return folder_hash(self.run.path, (f"{name[6:]}.csv",))
         out = self.outputs.get(name)
         return out["key"] if isinstance(out, dict) else "-"

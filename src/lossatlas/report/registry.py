@@ -7,12 +7,13 @@ caption, key numbers, the ``lossatlas`` command that recomputes it and its prove
 
 ``options`` are the section's defaults (``quick`` overrides them for smoke runs and tests; the
 user's ``--set name.key=value`` overrides both). ``inputs`` names what else the result depends
-on (``"run"``, ``"run_b"``, ``"sweep"`` or another section's name), and ``when(ctx)`` says
-whether the section applies to this run at all. The cache key is a hash of these, so an
-unchanged section is read back instead of recomputed. Adding a section later is one function::
+on (``"run"``, ``"run_b"``, ``"sweep"``, ``"table:NAME"`` for a tracked table, or another
+section's name), and ``when(ctx)`` says whether the section applies to this run at all. The
+cache key is a hash of these, so an unchanged section is read back instead of recomputed.
+Adding a section later is one function (``sections/tracking.py`` is this one)::
 
-    @section("sharpness", "Sharpness during training", inputs=("run",),
-             when=lambda ctx: "sharpness" in ctx.run.info.get("tracks", {}))
+    @section("sharpness", "Sharpness during training", inputs=("run", "table:sharpness"),
+             when=lambda ctx: "sharpness" in ctx.run.info.get("tracks", []))
     def sharpness(ctx, opts):
         ...
         return Output(figures=[Figure(path, "λ_max per step")], numbers={...}, ...)

@@ -4,7 +4,8 @@ order of :data:`MODULES` (a module registers its sections in the order it define
 import importlib
 
 #: Page order of the built-in section modules.
-MODULES = ("training", "landscape", "hessian", "trajectory", "mining", "connectivity", "phases")
+MODULES = ("training", "tracking", "landscape", "hessian", "trajectory", "mining", "connectivity",
+           "phases")
 
 for _name in MODULES:
     importlib.import_module(f"{__name__}.{_name}")
