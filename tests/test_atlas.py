@@ -101,6 +101,20 @@ def test_atlas_numbers_equal_the_section_files(built):
                                      rel=1e-6)
     assert s["phase"] == la.taxonomy.classify(
         {"train_loss": float(run.train_loss[-1]), "mc": conn.mc, "cka": s["cka"]}).label
+    # permutation alignment (default connectivity.align=weights): the numbers are the file's
+    al = la.load(out / "connectivity" / "mode_connectivity-aligned.h5")
+    assert al.align == "weights" and s["mc_unaligned"] == s["mc"]
+    assert s["mc_aligned"] == pytest.approx(al.mc, rel=1e-12)
+    assert s["barrier_aligned"] == pytest.approx(la.connect.barrier(al.t, al.linear_error))
+    assert s["barrier_unaligned"] == pytest.approx(al.unaligned_linear_barrier, rel=1e-12)
+    # the line before alignment is the unaligned curve's line (same ends, same t), and the
+    # permuted run B computes the same function as run B (same loss at t = 1)
+    assert s["barrier_unaligned"] == pytest.approx(la.connect.barrier(conn.t, conn.linear_error))
+    assert al.unaligned_linear_mc == pytest.approx(conn.linear_mc)
+    assert al.loss[-1] == pytest.approx(conn.loss[-1], rel=1e-5)
+    sec = {d["name"]: d for d in res.doc["sections"]}["connectivity"]
+    assert {k: sec["numbers"][k] for k in ("mc_aligned", "barrier_aligned")} == {
+        k: s[k] for k in ("mc_aligned", "barrier_aligned")}
 
 
 def test_atlas_lambda_max_equals_a_dense_hessian(built):
@@ -147,6 +161,25 @@ def test_rerun_reads_back_and_one_option_recomputes_one_section(built, tmp_path)
     res = la.atlas(run, out, quick=True, sweep=root / "sweep", options=opts, progress=False)
     status = {s["name"]: s["status"] for s in res.doc["sections"]}
     assert status.pop("mined") == "computed" and set(status.values()) == {"reused"}
+
+
+def test_connectivity_align_option_is_in_the_cache_key(built, tmp_path):
+    """connectivity.align=none recomputes the section without the aligned curve or numbers."""
+    root, run, _ = built
+    out = tmp_path / "noalign"
+    shutil.copytree(root / "out", out)
+    opts = {**TINY, "connectivity": {**TINY["connectivity"], "align": "none"}}
+    res = la.atlas(run, out, quick=True, sweep=root / "sweep", options=opts,
+                   only=["connectivity"], progress=False)
+    sec = {d["name"]: d for d in res.doc["sections"]}["connectivity"]
+    assert sec["status"] == "computed" and "mc_aligned" not in res.summary
+    assert not (out / "connectivity" / "mode_connectivity-aligned.h5").exists()
+    assert res.summary["mc"] == pytest.approx(la.load(out / "connectivity" /
+                                                      "mode_connectivity.h5").mc)
+    bad = la.atlas(run, out, quick=True, options={"connectivity": {"align": "nope"}},
+                   only=["connectivity"], progress=False)
+    sec = {d["name"]: d for d in bad.doc["sections"]}["connectivity"]
+    assert not bad.ok and "connectivity.align='nope' is unknown" in sec["error"]
 
 
 def test_a_new_section_is_one_function(built, tmp_path, monkeypatch):

@@ -25,8 +25,8 @@ __all__ = ["cka_layers", "curve", "error_and_loss", "grid"]
 _YLABEL = {"error": "train error (%)", "loss": "train loss"}
 
 
-def _finish(fig, path: str | os.PathLike | None):
-    fig.tight_layout()
+def _finish(fig, path: str | os.PathLike | None, rect=(0, 0, 1, 1)):
+    fig.tight_layout(rect=rect)
     if path is not None:
         fig.savefig(path, dpi=130)
         plt.close(fig)
@@ -87,13 +87,18 @@ def error_and_loss(res, dense: Mapping | None = None, title: str | None = None,
                    path: str | os.PathLike | None = None):
     """:func:`curve` twice, side by side: the train error (%) and the train loss (the error is
     0 along most of a well-connected curve; the loss still shows its shape)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
     for ax, metric in zip(axes, ("error", "loss")):
         curve(res, dense=dense, metric=metric, ax=ax,
               title=None if metric == res.metric else "train loss along the same curves")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:  # one legend for both panels, below them: it cannot hide a curve
+        ax.get_legend().remove()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8,
+               frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _finish(fig, path)
+    return _finish(fig, path, rect=(0, 0.07, 1, 1))
 
 
 def grid(results: Sequence[Sequence], row_labels: Sequence[str] | None = None,
