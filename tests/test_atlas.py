@@ -223,6 +223,13 @@ def test_sharpness_section_shows_the_runs_table(tmp_path):
     nums = sec["sharpness"]["numbers"]
     assert table["step"].tolist() == [0.0, 2.0, 4.0, 6.0]
     assert res.summary["lambda_max_final"] == table["lambda_max"][-1]
+    # the last row (step 6 = 2 epochs of 3 batches) is the final model: a cold-started
+    # Lanczos on the rebuilt final model gives the same λ_max
+    from lossatlas.report.runspec import rebuild
+
+    final, data, _ = rebuild(run)
+    cold = la.hessian.eigs(la.Objective(final, data), 1, "LA", 1e-6, seed=7)
+    assert res.summary["lambda_max_final"] == pytest.approx(float(cold.values[-1]), rel=1e-4)
     assert nums["lambda_max_initial"] == table["lambda_max"][0]
     assert nums["lambda_max_peak"] == max(table["lambda_max"]) and nums["every"] == 2
     assert res.summary["sharpness_threshold"] == pytest.approx((2 + 2 * 0.9) / 0.1)

@@ -93,11 +93,9 @@ def sharpness_curves(tracks, path: str | os.PathLike | None = None, title: str |
         axes[1].legend(fontsize=7)
         axes[1].grid(alpha=0.3)
     ax.grid(alpha=0.3)
-    if len(tables) < 3:
-        ax.legend(fontsize=7, loc="upper left")
-    else:  # many runs: below the axes, so that no curve is hidden
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                  ncol=min(len(tables), 4))
+    # below the axes, so that no curve is hidden (λ_max often peaks early, at the top left)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=min(2 * len(tables), 4))
     fig.suptitle(title or "sharpness during training")
     if path is not None:
         fig.savefig(path, dpi=110)

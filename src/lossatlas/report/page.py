@@ -27,6 +27,15 @@ CARD = (
     ("l2", "ℓ2 to run B", "g"), ("phase", "phase (Yang et al.)", "s"),
 )
 
+#: Summary card entries shown only when their section computed them.
+CARD_IF_PRESENT = (
+    ("lambda_max_final", "λ<sub>max</sub> at the last tracked step", "g"),
+    ("sharpness_threshold", "its stability threshold (2/η, (2+2β)/η)", "g"),
+    ("barrier_unaligned", "line barrier (train error %), unaligned", "g"),
+    ("barrier_aligned", "line barrier (train error %), aligned", "g"),
+    ("mc_aligned", "mc after alignment (%)", "+g"),
+)
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;
 background:#f6f7f9;line-height:1.45}
@@ -172,7 +181,8 @@ def write_page(doc: Mapping, sections: Sequence[Mapping], out: Path) -> Path:
     plots: list[tuple[str, str]] = []
     s = doc["summary"]
     card = "".join(f"<div><b>{_fmt(s.get(k), f)}</b><span>{label}</span></div>"
-                   for k, label, f in CARD)
+                   for k, label, f in CARD + tuple(c for c in CARD_IF_PRESENT
+                                                   if s.get(c[0]) is not None))
     r = doc["recipe"]
     model = html.escape(str(r["model"]).rsplit("/", 1)[-1])
     nav = "".join(f'<a href="#{d["name"]}">{html.escape(d["title"])}</a>' for d in sections)

@@ -28,13 +28,14 @@ def _reading(ratio: float | None, what: str) -> str:
     """One honest sentence on λ_max / threshold at the end of training."""
     if ratio is None:
         return f"no finite {what} to compare with"
+    pct = f"{100 * ratio:.0f}" if ratio >= 0.1 else f"{100 * ratio:.2g}"
     if ratio > 1.1:
-        return (f"{100 * ratio:.0f} % of {what}: above it, where the full-batch iteration is "
+        return (f"{pct} % of {what}: above it, where the full-batch iteration is "
                 "unstable along the top eigenvector (transient at a catapult, or mini-batch "
                 "noise and weight decay at work)")
     if ratio >= 0.9:
-        return f"{100 * ratio:.0f} % of {what}: at the edge of stability"
-    return f"{100 * ratio:.0f} % of {what}: below the edge of stability"
+        return f"{pct} % of {what}: at the edge of stability"
+    return f"{pct} % of {what}: below the edge of stability"
 
 
 @section("sharpness", "Sharpness during training", inputs=("run", "table:sharpness"),
