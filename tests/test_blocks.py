@@ -4,6 +4,7 @@ eigenvalues against the exact Hessian blocks, JS distances."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -87,3 +88,18 @@ def test_block_figure_draws_every_block_and_the_distances():
     assert len(set(colors.values())) == len(set(res.types))  # one colour per block type
     assert [t.get_text() for t in ax.get_legend().get_texts()] == list(dict.fromkeys(res.types))
     assert np.array_equal(ax_js.images[0].get_array(), res.js)
+
+
+def test_js_distance_equals_scipy_and_stays_finite_on_underflowing_tails():
+    from scipy.spatial.distance import jensenshannon
+
+    from lossatlas.hessian.blocks import js_distance
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p, q = rng.random(64), rng.random(64)
+        assert js_distance(p, q) == pytest.approx(jensenshannon(p, q, base=2), rel=1e-12)
+    # two nearly equal broadened spectra whose tails reach denormals (seen on a GPT-2's blocks)
+    x = np.linspace(0, 40, 1000)
+    p, q = np.exp(-0.5 * (x / 0.5) ** 2), np.exp(-0.5 * (x / 0.5001) ** 2)
+    assert np.isfinite(js_distance(p, q)) and js_distance(p, q) < 1e-3
