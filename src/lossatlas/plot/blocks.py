@@ -17,7 +17,8 @@ def block_densities(res, path: str | os.PathLike | None = None,
     peak), one colour per block type; right: the JS distance matrix (0 = same spectrum,
     1 = disjoint; colours scaled to the largest). ``res``: a
     :class:`lossatlas.hessian.BlockSpectra`."""
-    fig = Figure(figsize=(11.5, 4.4), layout="constrained")
+    n = len(res.names)
+    fig = Figure(figsize=(11.5, max(4.4, 2.2 + 0.2 * n)), layout="constrained")
     ax, ax_js = fig.subplots(1, 2, width_ratios=[1.25, 1])
     kinds = list(dict.fromkeys(res.types))
     colors = {k: f"C{i}" for i, k in enumerate(kinds)}
@@ -34,13 +35,12 @@ def block_densities(res, path: str | os.PathLike | None = None,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, title="block type", title_fontsize=7)
     im = ax_js.imshow(res.js, vmin=0, vmax=max(float(res.js.max()), 1e-12), cmap="viridis")
-    n = len(res.names)
     ticks = range(n) if n <= 30 else range(0, n, max(1, n // 30))
     labels = [f"{res.names[i]} ({res.types[i]})" for i in ticks]
     ax_js.set_xticks(list(ticks), labels, rotation=90, fontsize=6)
     ax_js.set_yticks(list(ticks), labels, fontsize=6)
-    ax_js.set_title("Jensen–Shannon distance (base 2) between blocks", fontsize=10)
-    fig.colorbar(im, ax=ax_js, shrink=0.8, label="JS distance (1 = disjoint spectra)")
+    ax_js.set_title("distance between block spectra", fontsize=10)
+    fig.colorbar(im, ax=ax_js, shrink=0.8, label="Jensen–Shannon distance (base 2; 1 = disjoint)")
     fig.suptitle(title or "block-wise Hessian spectra")
     if path is not None:
         fig.savefig(path, dpi=110)
