@@ -376,3 +376,17 @@ def test_atlas_page_opens_in_chromium(built, tmp_path):
     size = sum(p.stat().st_size for p in (root / "out").rglob("*")
                if p.is_file() and p.suffix in (".html", ".png", ".js", ".json"))
     assert size < 10e6
+
+
+def test_recipe_keeps_the_optimizer_so_run_b_is_trained_like_run_a(tmp_path):
+    from lossatlas.report.runspec import recipe_of
+
+    train, _ = la.datasets.load("digits", train_size=60)
+    model = la.zoo.build("mlp", dataset=train, width=6, seed=0)
+    run = la.train(model, train, epochs=1, lr=0.01, batch_size=30, optimizer="adam",
+                   betas=(0.8, 0.99), out=tmp_path / "adam", progress=False)
+    r = recipe_of(la.load_run(run.path))
+    assert r.train["optimizer"] == "adam" and r.train["betas"] == (0.8, 0.99)
+    sgd = la.train(la.zoo.build("mlp", dataset=train, width=6, seed=0), train, epochs=1,
+                   lr=0.01, batch_size=30, out=tmp_path / "sgd", progress=False)
+    assert "optimizer" not in recipe_of(la.load_run(sgd.path)).train

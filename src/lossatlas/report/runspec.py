@@ -74,6 +74,10 @@ def recipe_of(run: Run) -> Recipe:
         )
     hyper = info.get("hyperparameters", {})
     train = {k: hyper[k] for k in TRAIN_KEYS if k in hyper}
+    if str(hyper.get("optimizer", "SGD")).lower() != "sgd":  # run B is trained as run A was
+        train["optimizer"] = str(hyper["optimizer"]).lower()
+        if "betas" in hyper:
+            train["betas"] = tuple(hyper["betas"])
     return Recipe(build["name"], dict(build.get("options") or {}), load["name"],
                   dict(load.get("options") or {}), train, int(info.get("seed", 0)))
 

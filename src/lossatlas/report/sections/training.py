@@ -34,6 +34,9 @@ def training(ctx, opts) -> Output:
                  f"--momentum {h.get('momentum')} --weight-decay {h.get('weight_decay')} "
                  f"--batch-size {h.get('batch_size')} --schedule {h.get('schedule', 'constant')} "
                  f"--seed {r.seed} --out {ctx.run_path}")
+    if "optimizer" in h:  # adam / adamw (SGD is the default); the CLI keeps default betas
+        train_cmd += f" --optimizer {h['optimizer']}"
+        recipe += f", optimizer {h['optimizer']}"
     return Output(
         figures=[Figure(path, "loss and accuracy per epoch")],
         numbers=numbers,
