@@ -85,11 +85,12 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     run = ensure_run(out / "run", default_recipe(seed, epochs), progress=progress,
-                     log=lambda m: console.print(m, highlight=False, markup=False))
+                     log=lambda m: console.print(m, highlight=False, markup=False,
+                                                 soft_wrap=True))
     console.print(f"run: {DEFAULTS['model']} on {DEFAULTS['data']}, {len(run) - 1} epochs, "
                   f"train acc {100 * run.train_acc[-1]:.1f} %, test acc "
                   f"{100 * run.test_acc[-1]:.1f} % ({time.perf_counter() - t0:.1f} s) -> "
-                  f"{out / 'run'}", highlight=False)
+                  f"{out / 'run'}", highlight=False, soft_wrap=True)
     sweep_dir = None
     if sweep:
         t1 = time.perf_counter()
@@ -100,6 +101,6 @@ def run_demo(
         S.run(spec, sweep_dir, progress=progress)
         console.print(f"sweep: {len(spec['load']['values']) * len(spec['temperature']['values'])}"
                       f" cells ({time.perf_counter() - t1:.1f} s) -> {sweep_dir}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     return atlas(run, out, quick=quick, sweep=sweep_dir, only=only, progress=progress,
                  console=console)

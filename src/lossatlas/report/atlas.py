@@ -129,7 +129,7 @@ def atlas(
             raise LossAtlasError(f"{what}={str(p)!r} is not a folder; pass a run / sweep folder")
 
     def log(msg: str) -> None:
-        console.print(msg, highlight=False, markup=False)
+        console.print(msg, highlight=False, markup=False, soft_wrap=True)
 
     ctx = AtlasContext(run=run, out=out, quick=quick,
                        with_run=Path(with_run) if with_run is not None else None,
