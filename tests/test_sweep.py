@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +266,18 @@ def test_second_sweep_on_a_folder_is_refused(spec, tiny, tmp_path):
           pytest.raises(LossAtlasError, match=f"sweep folder.*process {os.getpid()}")):
         S.run(spec, out, progress=False)
     assert (out / S.RESULTS).read_bytes() == before
+
+
+def test_a_sweep_spec_reads_without_tomllib_as_on_python_3_10(monkeypatch):
+    """Python 3.10 has no tomllib; the backport tomli (declared in pyproject) reads the spec."""
+    import sys
+
+    from lossatlas import sweep as S
+
+    pytest.importorskip("tomli")
+    spec = Path(__file__).parents[1] / "examples" / "sweep_digits.toml"
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails
+    with pytest.raises(ImportError):
+        import tomllib  # noqa: F401
+    assert S._toml().__name__ == "tomli"
+    assert S.load_spec(spec).name == "digits"

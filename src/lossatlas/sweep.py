@@ -73,7 +73,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 import torch
 
 from lossatlas import __version__
@@ -94,6 +93,20 @@ __all__ = [
     "load_spec",
     "run",
 ]
+
+def _toml():
+    """The TOML reader: ``tomllib`` (Python 3.11+) or its backport ``tomli``, which pyproject
+    declares for Python 3.10."""
+    try:
+        import tomllib
+    except ImportError:
+        try:
+            import tomli as tomllib
+        except ImportError as exc:
+            raise LossAtlasError("reading a sweep spec on Python < 3.11 needs tomli; install "
+                                 "it (pip install tomli)") from exc
+    return tomllib
+
 
 #: Short names of the control parameters -> the section and key they set.
 ALIASES: dict[str, str] = {
@@ -232,9 +245,10 @@ def load_spec(source: str | os.PathLike | Mapping) -> SweepSpec:
         path = Path(source)
         if not path.is_file():
             raise LossAtlasError(f"FILE={str(path)!r} does not exist; pass a sweep .toml file.")
+        toml = _toml()
         try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+            raw = toml.loads(path.read_text())
+        except toml.TOMLDecodeError as exc:
             raise LossAtlasError(f"FILE={str(path)!r} is not valid TOML ({exc}); fix it.") from None
         default_name = path.stem
     known = {"name", "seeds", "data", "model", "train", "load", "temperature", "measure", "out",
