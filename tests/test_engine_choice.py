@@ -84,3 +84,10 @@ def test_one_engine_per_run_recorded_and_reused_on_resume(setup, tmp_path, monke
     assert chosen["calls"] == 1 and resumed.meta["engine"] == "affine"
     whole = la.surface(obj, d1, d2, span=(-1, 1), resolution=5, fast="affine", progress=False)
     np.testing.assert_array_equal(resumed.loss, whole.loss)
+
+
+def test_surface_reports_its_engine_and_setup_apart(setup):
+    obj, d1, d2, _, _ = setup
+    s = la.surface(obj, d1, d2, span=(-1, 1), resolution=5, progress=False)
+    assert s.meta["engine"] in ("affine", "inplace")
+    assert s.meta["setup_seconds"] > 0 and s.meta["engine_reason"]

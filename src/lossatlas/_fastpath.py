@@ -732,6 +732,9 @@ class Chunk:
     fast: bool = True
 
 
+#: In-place replaces the affine engine only when faster than this fraction of its time.
+RACE_MARGIN = 0.8
+
 _ENGINES: dict[str, Engine] = {}
 _SETUP: dict[str, float] = {}  # token -> seconds spent building (and racing) the engine
 
@@ -759,7 +762,9 @@ def race_engines(eng: Engine, coeffs: np.ndarray, rounds: int = 2
         t0 = time.perf_counter()
         loss[i:i + 1], acc[i:i + 1] = eng.evaluate(coeffs[i:i + 1])
         best[mode] = min(best.get(mode, math.inf), time.perf_counter() - t0)
-    keep = min(best, key=best.get)
+    # the rule's choice (affine) stays unless in-place is clearly faster: near-ties would flip
+    # with the load, and two runs of one command would then differ in their last bits
+    keep = "inplace" if best["inplace"] < RACE_MARGIN * best["affine"] else "affine"
     eng._slots, eng.first = slots[keep]
     eng.reason = (f"measured {best['affine']:.3g} s (affine) vs {best['inplace']:.3g} s "
                   "(in-place) per point")
@@ -827,6 +832,8 @@ def release(token: str) -> None:
 
 
 def engine_info(token: str) -> dict:
+    """The engine of run ``token`` in this process: its mode, why, and the seconds spent
+    building it (private copy, first-layer outputs, probes, race); empty when it ran elsewhere."""
     eng = _ENGINES.get(token)
     if eng is None:
         return {}

@@ -552,8 +552,12 @@ def _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f, hel
                 callback(finished, n_chunks)
         if engines:
             meta["engine"] = sorted(engines)[0] if len(engines) == 1 else sorted(engines)
+            # in this process: why that engine, and its setup (copies, probes, race) apart
+            info = _fastpath.engine_info(token)
+            extra = {k: info[k] for k in ("engine_reason", "setup_seconds") if k in info}
+            meta.update(extra)
             if f is not None:
-                store.write_attrs(f, {"engine": meta["engine"]})
+                store.write_attrs(f, {"engine": meta["engine"], **extra})
     finally:
         _fastpath.release(token)
 
