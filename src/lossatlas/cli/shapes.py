@@ -172,10 +172,7 @@ def overlay_curves(obj, net, specs: list[str], span: tuple[float, float] | None,
 
 
 def _log_c(obj) -> float | None:
-    try:
-        c = obj.num_classes
-    except Exception:
-        return None
+    c = obj.num_classes  # None for a model that is not a classifier
     return math.log(c) if c and c > 1 else None
 
 

@@ -15,6 +15,7 @@ BatchNorm running statistic. Pass ``names=obj.names`` to match an Objective exac
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -115,8 +116,8 @@ class Source:
             if not stat.S_ISREG(os.stat(self.files[i]).st_mode):  # a FIFO would block open
                 return None
             state = torch.load(self.files[i], map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
-            return None
+        except (RuntimeError, OSError, ValueError, pickle.UnpicklingError):
+            return None  # not mappable (old format, odd file): the caller reads it the slow way
         if isinstance(state, dict):
             for key in ("state_dict", "model"):
                 if isinstance(state.get(key), dict):
