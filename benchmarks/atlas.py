@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--keep", type=Path, help="write the atlas here instead of a temp folder")
     args = ap.parse_args()
-    from lossatlas.demo import run_demo
+    from lossatlas.report.demo import run_demo
 
     tmp = Path(tempfile.mkdtemp(prefix="atlas-bench-"))
     out = args.keep or tmp / "atlas"

@@ -29,7 +29,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import lossatlas as la
-from lossatlas.connect import bernstein, garipov_lr
+from lossatlas.measurements.connect import bernstein, garipov_lr
 
 
 # -- the baseline: curve layers (Garipov et al. 2018) -------------------------------------------

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 import lossatlas as la
-from lossatlas.hessian import HessianOperator
+from lossatlas.measurements.hessian import HessianOperator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hessian import workload  # the shared trained MLP of benchmarks/hessian.py

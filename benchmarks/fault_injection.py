@@ -97,7 +97,7 @@ SWEEP = {
 
 def sweep_work(out: str) -> None:
     """A 2 x 2 sweep with two seeds (8 models, 4 pairs) into ``out``."""
-    from lossatlas import sweep as S
+    from lossatlas.sweeps import sweep as S
 
     os.environ["LOSSATLAS_QUIET"] = "1"
     torch.set_num_threads(1)
@@ -225,10 +225,10 @@ WORK: dict[str, tuple[Callable[[str], None], str]] = {
 
 
 def _context():
-    from lossatlas.executors import PRELOAD
+    from lossatlas.sweeps.executors import PRELOAD
 
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([*PRELOAD, "h5py", "lossatlas.landscape"])
+    ctx.set_forkserver_preload([*PRELOAD, "h5py", "lossatlas.measurements.landscape.grids"])
     return ctx
 
 

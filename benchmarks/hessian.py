@@ -27,7 +27,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import lossatlas as la
-from lossatlas.hessian import HessianOperator, eigs, power, trace_of
+from lossatlas.measurements.hessian import HessianOperator, eigs, power, trace_of
 
 
 def workload(dtype=torch.float32):

@@ -105,7 +105,7 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
     import torch.nn.functional as F
 
     import lossatlas as la
-    from lossatlas import _fastpath
+    from lossatlas.measurements.landscape import engine as _fastpath
 
     torch.set_num_threads(1)
     model, X, y = workload(name, n)
@@ -232,7 +232,7 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
         t0 = time.perf_counter()
         with la.memory.limit(sa_budget):
             op = la.hessian.HessianOperator(obj)
-            from lossatlas.hessian.arpack import basis_vectors
+            from lossatlas.measurements.hessian.eigenpairs import basis_vectors
 
             basis = basis_vectors(op, 3, 1000)
             spec = la.hessian.eigs(obj, k=3, which="SA", operator=op)
@@ -243,7 +243,7 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
         return out
 
     if row == "basis":  # the Lanczos basis alone: 300 steps on a diagonal H of the model's size
-        from lossatlas.hessian._lanczos import thick_restart
+        from lossatlas.measurements.hessian.lanczos import thick_restart
 
         dim = out["params"]
         diag = torch.linspace(-1, 2, dim, dtype=torch.float64)
@@ -259,7 +259,7 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
 
     if row == "sa3 plan":  # what SA-3 would hold, without running it
         obj = la.Objective(model, (X, y))
-        from lossatlas.hessian.arpack import basis_vectors
+        from lossatlas.measurements.hessian.eigenpairs import basis_vectors
 
         with la.memory.limit(sa_budget):
             op = la.hessian.HessianOperator(obj, reserve=(32 + 5) * 8 * sum(

@@ -30,8 +30,8 @@ import time
 
 os.environ.setdefault("LOSSATLAS_QUIET", "1")
 
-from lossatlas import sweep as S
-from lossatlas.executors import LocalExecutor, ProcessExecutor
+from lossatlas.sweeps import sweep as S
+from lossatlas.sweeps.executors import LocalExecutor, ProcessExecutor
 
 
 def spec(epochs: int, pairs: bool) -> dict:

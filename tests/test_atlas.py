@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import lossatlas as la
 from lossatlas.cli import app
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 from lossatlas.report import registry
 from lossatlas.report.atlas import SUMMARY_KEYS
 
@@ -305,7 +305,7 @@ def test_run_rebuilds_from_its_manifest_with_a_file_factory(tmp_path, monkeypatc
 def test_progress_bar_closes_at_its_real_count(monkeypatch):
     from rich.progress import Progress
 
-    from lossatlas import _progress
+    from lossatlas.core import progress as _progress
 
     seen = {}
 

@@ -39,7 +39,7 @@ import pytest
 import torch
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 DATA = ["--data", "gaussians", "--data-arg", "train_size=64", "--width", "8"]
 CUDA = torch.cuda.is_available()
@@ -127,7 +127,7 @@ def being_written(name: str):
 def writer_holds(name: str):
     """Hold lossatlas' writer lock on a file or folder (``NAME.lock`` with this pid), as a
     second process writing it would; the lock file goes away with the lock."""
-    from lossatlas._locks import lock_path, writer_lock
+    from lossatlas.store.locks import lock_path, writer_lock
 
     with writer_lock(lock_path(name), name):
         yield
@@ -170,7 +170,7 @@ def _curve_to(path, points=5):
 def _beyond_free_disk():
     from unittest import mock
 
-    with mock.patch("lossatlas.resources.free_disk", return_value=1000):
+    with mock.patch("lossatlas.core.resources.free_disk", return_value=1000):
         _curve_to("big.h5", points=1000)()
 
 

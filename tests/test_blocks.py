@@ -93,7 +93,7 @@ def test_block_figure_draws_every_block_and_the_distances():
 def test_js_distance_equals_scipy_and_stays_finite_on_underflowing_tails():
     from scipy.spatial.distance import jensenshannon
 
-    from lossatlas.hessian.blocks import js_distance
+    from lossatlas.measurements.hessian.blocks import js_distance
 
     rng = np.random.default_rng(0)
     for _ in range(20):

@@ -8,7 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import lossatlas.demo as demo_mod
+import lossatlas.report.demo as demo_mod
+from lossatlas.batteries.training import load_run
 from lossatlas.cli import app
 from lossatlas.cli._common import (
     load_checkpoint,
@@ -19,9 +20,8 @@ from lossatlas.cli._common import (
     setup,
     slug,
 )
-from lossatlas.errors import LossAtlasError
-from lossatlas.params import of
-from lossatlas.training import load_run
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.core.params import of
 
 TINY = ["--model", "mlp", "--data", "digits", "--data-arg", "train_size=200", "--width", "16",
         "--epochs", "2", "--batch-size", "64"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 C = la.connect
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-import lossatlas.datasets as D
-from lossatlas.errors import LossAtlasError
+import lossatlas.batteries.datasets as D
+from lossatlas.core.errors import LossAtlasError
 
 # name, options, input shape, X dtype, classes, train size, test size
 BUILTINS = [

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import lossatlas as la
+from lossatlas.core.errors import LossAtlasError
 from lossatlas.directions import parse_direction, parse_spec
-from lossatlas.errors import LossAtlasError
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
-from lossatlas.hessian import HessianOperator
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.measurements.hessian import HessianOperator
 
 N, BATCH, RTOL = 301, 64, 1e-6
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lossatlas as la
-from lossatlas import _fastpath
+from lossatlas.measurements.landscape import engine as _fastpath
 
 
 @pytest.fixture()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
-from lossatlas.executors import (
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.sweeps.executors import (
     LocalExecutor,
     ProcessExecutor,
     make_executor,
@@ -94,7 +94,7 @@ def test_unreachable_ray_address_fails_fast():
     pytest.importorskip("ray")
     import ray
 
-    from lossatlas.executors import RayExecutor
+    from lossatlas.sweeps.executors import RayExecutor
 
     if ray.is_initialized():
         pytest.skip("Ray is already initialized in this process")

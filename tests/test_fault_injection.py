@@ -56,7 +56,7 @@ def _running(pid: int) -> bool:
 
 DRIVER = """
 import time
-from lossatlas.executors import ProcessExecutor
+from lossatlas.sweeps.executors import ProcessExecutor
 if __name__ == "__main__":
     ex = ProcessExecutor(2)
     for _ in ex.map(time.sleep, [60] * 4):

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 import lossatlas as la
-from lossatlas import _locks
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.store import locks as _locks
 
 os.environ.setdefault("LOSSATLAS_QUIET", "1")
 NX, NY = 3, 5

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
-from lossatlas.hessian import HessianOperator
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.measurements.hessian import HessianOperator
 
 
 def _net(seed=0, d=6, h=12, c=3):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 transformers = pytest.importorskip("transformers")
 
@@ -144,7 +144,7 @@ def test_tied_embeddings_are_exact_in_every_engine(gpt2, lm_data, fast):
 def test_hvp_through_sdpa_matches_finite_differences(gpt2, lm_data, capfd, monkeypatch):
     """H v (double backward, SDPA on its math kernel) against (g(θ+εv) − g(θ−εv)) / 2ε in
     float64; the fallback is announced in one line."""
-    import lossatlas.objective as O
+    import lossatlas.core.objective as O
 
     monkeypatch.setattr(O, "_said_math", False)
     monkeypatch.delenv("LOSSATLAS_QUIET", raising=False)

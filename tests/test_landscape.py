@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import lossatlas as la
-from lossatlas import _fastpath
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.measurements.landscape import engine as _fastpath
 
 os.environ.setdefault("LOSSATLAS_QUIET", "1")
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import lossatlas as la
-from lossatlas import memory as M
-from lossatlas.errors import LossAtlasError
-from lossatlas.hessian._lanczos import thick_restart
-from lossatlas.hessian.arpack import basis_vectors
-from lossatlas.hessian.operator import HessianOperator
+from lossatlas.core import memory as M
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.measurements.hessian.eigenpairs import basis_vectors
+from lossatlas.measurements.hessian.lanczos import thick_restart
+from lossatlas.measurements.hessian.operator import HessianOperator
 
 
 @pytest.fixture(scope="module")

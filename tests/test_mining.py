@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import lossatlas as la
-from lossatlas import mining
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.measurements import mining
 
 
 class Quad(nn.Module):

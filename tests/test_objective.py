@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call, hessian
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 
 def _bn_net(seed: int = 0) -> nn.Module:

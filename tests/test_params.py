@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lossatlas as la
-from lossatlas.params import Point
+from lossatlas.core.params import Point
 
 
 def _net():

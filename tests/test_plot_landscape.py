@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import lossatlas as la
 from lossatlas.cli import app
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 os.environ.setdefault("LOSSATLAS_QUIET", "1")
 
@@ -114,7 +114,7 @@ def test_cli_curve_and_surface_commands(tmp_path, monkeypatch):
 def test_cli_surface_on_two_worker_processes(tmp_path, monkeypatch):
     """--workers 2 sends the chunks to processes; the driver writes the same numbers (the
     engine is the rule's in both runs: a timing race may choose differently in two runs)."""
-    from lossatlas import _fastpath
+    from lossatlas.measurements.landscape import engine as _fastpath
 
     monkeypatch.setattr(_fastpath, "race_engines", lambda eng, coeffs: None)
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lossatlas as la
-from lossatlas import sweep as S
-from lossatlas.executors import LocalExecutor
+from lossatlas.sweeps import sweep as S
+from lossatlas.sweeps.executors import LocalExecutor
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 pytestmark = pytest.mark.ray
@@ -29,7 +29,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def executor():
-    from lossatlas.executors import RayExecutor
+    from lossatlas.sweeps.executors import RayExecutor
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ex = RayExecutor("local", num_cpus=2, max_retries=2)

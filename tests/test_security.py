@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import lossatlas as la
-from lossatlas import _restricted_pickle as RP
-from lossatlas import datasets as D
+from lossatlas.batteries import datasets as D
+from lossatlas.batteries import safe_pickle as RP
 from lossatlas.cli._common import load_checkpoint
-from lossatlas.errors import LossAtlasError
-from lossatlas.store import read_state_dict
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.store.results import read_state_dict
 from test_datasets import write_fake_cifar
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 X = np.linspace(-1, 1, 41)          # the paper's 41 points on [-1, 1]
 XW = np.linspace(-1, 2, 61)         # w-basin span [-1, 2]

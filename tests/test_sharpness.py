@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 
 def _relu_net(seed=0, d=5, h=8, c=3):
@@ -166,7 +166,7 @@ def test_result_saves_and_bad_input():
 
 
 def test_sweep_records_sharpness_on_the_hessian_batch(tmp_path):
-    from lossatlas import sweep as S
+    from lossatlas.sweeps import sweep as S
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))

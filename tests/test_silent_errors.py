@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 from typer.testing import CliRunner
 
 import lossatlas as la
-from lossatlas import _fastpath
-from lossatlas import sweep as S
 from lossatlas.cli import app
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.measurements.landscape import engine as _fastpath
+from lossatlas.sweeps import sweep as S
 
 TIED = textwrap.dedent('''
     import torch
@@ -324,7 +324,7 @@ def test_shuffled_loader_without_drop_last_is_exact_and_leaves_the_rng_alone():
     want = torch.rand(3)
     torch.manual_seed(5)
     loader = DataLoader(ds, batch_size=10, shuffle=True)
-    from lossatlas.batching import check_loader_visits_all
+    from lossatlas.core.batching import check_loader_visits_all
     check_loader_visits_all(loader)
     assert torch.equal(torch.rand(3), want)  # the check drew from a forked RNG
     a = la.Objective(model, loader).loss()

@@ -10,7 +10,7 @@ from scipy import stats
 from torch import nn
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 S = la.similarity
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lossatlas as la
-from lossatlas import store
-from lossatlas.params import Point
+from lossatlas.core.params import Point
+from lossatlas.store import results as store
 
 
 @store.result("test-roundtrip")

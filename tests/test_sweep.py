@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import lossatlas as la
-from lossatlas import sweep as S
-from lossatlas.errors import LossAtlasError
-from lossatlas.executors import threads
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.sweeps import sweep as S
+from lossatlas.sweeps.executors import threads
 
 TOML = """
 name = "tiny"
@@ -257,7 +257,7 @@ def test_torn_last_line_is_cut_and_its_job_redone(spec, tiny, tmp_path):
 def test_second_sweep_on_a_folder_is_refused(spec, tiny, tmp_path):
     import os
 
-    from lossatlas._locks import writer_lock
+    from lossatlas.store.locks import writer_lock
 
     out = tmp_path / "out"
     shutil.copytree(tiny[0], out)
@@ -272,7 +272,7 @@ def test_a_sweep_spec_reads_without_tomllib_as_on_python_3_10(monkeypatch):
     """Python 3.10 has no tomllib; the backport tomli (declared in pyproject) reads the spec."""
     import sys
 
-    from lossatlas import sweep as S
+    from lossatlas.sweeps import sweep as S
 
     pytest.importorskip("tomli")
     spec = Path(__file__).parents[1] / "examples" / "sweep_digits.toml"

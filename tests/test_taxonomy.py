@@ -7,7 +7,7 @@ import math
 import pytest
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 T = la.taxonomy
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 
 def _net(seed=0):

@@ -12,9 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
-import lossatlas.training as T
+import lossatlas.batteries.training as T
 from lossatlas.cli import app
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 STOP = {"at": None, "n": 0}
 

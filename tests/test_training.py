@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import lossatlas.training as T
-from lossatlas.errors import LossAtlasError
-from lossatlas.params import of
+import lossatlas.batteries.training as T
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.core.params import of
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lossatlas as la
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 os.environ.setdefault("LOSSATLAS_QUIET", "1")
 

@@ -2,7 +2,7 @@
 
 import os
 
-from lossatlas.executors import ProcessExecutor
+from lossatlas.sweeps.executors import ProcessExecutor
 
 
 def pid(_):

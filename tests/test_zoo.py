@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
-import lossatlas.datasets as D
-import lossatlas.zoo as Z
-from lossatlas.errors import LossAtlasError
+import lossatlas.batteries.datasets as D
+import lossatlas.batteries.zoo as Z
+from lossatlas.core.errors import LossAtlasError
 from test_datasets import write_fake_cifar
 
 VECTORS = ["digits", "mnist1d", "gaussians", "spirals", "teacher"]

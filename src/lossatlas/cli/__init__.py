@@ -34,7 +34,7 @@ _load_commands()
 def main() -> None:
     """Entry point: bad input is reported as one line, not a traceback (exit code 2); so is
     Ctrl-C, with what was kept and the command that resumes (exit code 130)."""
-    from lossatlas.errors import LossAtlasError
+    from lossatlas.core.errors import LossAtlasError
 
     try:
         app()

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 import typer
 from torch import nn
 
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 __all__ = [
     "BatchSizeOpt",
@@ -181,9 +181,9 @@ def importable_cwd() -> None:
 
 def resolve_data(name: str, **opts: Any) -> tuple[Any, Any]:
     """``(train, test)`` for a dataset name, ``package.module:factory`` or ``file.py:factory``
-    (see ``lossatlas.datasets.load``; ``opts`` such as ``train_size``, ``label_noise``,
+    (see ``lossatlas.batteries.datasets.load``; ``opts`` such as ``train_size``, ``label_noise``,
     ``seed`` go there)."""
-    from lossatlas import datasets
+    from lossatlas.batteries import datasets
 
     importable_cwd()
     return datasets.load(name, **opts)
@@ -191,13 +191,13 @@ def resolve_data(name: str, **opts: Any) -> tuple[Any, Any]:
 
 def resolve_model(name: str, dataset: Any = None, **opts: Any) -> nn.Module:
     """An ``nn.Module`` for a zoo name, ``package.module:factory`` or ``file.py:factory``,
-    sized for ``dataset`` (``lossatlas.zoo.build(name, dataset=dataset, **opts)``).
+    sized for ``dataset`` (``lossatlas.batteries.zoo.build(name, dataset=dataset, **opts)``).
 
     A factory is called with its options (``--width``, ``--depth``, ``--model-arg K=V``) and,
     when its signature takes them (or ``**kwargs``), ``input_shape``, ``num_classes``,
     ``in_features`` and ``vocab_size`` from the dataset; it returns an ``nn.Module``
     ``(N, *input_shape) -> (N, num_classes)``. Its initialization is seeded by ``--seed``."""
-    from lossatlas import zoo
+    from lossatlas.batteries import zoo
 
     importable_cwd()
     model = zoo.build(name, dataset=dataset, **opts)
@@ -217,8 +217,8 @@ def load_checkpoint(
     ``path`` is a run folder (checkpoint ``index``, default the last) or a ``.pt`` file holding
     a state dict (or a dict with a ``"state_dict"`` / ``"model"`` entry).
     """
-    from lossatlas.runs import MANIFEST, load_run
-    from lossatlas.store import read_state_dict
+    from lossatlas.batteries.runs import MANIFEST, load_run
+    from lossatlas.store.results import read_state_dict
 
     path = Path(path)
     if not path.exists():
@@ -238,7 +238,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(state)
     except RuntimeError:
-        from lossatlas.runs import mismatch
+        from lossatlas.batteries.runs import mismatch
 
         raise LossAtlasError(
             f"--checkpoint {str(path)!r} does not fit the model ({mismatch(model, state)}); pass "
@@ -250,7 +250,7 @@ def load_checkpoint(
 def run_recipe(checkpoint: str | os.PathLike | None) -> dict[str, Any] | None:
     """``{"model", "model_opts", "data", "data_opts"}`` recorded in a run folder's manifest
     (``None`` for a ``.pt`` file, no checkpoint, or a run that did not record them)."""
-    from lossatlas.runs import MANIFEST, load_run
+    from lossatlas.batteries.runs import MANIFEST, load_run
 
     if checkpoint is None or not (Path(checkpoint) / MANIFEST).is_file():
         return None
@@ -279,7 +279,7 @@ def setup(
     weights if given. A run folder's recorded model and data (and their options) replace
     ``model`` / ``data`` left at their defaults (``mlp`` / ``digits``); options given here win."""
     if device is not None:
-        from lossatlas.resources import device as check_device
+        from lossatlas.core.resources import device as check_device
 
         check_device(device, "--device")
     recipe = run_recipe(checkpoint)

@@ -33,7 +33,7 @@ def demo(
 
     Exits with status 1 when a section failed; the others still run.
     """
-    from lossatlas.demo import run_demo
+    from lossatlas.report.demo import run_demo
 
     result = run_demo(out, quick=quick, seed=seed, epochs=epochs, only=section, sweep=sweep)
     typer.echo(f"{result.page}")

@@ -32,8 +32,8 @@ from lossatlas.cli._common import (
     parse_options,
     setup,
 )
-from lossatlas.errors import LossAtlasError
-from lossatlas.store import check_output
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.store.results import check_output
 
 
 def _figures(summary, out: Path) -> list[Path]:
@@ -86,7 +86,7 @@ def hessian(
         "127.0.0.1, NCCL with --device cuda); the numbers equal the one-process run.")] = 1,
 ) -> None:
     """Hessian spectrum of the full-data mean loss at a checkpoint (BN in eval mode)."""
-    from lossatlas import distributed
+    from lossatlas.core import distributed
 
     if split not in ("train", "test"):
         raise LossAtlasError(f"--split {split!r} is unknown; use train or test")
@@ -113,7 +113,7 @@ def _compute(o: dict) -> list[str]:
     """The work of ``lossatlas hessian`` in this process (one rank of ``--nproc``: every rank
     computes, rank 0 writes the files and returns the lines to print)."""
     import lossatlas as la
-    from lossatlas.distributed import is_main
+    from lossatlas.core.distributed import is_main
 
     net, train_set, test_set = setup(
         o["model"], o["data"], checkpoint=o["checkpoint"], index=o["index"], seed=o["seed"],

@@ -40,7 +40,7 @@ from lossatlas.cli._common import (
     parse_options,
     setup,
 )
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 SpanOpt = Annotated[tuple[float, float], typer.Option(help="Coefficient range LOW HIGH.")]
 BnOpt = Annotated[str, typer.Option(help="BatchNorm statistics: keep or recalibrate.")]
@@ -68,7 +68,8 @@ def _check_out(out: Path, counts: list[int], what: str, resumable: bool = True) 
     """Refuse, before any data is loaded, an --out that cannot be written (a folder, under a
     file, an unreadable file to resume) and a grid this machine cannot hold; on Ctrl-C the
     command then reports the points kept in --out."""
-    from lossatlas import resources, store
+    from lossatlas.core import resources
+    from lossatlas.store import results as store
 
     if min(counts) < 1:
         raise LossAtlasError(f"{what} asks for no point; pass a positive number, e.g. 41")
@@ -83,7 +84,7 @@ def _points_kept(path: Path) -> str:
     """``"37 of 121 points are kept in s.h5"`` (read from the file's done mask)."""
     import numpy as np
 
-    from lossatlas import store
+    from lossatlas.store import results as store
 
     if not path.exists():
         return f"nothing was computed yet ({path} was not written)"
@@ -256,7 +257,7 @@ is OUT-3d.png / OUT-3d.html, whichever --plot asks for)."""
     with contextlib.ExitStack() as stack:
         executor = None
         if ray or workers > 1:
-            from lossatlas.executors import make_executor
+            from lossatlas.sweeps.executors import make_executor
 
             executor = stack.enter_context(make_executor(ray=ray, workers=workers))
         caught = stack.enter_context(warnings.catch_warnings(record=True))

@@ -33,7 +33,7 @@ from lossatlas.cli._common import (
     parse_options,
     setup,
 )
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 ALGORITHMS = ("w-peak", "vvv-basin")
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from lossatlas.cli import app
 from lossatlas.cli._common import OutOpt, on_interrupt
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 _COLUMNS = ("test_acc", "train_loss", "hessian_max", "hessian_trace", "mc", "cka", "l2")
 
@@ -77,9 +77,9 @@ def sweep(
     plot: Annotated[bool, typer.Option(help="Write phases.png and mc_curves.png.")] = True,
 ):
     """Train and measure every cell of a load x temperature grid; resumes where it stopped."""
-    from lossatlas import sweep as S
-    from lossatlas.executors import make_executor
-    from lossatlas.store import check_folder
+    from lossatlas.store.results import check_folder
+    from lossatlas.sweeps import sweep as S
+    from lossatlas.sweeps.executors import make_executor
 
     spec = S.load_spec(file)
     if workers < 1:
@@ -115,7 +115,7 @@ def phases(
     plot: Annotated[bool, typer.Option(help="Write phases.png and mc_curves.png.")] = True,
 ):
     """Per-cell metrics and phase labels of a finished (or partial) sweep, with figures."""
-    from lossatlas import sweep as S
+    from lossatlas.sweeps import sweep as S
 
     result = S.load_results(results)
     print_table(result)

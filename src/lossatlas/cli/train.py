@@ -28,7 +28,7 @@ from lossatlas.cli._common import (
     setup,
     slug,
 )
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 
 def parse_record(text: str) -> str | int | None:
@@ -69,7 +69,7 @@ def summary(run) -> str:
 
 
 def _checkpoint_files(out: Path) -> list[Path]:
-    from lossatlas.runs import CKPT_DIR
+    from lossatlas.batteries.runs import CKPT_DIR
 
     return sorted((out / CKPT_DIR).glob("ckpt_*.pt")) if (out / CKPT_DIR).is_dir() else []
 
@@ -136,10 +136,10 @@ def train(
     `lossatlas train --epochs 200 --lr 0.5 --momentum 0 --weight-decay 0 --batch-size 100000
     --track sharpness:every=10`.
     """
-    from lossatlas.resources import device as check_device
-    from lossatlas.store import check_folder
-    from lossatlas.track import parse as parse_track
-    from lossatlas.training import train as train_fn
+    from lossatlas.batteries.track import parse as parse_track
+    from lossatlas.batteries.training import train as train_fn
+    from lossatlas.core.resources import device as check_device
+    from lossatlas.store.results import check_folder
 
     rec = parse_record(record)
     ms = parse_milestones(milestones)

@@ -29,7 +29,7 @@ from lossatlas.cli._common import (
     parse_options,
     setup,
 )
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 
 def _objective(run_path: Path, center: int, model: str, data: str | None, width, depth,

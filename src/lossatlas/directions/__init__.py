@@ -2,8 +2,9 @@
 2018), between two points, saved with provenance. Other direction kinds add a module here and a
 line below."""
 
-from lossatlas.directions.basic import between, load, save
-from lossatlas.directions.gaussian import NORMS, gaussian, normalize
+from lossatlas.directions.checkpoints import between
+from lossatlas.directions.files import load, save
+from lossatlas.directions.normalized_gaussian import NORMS, gaussian, normalize
 
 __all__ = ["NORMS", "between", "gaussian", "load", "normalize", "save"]
 

@@ -1,4 +1,10 @@
-"""Directions toward other checkpoints (Li, Li, Zhan 2024, Sec. 2.3-2.4).
+"""Directions between points: from one point to another (Li et al. 2018's interpolation), and
+toward other checkpoints (Li, Li, Zhan 2024, Sec. 2.3-2.4).
+
+>>> import torch, lossatlas as la
+>>> a, b = la.params.Point(w=torch.zeros(2)), la.params.Point(w=torch.ones(2))
+>>> la.directions.between(a, b)["w"].tolist()
+[1.0, 1.0]
 
 * toward a **later checkpoint of the same run**: ε = θ_E′ − θ_E, a descent direction that
   accumulates many gradient steps; around θ_E it gives v-side curves (their Fig. 4, λ = 1 is
@@ -18,11 +24,25 @@ from pathlib import Path
 
 import torch
 
-from lossatlas import params as P
-from lossatlas.errors import LossAtlasError
-from lossatlas.store import read_state_dict
+from lossatlas.core import params as P
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.store.results import read_state_dict
 
-__all__ = ["independent", "load_point", "toward"]
+__all__ = ["between", "independent", "load_point", "toward"]
+
+
+def between(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> P.Point:
+    """The direction b − a from point ``a`` to point ``b`` (Li et al. 2018's 1D interpolation
+    θ(α) = a + α(b − a)). ``.meta`` records both endpoints' hashes."""
+    if a.keys() != b.keys():
+        raise LossAtlasError(
+            "between(a, b): the points cover different parameters; build both with "
+            "la.params.of on the same model and selection"
+        )
+    d = P.Point({k: b[k].detach() - a[k].detach().to(b[k].device) for k in a})
+    d.meta = {"kind": "between", "a_hash": P.hash_point(a), "b_hash": P.hash_point(b),
+              "center_hash": P.hash_point(a)}
+    return d
 
 
 def _toward(center: Mapping, target: Mapping, kind: str, label: str,
@@ -59,7 +79,7 @@ def load_point(path: str | os.PathLike, names: Sequence[str], index: int | None 
     if not path.exists():
         raise LossAtlasError(f"checkpoint path {str(path)!r} does not exist; check the path")
     if path.is_dir():
-        from lossatlas.runs import load_run
+        from lossatlas.batteries.runs import load_run
 
         run = load_run(path)
         state = run.states[-1 if index is None else index]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
-from lossatlas import params as P
+from lossatlas.core import params as P
 
 __all__ = ["pair"]
 

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 
 import torch
 
-from lossatlas import params as P
-from lossatlas.directions.gaussian import normalize
-from lossatlas.errors import LossAtlasError
+from lossatlas.core import params as P
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.directions.normalized_gaussian import normalize
 
 __all__ = ["gradient", "rescale"]
 

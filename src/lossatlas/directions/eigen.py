@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lossatlas import params as P
+from lossatlas.core import params as P
+from lossatlas.core.errors import LossAtlasError
 from lossatlas.directions.descent import rescale
-from lossatlas.errors import LossAtlasError
 
 __all__ = ["eigenvector", "eigenvectors", "ordered"]
 
@@ -49,7 +49,7 @@ def eigenvectors(obj, k: int = 5, which: str = "SA", norm: str = "model",
     """
     _check(which, k)
     if spectrum is None:
-        from lossatlas import hessian
+        from lossatlas.measurements import hessian
 
         spectrum = hessian.eigs(obj, k=k, which=which)
     vals, vecs = ordered(spectrum.values, spectrum.vectors, which)

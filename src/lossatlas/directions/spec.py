@@ -23,8 +23,8 @@ import ast
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lossatlas import params as P
-from lossatlas.errors import LossAtlasError
+from lossatlas.core import params as P
+from lossatlas.core.errors import LossAtlasError
 
 __all__ = ["KINDS", "DirectionSpec", "parse_direction", "parse_directions", "parse_spec"]
 
@@ -123,7 +123,7 @@ def parse_direction(text: str, obj, model=None, cache: dict | None = None) -> P.
         cache = {} if cache is None else cache
         spectrum = cache.get(key)
         if spectrum is None or len(spectrum.vectors) < k:
-            from lossatlas import hessian
+            from lossatlas.measurements import hessian
 
             spectrum = hessian.eigs(obj, k=max(k, 5), which=which)
             cache[key] = spectrum
@@ -134,7 +134,7 @@ def parse_direction(text: str, obj, model=None, cache: dict | None = None) -> P.
     _one(spec, text, ("norm",), 1)
     if not a:
         raise LossAtlasError(f"--direction {text!r} needs a file: mined:FILE")
-    from lossatlas import store
+    from lossatlas.store import results as store
 
     res = store.load(a[0], what=f"--direction {text!r}: FILE")
     d = getattr(res, "direction", res)

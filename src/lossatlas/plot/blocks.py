@@ -16,7 +16,7 @@ def block_densities(res, path: str | os.PathLike | None = None,
     """Left: the density of every block on the common grid (log scale, floor 1e-6 of the
     peak), one colour per block type; right: the JS distance matrix (0 = same spectrum,
     1 = disjoint; colours scaled to the largest). ``res``: a
-    :class:`lossatlas.hessian.BlockSpectra`."""
+    :class:`lossatlas.measurements.hessian.BlockSpectra`."""
     n = len(res.names)
     fig = Figure(figsize=(11.5, max(4.4, 2.2 + 0.2 * n)), layout="constrained")
     ax, ax_js = fig.subplots(1, 2, width_ratios=[1.25, 1])

@@ -63,10 +63,10 @@ def _draw(ax, res, dense: Mapping | None, metric: str, small: bool) -> None:
 
 def curve(res, dense: Mapping | None = None, metric: str | None = None, title: str | None = None,
           path: str | os.PathLike | None = None, ax=None):
-    """One trained curve (a :class:`lossatlas.connect.ConnectResult`): the metric at its
+    """One trained curve (a :class:`la.connect.ConnectResult`): the metric at its
     evaluated t values (dots), along the straight line (dashed), the reference ½(v(0)+v(1))
     (dotted) and the deviation at t* (red bar). ``dense`` (from
-    :func:`lossatlas.connect.dense_profile`) adds the full curves between the dots."""
+    :func:`lossatlas.measurements.connect.dense_profile`) adds the full curves between the dots."""
     metric = metric or res.metric
     fig = None
     if ax is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 __all__ = ["figure", "to_html"]
 

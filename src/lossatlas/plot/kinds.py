@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 __all__ = ["KINDS", "draw", "mining_history"]
 

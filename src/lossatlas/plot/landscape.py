@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 __all__ = [
     "SURFACE_KINDS", "axis_name", "axis_names", "draw_log_c", "level_colorbar", "nice_ticks",

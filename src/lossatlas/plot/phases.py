@@ -7,7 +7,7 @@
 * :func:`phase_diagram` — every metric of the sweep and the phase map in one figure.
 * :func:`mc_curves` — the train error along every cell's trained curve (their Fig. 12).
 
-``result`` is a :class:`lossatlas.sweep.SweepResult` (or anything with ``grid(metric)``,
+``result`` is a :class:`lossatlas.sweeps.sweep.SweepResult` (or anything with ``grid(metric)``,
 ``load_values``, ``temperature_values``, ``spec`` and ``curves()``). Every function returns the
 Figure and writes it when ``path`` is given.
 """
@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colors
 
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 __all__ = ["PHASE_COLORS", "PHASE_WORDS", "TITLES", "heatmap", "mc_curves", "phase_diagram",
            "phase_key", "phase_map"]

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lossatlas import shapes
+from lossatlas.analyses import shapes
 
 __all__ = ["angle_histograms", "cosine_bars", "descent_curves", "overlay", "pair_surface",
            "types_panel"]

@@ -1,4 +1,4 @@
-"""Sharpness through training (the table of :class:`lossatlas.track.Sharpness`): λ_max against
+"""Sharpness through training (the table of :class:`la.track.Sharpness`): λ_max against
 step with the stability threshold, the training loss on a second axis; the Adam-preconditioned
 sharpness with its threshold in a panel of its own when it was measured (Cohen et al. 2021,
 Fig. 1; Cohen et al. 2022)."""
@@ -44,7 +44,7 @@ def _line(ax, step, values, top, color, label) -> float:
 
 def sharpness_curves(tracks, path: str | os.PathLike | None = None, title: str | None = None,
                      loss: bool = True) -> Figure:
-    """Draw one run's sharpness table (a :class:`~lossatlas.runs.Run` or the columns of
+    """Draw one run's sharpness table (a :class:`~lossatlas.batteries.runs.Run` or the columns of
     ``run.track("sharpness")``) or several (``{label: run or columns}``, one colour each).
 
     Solid: λ_max; dashed, same colour: the optimizer's stability threshold (2/η for GD,

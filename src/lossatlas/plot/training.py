@@ -13,7 +13,7 @@ __all__ = ["training_curves"]
 def training_curves(run, path: str | os.PathLike | None = None, title: str | None = None) -> Figure:
     """Two panels against epoch: loss (log scale when positive) and accuracy, train and test.
 
-    ``run`` is a :class:`lossatlas.runs.Run`; the values are its full-dataset eval-mode
+    ``run`` is a :class:`lossatlas.batteries.runs.Run`; the values are its full-dataset eval-mode
     means per checkpoint. ``path`` (``.png``, ``.pdf``, ...) saves the figure there.
     Uses ``matplotlib.figure.Figure`` directly, so no pyplot state or GUI backend is touched.
     """

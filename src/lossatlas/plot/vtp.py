@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 
 __all__ = ["to_vtp"]
 

@@ -21,11 +21,11 @@ from typing import Any
 from rich.console import Console
 
 from lossatlas import __version__
-from lossatlas.errors import LossAtlasError
+from lossatlas.batteries.runs import Run, _clean, load_run
+from lossatlas.core.errors import LossAtlasError
 from lossatlas.report import cache
 from lossatlas.report.context import AtlasContext
 from lossatlas.report.registry import sections
-from lossatlas.runs import Run, _clean, load_run
 
 __all__ = ["SUMMARY_KEYS", "AtlasResult", "atlas", "parse_sets"]
 

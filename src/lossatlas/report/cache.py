@@ -74,7 +74,7 @@ def write(folder: Path, out: Path, key: str, options: Mapping, output: Output,
         "provenance": output.provenance,
         "table": output.table,
     }
-    from lossatlas.runs import _clean
+    from lossatlas.batteries.runs import _clean
 
     doc = _clean(doc)  # NaN -> null, numpy scalars -> Python, paths -> str
     tmp = folder / (FILE + ".tmp")

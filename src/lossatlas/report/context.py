@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from lossatlas.batteries.runs import Run, load_run
 from lossatlas.report.runspec import Recipe, ensure_run, rebuild, recipe_of, run_hash
-from lossatlas.runs import Run, load_run
 
 __all__ = ["AtlasContext"]
 
@@ -75,7 +75,7 @@ class AtlasContext:
 
     def objective(self, batch_size: int | None = None, data: str = "train"):
         """``la.Objective`` of the final model on the train (or test) split."""
-        from lossatlas.objective import Objective
+        from lossatlas.core.objective import Objective
 
         return Objective(self.model, self.train if data == "train" else self.test,
                          batch_size=batch_size)

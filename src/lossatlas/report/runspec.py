@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from lossatlas.errors import LossAtlasError
-from lossatlas.runs import MANIFEST, Run, load_run
+from lossatlas.batteries.runs import MANIFEST, Run, load_run
+from lossatlas.core.errors import LossAtlasError
 
 __all__ = ["Recipe", "ensure_run", "rebuild", "recipe_of", "run_hash"]
 
@@ -123,8 +123,8 @@ def ensure_run(path: str | os.PathLike, recipe: Recipe, progress: bool = True,
                log=None) -> Run:
     """The run of ``recipe`` in ``path``: read back when a finished run of the same recipe is
     there, else trained (replacing what the folder held; ``log(msg)`` says so)."""
+    from lossatlas.batteries.training import train
     from lossatlas.cli._common import resolve_data, resolve_model
-    from lossatlas.training import train
 
     path = Path(path)
     if _matches(path, recipe):

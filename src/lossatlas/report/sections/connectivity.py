@@ -7,7 +7,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from lossatlas.errors import LossAtlasError
+from lossatlas.core.errors import LossAtlasError
 from lossatlas.report.registry import Figure, Output, section
 
 #: Values of the ``align`` option: ``la.align.match`` methods, or none.

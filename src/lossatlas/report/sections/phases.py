@@ -18,7 +18,7 @@ def phase(ctx, opts) -> Output:
     """``la.taxonomy.classify`` on this run's final train loss, the connectivity section's mc
     and CKA, with λ_max and the trace reported beside (a single model has no scale to call
     them large or small)."""
-    from lossatlas.taxonomy import Thresholds, classify
+    from lossatlas.analyses.taxonomy import Thresholds, classify
 
     conn = ctx.outputs["connectivity"]["numbers"]
     hess = ctx.outputs["hessian"]["numbers"]
@@ -66,8 +66,8 @@ def phase(ctx, opts) -> Output:
          paper="Yang et al. 2021, Fig. 2", when=lambda ctx: ctx.sweep is not None)
 def sweep(ctx, opts) -> Output:
     """``lossatlas phases SWEEP``: every metric of the sweep's cells and their phase map."""
-    from lossatlas import sweep as S
     from lossatlas.plot import phases as P
+    from lossatlas.sweeps import sweep as S
 
     folder = ctx.folder("phase_diagram")
     result = S.load_results(ctx.sweep)

@@ -1,5 +1,5 @@
 """Sharpness through training (Cohen et al. 2021): the run's ``sharpness`` table, written during
-training by :class:`lossatlas.track.Sharpness` (``--track sharpness:every=K``); the section is
+training by :class:`la.track.Sharpness` (``--track sharpness:every=K``); the section is
 absent when the run has no such table."""
 
 from __future__ import annotations
