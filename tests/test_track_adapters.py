@@ -23,7 +23,7 @@ def _tiny_bert(seed=0):
 def test_trainer_callback_records_exact_sharpness_at_each_step(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from lossatlas.batteries.track.huggingface import TrackerCallback
+    from lossatlas.measurements.track.huggingface import TrackerCallback
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 40, (32, 6), generator=g)
@@ -65,7 +65,7 @@ def test_trainer_callback_records_exact_sharpness_at_each_step(tmp_path):
 
 def test_lightning_callback_records_the_same_table_as_la_train(tmp_path):
     L = pytest.importorskip("lightning")
-    from lossatlas.batteries.track.lightning import TrackerCallback
+    from lossatlas.measurements.track.lightning import TrackerCallback
 
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(48, 4, generator=g), torch.randint(0, 3, (48,), generator=g)

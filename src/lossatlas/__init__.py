@@ -27,7 +27,7 @@ _MODULES = {
     "resources": "core.resources", "distributed": "core.distributed",
     # batteries
     "datasets": "batteries.datasets", "zoo": "batteries.zoo", "hf": "batteries.hf",
-    "training": "batteries.training", "runs": "batteries.runs", "track": "batteries.track",
+    "training": "batteries.training", "runs": "batteries.runs", "track": "measurements.track",
     # store, directions
     "store": "store", "directions": "directions",
     # measurements

@@ -170,7 +170,7 @@ class Run:
         self._memory = memory
         self.already_done = False  # set by train() when a rerun found the run finished
         self.resumed_after: int | None = None  # set by train() when it continued a run
-        self._tables: dict[str, list[dict]] = {}  # tracked tables (lossatlas.batteries.track)
+        self._tables: dict[str, list[dict]] = {}  # tracked tables (lossatlas.measurements.track)
 
     # -- checkpoints ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -248,7 +248,7 @@ class Run:
     def track(self, name: str) -> dict[str, np.ndarray]:
         """The table a tracker wrote during training (e.g. ``"sharpness"``), as float columns
         (``step``, ``lambda_max``, ...); ``{name}.csv`` in the run folder."""
-        from lossatlas.batteries.track.table import read_table
+        from lossatlas.batteries.tables import read_table
 
         if self.path is None:
             rows = self._tables.get(name)
@@ -262,7 +262,7 @@ class Run:
                 f"the run has no tracked table {name!r} (it has {have}); train with "
                 f"callbacks=[la.track.Sharpness(every=10)] or --track sharpness:every=10"
             )
-        from lossatlas.batteries.track.table import columns
+        from lossatlas.batteries.tables import columns
 
         return columns(rows)
 
@@ -594,7 +594,7 @@ class Recorder:
 
     def log(self, name: str, row: Mapping[str, Any]) -> None:
         """Append ``row`` to the run's table ``name`` (``{name}.csv`` in the run folder)."""
-        from lossatlas.batteries.track.table import append_row
+        from lossatlas.batteries.tables import append_row
 
         if name not in self.run._tables:  # a continued run keeps the rows before this step
             self.run._tables[name] = self._earlier_rows(name, row.get("step"))
@@ -612,7 +612,7 @@ class Recorder:
         file = self.path / f"{name}.csv"
         if not file.is_file():
             return []
-        from lossatlas.batteries.track.table import read_table
+        from lossatlas.batteries.tables import read_table
 
         return [r for r in read_table(file) if r.get("step", math.inf) < step]
 

@@ -136,9 +136,9 @@ def train(
     `lossatlas train --epochs 200 --lr 0.5 --momentum 0 --weight-decay 0 --batch-size 100000
     --track sharpness:every=10`.
     """
-    from lossatlas.batteries.track import parse as parse_track
     from lossatlas.batteries.training import train as train_fn
     from lossatlas.core.resources import device as check_device
+    from lossatlas.measurements.track import parse as parse_track
     from lossatlas.store.results import check_folder
 
     rec = parse_record(record)

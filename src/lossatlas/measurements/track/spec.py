@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from lossatlas.batteries.track.sharpness import Sharpness
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.measurements.track.sharpness import Sharpness
 
 __all__ = ["TRACKERS", "parse"]
 

@@ -2,7 +2,7 @@
 
 Use::
 
-    from lossatlas.batteries.track.lightning import TrackerCallback
+    from lossatlas.measurements.track.lightning import TrackerCallback
     cb = TrackerCallback(la.track.Sharpness(every=10, data=(X, y)), out="run/lossatlas")
     lightning.Trainer(max_epochs=5, callbacks=[cb]).fit(module, loader)
     la.load_run("run/lossatlas").track("sharpness")

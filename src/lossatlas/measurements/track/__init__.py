@@ -19,10 +19,10 @@ updates applied, 0 before the first), and it appends rows to a table of the run 
 [0.0, 2.0, 4.0]
 """
 
-from lossatlas.batteries.track.preconditioner import adam_preconditioner, adam_threshold
-from lossatlas.batteries.track.sharpness import Sharpness, stability_threshold
-from lossatlas.batteries.track.spec import parse
-from lossatlas.batteries.track.table import columns, read_table
+from lossatlas.batteries.tables import columns, read_table
+from lossatlas.measurements.track.preconditioner import adam_preconditioner, adam_threshold
+from lossatlas.measurements.track.sharpness import Sharpness, stability_threshold
+from lossatlas.measurements.track.spec import parse
 
 __all__ = [
     "Sharpness",

@@ -3,7 +3,7 @@
 
 Use::
 
-    from lossatlas.batteries.track.huggingface import TrackerCallback
+    from lossatlas.measurements.track.huggingface import TrackerCallback
     cb = TrackerCallback(la.track.Sharpness(every=10, data=batch_dict, loss="model"),
                          out="run/lossatlas")
     Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb]).train()

@@ -9,7 +9,7 @@ sharpening) and settle near ``2/η``. :class:`Sharpness` measures it from any tr
   ``tol``), warm-started from the previous measurement's Ritz vectors (their sum is the start
   vector): once training moves slowly a measurement costs a few Hessian-vector products;
 * with Adam/AdamW, the preconditioned sharpness ``λ_max(P⁻¹H)`` (Cohen et al. 2022, see
-  :mod:`lossatlas.batteries.track.preconditioner`), warm-started the same way;
+  :mod:`lossatlas.measurements.track.preconditioner`), warm-started the same way;
 * with ``trace=True``, ``tr H`` by XTrace with ``trace_products`` products.
 
 One row per measurement goes to the run's table ``sharpness`` (``sharpness.csv`` in the run
@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 
-from lossatlas.batteries.track.preconditioner import (
+from lossatlas.core.errors import LossAtlasError
+from lossatlas.measurements.track.preconditioner import (
     ScaledOperator,
     adam_preconditioner,
     adam_threshold,
     is_adam,
 )
-from lossatlas.core.errors import LossAtlasError
 
 __all__ = ["Sharpness", "stability_threshold"]
 
