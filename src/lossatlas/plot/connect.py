@@ -20,17 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from lossatlas.plot.files import save_figure
+
 __all__ = ["cka_layers", "curve", "error_and_loss", "grid"]
 
 _YLABEL = {"error": "train error (%)", "loss": "train loss"}
 
 
 def _finish(fig, path: str | os.PathLike | None, rect=(0, 0, 1, 1)):
-    fig.tight_layout(rect=rect)
-    if path is not None:
-        fig.savefig(path, dpi=130)
-        plt.close(fig)
-    return fig
+    return save_figure(fig, path, dpi=130, layout_rect=rect, bbox_tight=False, close=True)
 
 
 def _draw(ax, res, dense: Mapping | None, metric: str, small: bool) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import matplotlib
 
@@ -21,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.plot.files import save_figure
 
 __all__ = [
     "SURFACE_KINDS", "axis_name", "axis_names", "draw_log_c", "level_colorbar", "nice_ticks",
@@ -31,12 +31,10 @@ __all__ = [
 SURFACE_KINDS = ("contour", "contourf", "heatmap", "surface3d")
 
 
-def _finish(fig, path):
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-    return fig
+def finish(fig, path: str | os.PathLike | None):
+    """Save ``fig`` to ``path`` (when given) the way the landscape figures are saved: 150 dpi,
+    cropped to its content."""
+    return save_figure(fig, path, dpi=150)
 
 
 _SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
@@ -165,7 +163,7 @@ def plot_curve(result, path: str | os.PathLike | None = None, *, log: bool = Fal
     ax.legend(handles, labels, loc="best", fontsize=8, framealpha=0.8)
     ax.set_title(title or _title(result), fontsize=10)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def draw_log_c(ax, log_c: float, values, label: str = "log C", color: str = "gray") -> None:
@@ -201,7 +199,8 @@ def _title(result) -> str:
     return ", ".join(bits) + partial
 
 
-def _levels(z: np.ndarray, n: int = 30) -> np.ndarray:
+def contour_levels(z: np.ndarray, n: int = 30) -> np.ndarray:
+    """``n`` contour levels over the finite values of ``z`` (shape ``(ny, nx)``)."""
     finite = z[np.isfinite(z)]
     lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
@@ -236,7 +235,7 @@ def plot_surface(result, kind: str = "contour", path: str | os.PathLike | None =
     X, Y = np.meshgrid(result.x, result.y, indexing="ij")
     finite = z[np.isfinite(z)]
     zlo, zhi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    lv = _levels(z, levels) if finite.size else None
+    lv = contour_levels(z, levels) if finite.size else None
     xname, yname = axis_names(result)
     if kind == "surface3d":
         from matplotlib.ticker import MaxNLocator
@@ -279,7 +278,7 @@ def plot_surface(result, kind: str = "contour", path: str | os.PathLike | None =
         ax.set_ylabel(yname)
     ax.set_title(title or _title(result), fontsize=10)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def _square(result) -> bool:

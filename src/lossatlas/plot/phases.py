@@ -15,7 +15,6 @@ Figure and writes it when ``path`` is given.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib
 
@@ -25,6 +24,7 @@ import numpy as np
 from matplotlib import colors
 
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.plot.files import save_figure
 
 __all__ = ["PHASE_COLORS", "PHASE_WORDS", "TITLES", "heatmap", "mc_curves", "phase_diagram",
            "phase_key", "phase_map"]
@@ -50,11 +50,7 @@ PHASE_COLORS = {"I": "#d62728", "II": "#ff9896", "III": "#1f77b4", "IV-A": "#98d
 
 
 def _finish(fig, path: str | os.PathLike | None):
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-    return fig
+    return save_figure(fig, path, dpi=130)
 
 
 def _order(result) -> np.ndarray:

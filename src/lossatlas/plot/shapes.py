@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lossatlas.analyses import shapes
+from lossatlas.plot.files import save_figure
 
 __all__ = ["angle_histograms", "cosine_bars", "descent_curves", "overlay", "pair_surface",
            "types_panel"]
@@ -36,12 +37,7 @@ def _xy(c) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _finish(fig, path: str | os.PathLike | None):
-    fig.tight_layout()
-    if path is not None:
-        os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return fig
+    return save_figure(fig, path, dpi=120, layout_rect=(0, 0, 1, 1), bbox_tight=False, close=True)
 
 
 def overlay(curves: Sequence, labels: Sequence[str] | None = None, log_c: float | None = None,

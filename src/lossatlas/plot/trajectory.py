@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lossatlas.plot.landscape import _finish, _levels, level_colorbar, plain_log_ticks
+from lossatlas.plot.landscape import contour_levels, finish, level_colorbar, plain_log_ticks
 
 __all__ = ["axis_labels", "plot_comparison", "plot_fit", "plot_trajectory"]
 
@@ -54,7 +54,7 @@ def _draw(ax, surface, traj, plane, title, levels, log, legend=True):
     if log:
         z = np.log10(np.clip(z, 1e-12, None))
     X, Y = np.meshgrid(surface.x, surface.y, indexing="ij")
-    cs = ax.contour(X, Y, z, levels=_levels(z, levels), cmap="viridis", linewidths=1)
+    cs = ax.contour(X, Y, z, levels=contour_levels(z, levels), cmap="viridis", linewidths=1)
     ax.clabel(cs, cs.levels[::6], inline=True, fontsize=6, fmt="%.3g")
     if traj is not None:
         x, y = np.asarray(traj.x), np.asarray(traj.y)
@@ -104,7 +104,7 @@ def plot_trajectory(surface, trajectory=None, plane=None, path: str | os.PathLik
     cs = _draw(ax, surface, trajectory, plane, title or _title(plane, trajectory), levels, log)
     _colorbar(fig, ax, cs, log)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def plot_comparison(panels: Sequence[tuple], path: str | os.PathLike | None = None, *,
@@ -117,7 +117,7 @@ def plot_comparison(panels: Sequence[tuple], path: str | os.PathLike | None = No
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def plot_fit(trajectories: Sequence, labels: Sequence[str] | None = None,
@@ -145,4 +145,4 @@ def plot_fit(trajectories: Sequence, labels: Sequence[str] | None = None,
     ax.legend(fontsize=7)
     ax.set_title(title or "trajectory loss vs loss at its projection", fontsize=10)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish(fig, path)

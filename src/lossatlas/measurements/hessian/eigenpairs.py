@@ -235,12 +235,12 @@ def eigs(
         for i in range(len(vals))
     ]
     return Spectrum(vals, vectors, res, op.matvecs - start, which, method, tol, seconds,
-                    list(op.names), _describe(obj))
+                    list(op.names), describe_objective(obj))
 
 
-def _describe(obj) -> dict:
-    try:
-        return obj.describe()
-    except Exception:  # a duck-typed objective without describe()
-        return {}
+def describe_objective(obj) -> dict:
+    """The objective's provenance (``obj.describe()``); ``{}`` for a duck-typed objective that
+    has no ``describe``."""
+    describe = getattr(obj, "describe", None)
+    return describe() if callable(describe) else {}
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lossatlas.measurements.hessian.eigenpairs import Spectrum, _describe
+from lossatlas.measurements.hessian.eigenpairs import Spectrum, describe_objective
 from lossatlas.measurements.hessian.operator import HessianOperator
 
 __all__ = ["power"]
@@ -66,4 +66,5 @@ def power(
                                            "which": "power"})
                for r, i in enumerate(order)]
     return Spectrum(np.asarray(vals)[order], vectors, res.double().numpy()[order], used,
-                    "LA", "power", tol, time.perf_counter() - t0, list(op.names), _describe(obj))
+                    "LA", "power", tol, time.perf_counter() - t0, list(op.names),
+                    describe_objective(obj))
