@@ -15,8 +15,8 @@ second derivative is measured by summing the bytes of the tensors autograd saves
 (:func:`saved_bytes`, via ``torch.autograd.graph.saved_tensors_hooks``) on two small probe
 batches, fitted as ``fixed + per_sample · n`` (:class:`LinearCost`) and multiplied by
 :data:`SLACK` for the allocator and the buffers that live only during a backward (calibrated
-against the resident-set growth of resnet20's cached Hessian graph, 3.1 MB saved and 4.0-4.2
-MB resident per CIFAR image, and the peak of a resnet56 SA-3 run in a 600 MB budget). A
+against the resident-set growth of resnet20's cached Hessian graph per CIFAR image, and the
+peak of a resnet56 SA-3 run in a budget; figures in benchmarks/README.md). A
 method whose cost exceeds the budget is not chosen; when none fits, :func:`too_large` words
 the one sentence that says how much is needed and how to get it.
 
@@ -122,7 +122,8 @@ def budget(memory: str | float | int | None = None,
 
 def usable(nbytes: float) -> float:
     """The part of a budget that plans may spend (:data:`HEADROOM` is left for what no plan
-    sees: a resnet56 SA-3 run peaked 14 % over a plan that spent all of its 600 MB)."""
+    sees: allocator caches, convolution workspaces; calibrated on a resnet56 SA-3 run, see
+    benchmarks/README.md)."""
     return (1 - HEADROOM) * nbytes
 
 

@@ -13,15 +13,13 @@ Methods:
   restart nothing learned about the spectrum is thrown away, which matters at the bottom end
   of a trained network's Hessian: the most negative eigenvalues sit at the edge of a dense bulk
   around zero, and ARPACK's restarts with a 20-vector basis throw away most of that
-  information. On the benchmark's MLP (9,610 parameters, five most negative eigenvalues
-  ≈ −1.3e-3 against λ_max 0.17) the five SA pairs to tol 1e-3 took 250 products here,
-  1,602 with plain ARPACK (ncv 20), 1,228 with ARPACK ncv 100, and 987 with ARPACK LA on the
-  folded σI − H (σ = λ_max; the same Krylov space, so folding alone gains little once ARPACK's
-  tol is rescaled to ask for the same ‖r‖). The basis holds up to ``max_basis`` vectors and
-  what the memory budget leaves beside the products (:mod:`lossatlas.core.memory`), allocated
-  once; when it is full before the wanted pairs converge, the run goes on as a thick-restart
-  Lanczos (Wu & Simon 2000) that keeps the half of the basis nearest the wanted end as Ritz
-  vectors, in the same memory.
+  information (benchmarks/hessian.py counts the products against plain ARPACK, ARPACK with a
+  larger ``ncv`` and ARPACK on the folded σI − H; figures in benchmarks/README.md). Folding
+  alone gains little: σI − H spans the same Krylov space. The basis holds up to
+  ``max_basis`` vectors and what the memory budget leaves beside the products
+  (:mod:`lossatlas.core.memory`), allocated once; when it is full before the wanted pairs
+  converge, the run goes on as a thick-restart Lanczos (Wu & Simon 2000) that keeps the half
+  of the basis nearest the wanted end as Ritz vectors, in the same memory.
 * ``"auto"``: ``"lanczos"``.
 
 >>> import torch, lossatlas as la

@@ -175,8 +175,8 @@ class Sharpness:
     def _start(self, prev: torch.Tensor | None, older: torch.Tensor | None) -> torch.Tensor | None:
         """The sum of the last Ritz vectors, each extrapolated one measurement ahead
         (``2v_t − v_{t−1}``, signs aligned) when the one before is known: the top eigenvector
-        drifts smoothly while training moves slowly, and the extrapolated start cuts the
-        products per measurement by about a third on the benchmark's MLP."""
+        drifts smoothly while training moves slowly, so the extrapolated start needs fewer
+        products per measurement (figure in benchmarks/README.md)."""
         if prev is None or not self.warm:
             return None
         if older is None or older.shape != prev.shape:
