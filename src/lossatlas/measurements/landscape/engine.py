@@ -87,8 +87,8 @@ def _plain_class_targets(obj: Objective) -> bool:
 def _ce_and_correct(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
     """(mean cross-entropy, number correct) of (N, C) logits with plain class targets, straight
     from ``F.cross_entropy`` and ``argmax`` (the Objective's own ops, so the values agree with
-    :meth:`Objective.evaluate` bit for bit). Measured on the 2-core CPU: 10 % less time per
-    digits-MLP surface than a hand-fused max/exp/gather pass, which was slower there."""
+    :meth:`Objective.evaluate` bit for bit), not a hand-fused max/exp/gather pass, which was
+    slower on the CPU (figure in benchmarks/README.md)."""
     return float(F.cross_entropy(logits, target)), float((logits.argmax(1) == target).sum())
 
 
