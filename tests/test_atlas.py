@@ -206,7 +206,7 @@ def test_a_new_section_is_one_function(built, tmp_path, monkeypatch):
         la.atlas(run, out, options={"surface": {"nope": 1}}, progress=False)
 
 
-def test_sharpness_section_shows_the_runs_table(tmp_path):
+def test_sharpness_section_shows_the_runs_table(tmp_path, saved_figures):
     """A run trained with la.track.Sharpness gets the section, right after the training curves,
     and its numbers are the table's; a run without the table has no such section and no
     summary key; a rerun reads it back, a changed table recomputes it."""
@@ -234,7 +234,9 @@ def test_sharpness_section_shows_the_runs_table(tmp_path):
     assert nums["lambda_max_peak"] == max(table["lambda_max"]) and nums["every"] == 2
     assert res.summary["sharpness_threshold"] == pytest.approx((2 + 2 * 0.9) / 0.1)
     assert nums["products_median"] == float(np.median(table["products"][1:]))
-    assert (tmp_path / "out" / "sharpness" / "sharpness.png").stat().st_size > 10_000
+    lam = saved_figures["sharpness.png"].axes[0].get_lines()[0]  # λ_max against the step
+    np.testing.assert_allclose(lam.get_xdata(), table["step"])
+    np.testing.assert_allclose(lam.get_ydata(), table["lambda_max"])
     assert "--track sharpness:every=2" in sec["sharpness"]["command"][0]
     assert "edge of stability" in " ".join(sec["sharpness"]["caption"])
     again = la.atlas(run, tmp_path / "out", only=["training", "sharpness"], progress=False)

@@ -17,14 +17,17 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_train_track_writes_the_table_and_the_figure_and_the_values_are_exact(tmp_path):
+def test_train_track_writes_the_table_and_the_figure_and_the_values_are_exact(tmp_path,
+                                                                             saved_figures):
     out = tmp_path / "run"
     res = invoke("train", *TINY, "--track", "sharpness:every=2,k=2,tol=1e-6", "--out", out)
     assert res.exit_code == 0, res.output
     assert "sharpness: 4 measurements" in res.output
-    assert (out / "sharpness.csv").is_file() and (out / "sharpness.png").is_file()
+    assert (out / "sharpness.csv").is_file()
     run = la.load_run(out)
     tab = run.track("sharpness")
+    lam = saved_figures["sharpness.png"].axes[0].get_lines()[0]  # λ_max against the step
+    np.testing.assert_allclose(lam.get_ydata(), tab["lambda_max"])
     assert tab["step"].tolist() == [0, 2, 4, 6] == run.steps.tolist()
     model = la.zoo.build("mlp", in_features=64, num_classes=10, width=8)
     train, _ = la.datasets.load("digits", train_size=300)
@@ -54,7 +57,7 @@ def test_sharpness_curves_draw_lambda_threshold_loss_and_preconditioned():
                                                               "Adam: (2+2β₁)/((1−β₁)η)"]
 
 
-def test_sharpness_and_blocks_commands(tmp_path):
+def test_sharpness_and_blocks_commands(tmp_path, saved_figures):
     out = tmp_path / "run"
     assert invoke("train", *TINY, "--out", out).exit_code == 0
     res = invoke("sharpness", "--checkpoint", out, "--data-arg", "train_size=300", "--width",
@@ -70,5 +73,9 @@ def test_sharpness_and_blocks_commands(tmp_path):
     res = invoke("blocks", "--checkpoint", out, "--data-arg", "train_size=300", "--width", "8",
                  "--steps", "10", "--out", tmp_path / "b.h5")
     assert res.exit_code == 0, res.output
-    assert "output" in res.output and (tmp_path / "b-blocks.png").is_file()
-    assert la.load(tmp_path / "b.h5").types == ["mlp", "output"]
+    assert "output" in res.output
+    blocks = la.load(tmp_path / "b.h5")
+    assert blocks.types == ["mlp", "output"]
+    ax, ax_js = saved_figures["b-blocks.png"].axes[:2]  # densities; JS distances (+ colorbar)
+    assert len(ax.get_lines()) == len(blocks.names)  # one density per block
+    assert ax_js.get_images()[0].get_array().shape == (len(blocks.names),) * 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -36,12 +37,18 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_train_writes_run_and_figure(tmp_path):
+def test_train_writes_run_and_figure(tmp_path, saved_figures):
     out = tmp_path / "run"
     res = invoke("train", *TINY, "--seed", "3", "--out", out)
     assert res.exit_code == 0, res.output
     assert "3 checkpoints" in res.output and "test loss" in res.output
-    assert (out / "training.png").stat().st_size > 1000
+    ax_loss, ax_acc = saved_figures["training.png"].axes  # loss and accuracy against epoch
+    assert (ax_loss.get_title(), ax_acc.get_title()) == ("loss", "accuracy")
+    run = load_run(out)
+    train_line = next(ln for ln in ax_loss.get_lines() if ln.get_label() == "train")
+    np.testing.assert_allclose(train_line.get_xdata(), run.epochs)
+    np.testing.assert_allclose(train_line.get_ydata(), run.train_loss)
+    assert sorted(ln.get_label() for ln in ax_acc.get_lines()) == ["test", "train"]
     doc = json.loads((out / "manifest.json").read_text())
     assert doc["hyperparameters"]["seed"] == 3 and doc["hyperparameters"]["batch_size"] == 64
     assert doc["data"]["train"]["len"] == 200 and doc["data"]["train"]["name"] == "digits"

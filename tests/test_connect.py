@@ -197,6 +197,8 @@ def test_batchnorm_recalibrated_at_every_t_and_model_untouched():
 
 
 def test_figures_are_written(minima, tmp_path):
+    import matplotlib.image
+
     from lossatlas.plot import connect as plot
 
     X, y, ma, mb = minima
@@ -205,10 +207,28 @@ def test_figures_are_written(minima, tmp_path):
     prof = C.dense_profile(obj, r, points=9)
     assert prof["t"].shape == (9,) and prof["curve_loss"][0] == pytest.approx(r.loss[0])
     np.testing.assert_allclose(prof["line_loss"][[0, 4, 8]], r.linear_loss[[0, 2, 4]], rtol=1e-5)
-    plot.error_and_loss(r, dense=prof, path=tmp_path / "c.png")
-    plot.grid([[r, None], [r, r]], ["a", "b"], ["x", "y"], path=tmp_path / "g.png")
-    plot.cka_layers({"0": 0.5, "2": 0.99}, path=tmp_path / "k.png")
-    assert all((tmp_path / f).stat().st_size > 1000 for f in ("c.png", "g.png", "k.png"))
+    fig = plot.error_and_loss(r, dense=prof, path=tmp_path / "c.png")
+    assert len(fig.axes) == 2  # error and loss, side by side, one shared legend below
+    for ax, metric in zip(fig.axes, ("error", "loss")):
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        np.testing.assert_allclose(lines["Bezier curve"].get_ydata(), prof[f"curve_{metric}"])
+        np.testing.assert_allclose(lines["straight line"].get_ydata(), prof[f"line_{metric}"])
+        dots = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+        np.testing.assert_allclose(dots[0].get_xdata(), r.t)  # the evaluated t values
+        assert ax.get_xlabel().startswith("t") and ax.get_ylabel() and ax.get_title()
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["Bezier curve",
+                                                                    "straight line"]
+    fig = plot.grid([[r, None], [r, r]], ["a", "b"], ["x", "y"], path=tmp_path / "g.png")
+    drawn = [ax for ax in fig.axes if ax.get_lines()]
+    assert len(fig.axes) == 4 and len(drawn) == 3  # None leaves its panel empty
+    assert [ax.get_ylabel() for ax in fig.axes[::2]] == ["a", "b"]
+    assert [ax.get_xlabel() for ax in fig.axes[2:]] == ["x", "y"]
+    fig = plot.cka_layers({"0": 0.5, "2": 0.99}, path=tmp_path / "k.png")
+    (ax,) = fig.axes
+    assert [b.get_width() for b in ax.patches] == [0.5, 0.99] and ax.get_xlabel() == "linear CKA"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "2"]
+    assert all(matplotlib.image.imread(tmp_path / f).ndim == 3 for f in ("c.png", "g.png",
+                                                                          "k.png"))
 
 
 def test_cli_connect_and_cka(tmp_path, monkeypatch):

@@ -70,7 +70,7 @@ def test_against_pyhessian(setup):
     assert abs(est.value - w.sum()) < 5 * est.error + 1e-9
 
 
-def test_cli_writes_result_and_figures(tmp_path, monkeypatch):
+def test_cli_writes_result_and_figures(tmp_path, monkeypatch, saved_figures):
     from typer.testing import CliRunner
 
     from lossatlas.cli import app
@@ -85,8 +85,17 @@ def test_cli_writes_result_and_figures(tmp_path, monkeypatch):
     back = la.load(out)
     assert back.names == ["N.E.1", "P.E.2", "P.E.1"] and back.params == ["3.weight", "3.bias"]
     assert abs(np.trapezoid(back.density, back.grid) - 1) < 1e-9
-    for name in ("h-density.png", "h-eigenvalues.png", "h-delta.png"):
-        assert (tmp_path / name).exists()
-    assert la.load(tmp_path / "h-delta.h5").predicted.shape == (2, 8)
+    density = saved_figures["h-density.png"].axes[0].get_lines()[0]
+    np.testing.assert_allclose(density.get_xdata(), back.grid)
+    top, bottom = saved_figures["h-eigenvalues.png"].axes  # P.E.i left, N.E.i right, by rank
+    np.testing.assert_allclose(top.get_lines()[0].get_ydata(), back.values[[2, 1]])
+    np.testing.assert_allclose(bottom.get_lines()[0].get_ydata(), back.values[[0]])
+    delta = la.load(tmp_path / "h-delta.h5")
+    assert delta.predicted.shape == (2, 8)
+    panels = saved_figures["h-delta.png"].axes  # one histogram of the 8 samples per λ
+    assert len(panels) == 2
+    for ax in panels:
+        bars = [p for p in ax.patches if type(p).__name__ == "Rectangle"]
+        assert sum(b.get_height() for b in bars) == 8
     bad = CliRunner().invoke(app, ["hessian", "--top", "0", "--bottom", "0"])
     assert bad.exit_code != 0

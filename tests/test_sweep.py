@@ -174,7 +174,13 @@ def test_plots(tiny, tmp_path):
     fig = P.phase_diagram(res, tmp_path / "p.png")
     # batch size is inverse temperature: the hottest row (smallest batch) is drawn on top
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["32", "128"]
-    assert (tmp_path / "p.png").stat().st_size > 10_000
+    drawn = [ax for ax in fig.axes if ax.get_images()]  # the phase map and the metric maps
+    assert drawn and all(ax.get_title() for ax in drawn)
+    phase = next(ax for ax in drawn if ax.get_title() == "phase")
+    assert phase.get_images()[0].get_array().shape == (2, 2)  # temperatures x loads
+    assert phase.get_xlabel() == "load: width"
+    assert fig.axes[0].get_ylabel().startswith("temperature")  # on the first column
+    assert plt.imread(tmp_path / "p.png").ndim == 3
     plt.close(fig)
     with pytest.raises(LossAtlasError, match="mc = true"):
         P.mc_curves(res)

@@ -283,9 +283,14 @@ def test_figure_draws_the_path_and_marks(tmp_path):
     assert list(lines["center"].get_xdata()) == [0] and lines["center"].get_color() == "red"
     r = plane.explained_variance_ratio
     assert f"{100 * r[0]:.1f} %" in ax.get_xlabel() and f"{100 * r[1]:.1f} %" in ax.get_ylabel()
-    assert (tmp_path / "t.png").stat().st_size > 0
-    TP.plot_fit([traj], ["ding"], tmp_path / "f.png")
-    assert (tmp_path / "f.png").exists()
+    assert ax.collections, "the loss surface under the path is drawn"
+    fig = TP.plot_fit([traj], ["ding"], tmp_path / "f.png")
+    (ax,) = fig.axes
+    true, projected = ax.get_lines()
+    np.testing.assert_allclose(true.get_ydata(), traj.loss)
+    np.testing.assert_allclose(projected.get_ydata(), traj.projected_loss)
+    assert "fitting error" in projected.get_label() and ax.get_yscale() == "log"
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
 
 
 def test_cli_trajectory(tmp_path):
