@@ -231,7 +231,7 @@ def test_figures_are_written(minima, tmp_path):
                                                                           "k.png"))
 
 
-def test_cli_connect_and_cka(tmp_path, monkeypatch):
+def test_cli_connect_and_cka(tmp_path, monkeypatch, saved_figures):
     from typer.testing import CliRunner
 
     from lossatlas.cli import app
@@ -247,12 +247,19 @@ def test_cli_connect_and_cka(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["connect", *paths, "--width", "16", "--epochs", "1",
                                    "--dense", "3", "-o", str(out)])
     assert res.exit_code == 0, res.output
-    assert "mc = " in res.output and out.is_file() and out.with_suffix(".png").is_file()
-    assert la.load(out).settings["epochs"] == 1
+    assert "mc = " in res.output and out.is_file()
+    back = la.load(out)
+    assert back.settings["epochs"] == 1
+    for ax in saved_figures["mc.png"].axes:  # the evaluated t values as dots in every panel
+        dots = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+        np.testing.assert_allclose(dots[0].get_xdata(), back.t)
     res = CliRunner().invoke(app, ["cka", *paths, "--width", "16", "--samples", "64",
                                    "--layers", "1", "-o", str(tmp_path / "k.png")])
     assert res.exit_code == 0, res.output
-    assert "CKA" in res.output and "l2 distance" in res.output and (tmp_path / "k.png").is_file()
+    assert "CKA" in res.output and "l2 distance" in res.output
+    (ax,) = saved_figures["k.png"].axes
+    bars = [b.get_width() for b in ax.patches]
+    assert bars and all(0 <= w <= 1 for w in bars) and ax.get_xlabel() == "linear CKA"
 
 
 def _baseline():

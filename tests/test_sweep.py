@@ -218,7 +218,7 @@ def test_pair_metrics_are_the_measurement_functions(tmp_path):
     assert res.cells[0]["phase"] in la.taxonomy.LABELS
 
 
-def test_cli_sweep_and_phases(tmp_path):
+def test_cli_sweep_and_phases(tmp_path, saved_figures):
     from typer.testing import CliRunner
 
     from lossatlas.cli import app
@@ -227,7 +227,10 @@ def test_cli_sweep_and_phases(tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["sweep", str(tmp_path / "s.toml"), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert (out / "phases.png").is_file() and (out / S.CELLS).is_file()
+    assert (out / S.CELLS).is_file()
+    maps = [ax for ax in saved_figures["phases.png"].axes if ax.get_images()]
+    assert "phase" in [ax.get_title() for ax in maps]
+    assert all(ax.get_images()[0].get_array().shape == (2, 1) for ax in maps)  # 2 temps x 1 load
     assert len((out / S.RESULTS).read_text().splitlines()) == 6  # 2 cells x (2 models + 1 pair)
     r = CliRunner().invoke(app, ["phases", str(out), "--no-plot"])
     assert r.exit_code == 0 and "sweep tiny" in r.output

@@ -293,7 +293,7 @@ def test_figure_draws_the_path_and_marks(tmp_path):
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
 
 
-def test_cli_trajectory(tmp_path):
+def test_cli_trajectory(tmp_path, saved_figures):
     from typer.testing import CliRunner
 
     from lossatlas.cli import app
@@ -308,9 +308,16 @@ def test_cli_trajectory(tmp_path):
                                  "train_size=150", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "fitting error" in r.output and "explained variance" in r.output
-    for f in ("plane.h5", "path.h5", "surface.h5", "trajectory.png", "fit.png",
-              "comparison.png", "random-0.h5"):
+    for f in ("plane.h5", "path.h5", "surface.h5", "random-0.h5"):
         assert (out / f).exists(), f
+    path = la.load(out / "path.h5")
+    lines = {ln.get_label(): ln for ln in saved_figures["trajectory.png"].axes[0].get_lines()}
+    np.testing.assert_allclose(lines["checkpoints"].get_xdata(), path.x)  # the path drawn
+    true, *projected = saved_figures["fit.png"].axes[0].get_lines()
+    np.testing.assert_allclose(true.get_ydata(), path.loss)
+    assert len(projected) >= 1  # the loss at the projection onto each plane
+    panels = [ax for ax in saved_figures["comparison.png"].axes if ax.get_lines()]
+    assert len(panels) == 2  # the PCA plane and one random plane (--compare 1)
     plane = la.load(out / "plane.h5")
     assert plane.method == "li2018" and plane.center_index == 4
     r = CliRunner().invoke(app, ["trajectory", str(tmp_path / "run"), "--method", "pca"])
