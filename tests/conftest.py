@@ -2,11 +2,8 @@
 
 from pathlib import Path
 
-import matplotlib
 import matplotlib.figure
 import pytest
-
-matplotlib.use("Agg")
 
 
 @pytest.fixture

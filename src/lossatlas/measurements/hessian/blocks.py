@@ -195,7 +195,27 @@ def block_spectra(
     ``obj``'s model, the JS distances between the block densities, and the blocks' types.
 
     The common grid spans all blocks' Ritz values; ``sigma`` (default: that span / steps)
-    broadens every block alike, so distances compare shapes *and* scales.
+    broadens every block alike, so distances compare shapes *and* scales. A block of fewer than
+    3 parameters gets its exact eigenvalues, equally weighted.
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`; its ``names`` limit the blocks.
+        types: block types tried before :data:`BLOCK_TYPES` (type → glob patterns over module
+            names).
+        steps: Lanczos steps per block, an integer ``>= 3`` (capped at the block's size).
+        n_v: start vectors per block.
+        bins: points of the common grid.
+        sigma: the common broadening; None: the span of all Ritz values / ``steps``.
+        tol: the relative residual of each block's λ_max (see :func:`eigs`).
+        point: where the Hessian is taken; None: the objective's center.
+        seed: seeds the start vectors.
+
+    Returns:
+        A :class:`BlockSpectra`: per block ``names``, ``types``, ``sizes``, ``lambda_max``,
+        ``trace`` (n,) and ``density`` (n, bins) on ``grid``; ``js`` (n, n); ``matvecs`` in all.
+
+    Raises:
+        LossAtlasError: ``steps`` below 3, or a model without trainable parameters.
     """
     from lossatlas.measurements.hessian.eigenpairs import eigs
     from lossatlas.measurements.hessian.operator import HessianOperator

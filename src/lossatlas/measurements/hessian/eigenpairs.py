@@ -169,11 +169,38 @@ def eigs(
 ) -> Spectrum:
     """The ``k`` extreme eigenpairs of the Hessian of ``obj`` (block ``params``) at ``point``.
 
-    ``which``: ``"LA"`` (largest), ``"SA"`` (smallest), ``"both"`` (k of each, 2k pairs).
-    ``tol``: ARPACK's relative residual ``‖Hv − θv‖ ≤ tol·|θ|``. Residuals: Lanczos' own
-    ``|β_m s_{m,i}|`` (exact up to rounding with full reorthogonalization), recomputed with one
-    extra product per pair for ARPACK or when ``exact_residuals`` (counted in ``matvecs``).
-    Vectors are unit-norm Points named P.E.1.. (largest first) / N.E.1.. (smallest first).
+    Residuals are Lanczos' own ``|β_m s_{m,i}|`` (exact up to rounding with full
+    reorthogonalization), recomputed with one extra product per pair for ARPACK or when
+    ``exact_residuals`` (counted in ``matvecs``).
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective` whose loss is differentiated.
+        k: pairs wanted, ``1 <= k < dim`` (at each end for ``which="both"``).
+        which: ``"LA"`` (largest), ``"SA"`` (smallest) or ``"both"`` (k of each, 2k pairs).
+        tol: ARPACK's relative residual ``‖Hv − θv‖ ≤ tol·|θ|``, met by every returned pair.
+        params: the block: parameter names or glob patterns (``"net.0.*"``); None: all of
+            ``obj.names``.
+        point: where the Hessian is taken (a Point); None: the objective's center.
+        method: ``"auto"`` (= ``"lanczos"``), ``"lanczos"`` or ``"arpack"`` (module docstring).
+        ncv: ARPACK's basis size (default ``max(2k+1, 20)``); ARPACK only.
+        max_basis: the most Lanczos basis vectors held (fewer when the memory budget says so);
+            a full basis goes on as a thick restart.
+        seed: seeds the Gaussian start vector.
+        v0: a start vector instead: a Point, a flat vector of the block's size, or rows
+            ``(b, dim)`` whose sum starts the Krylov space.
+        hvp: how products are computed (``method`` of :class:`HessianOperator`).
+        operator: a :class:`HessianOperator` to reuse; ``params``, ``point`` and ``hvp`` are
+            then the operator's.
+        exact_residuals: recompute every residual with one product per pair.
+
+    Returns:
+        A :class:`Spectrum`: ``values`` ascending, unit-norm ``vectors`` (Points over all of
+        ``obj.names``, zeros outside the block) named P.E.1.. (largest first) / N.E.1..
+        (smallest first), ``residuals``, ``matvecs`` (products used) and ``seconds``.
+
+    Raises:
+        LossAtlasError: an unknown ``which`` or ``method``, ``k`` out of range, a ``v0`` of the
+            wrong size, or a block whose products and basis do not fit the memory budget.
     """
     if which not in ("LA", "SA", "both"):
         raise LossAtlasError(f'which={which!r} is unknown; use "LA", "SA" or "both"')

@@ -145,7 +145,28 @@ def trace_estimate(
     hvp: str = "auto",
     operator: HessianOperator | None = None,
 ) -> TraceEstimate:
-    """tr H of the Hessian (block) with ``products`` products: value, error, products used."""
+    """tr H of the Hessian (block) from ``products`` Hessian-vector products.
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`.
+        products: the budget of products; ``products >= dim`` gives ``Σ eᵢᵀHeᵢ`` exactly.
+        method: ``"auto"`` (XTrace), ``"hutchinson"``, ``"hutch++"``, ``"xtrace"`` or
+            ``"pyhessian"`` (formulas in the module docstring).
+        params: the block: parameter names or glob patterns; None: all of ``obj.names``.
+        point: where the Hessian is taken; None: the objective's center.
+        seed: seeds the random test vectors.
+        hvp: how products are computed (``method`` of :class:`HessianOperator`).
+        operator: a :class:`HessianOperator` to reuse; ``params``, ``point`` and ``hvp`` are
+            then the operator's.
+
+    Returns:
+        A :class:`TraceEstimate`: ``value`` ≈ tr H, ``error`` (its estimated standard error),
+        ``products`` used, ``method`` (``"exact"`` when the budget covered the dimension),
+        the per-sample estimates ``samples`` and ``seconds``.
+
+    Raises:
+        LossAtlasError: an unknown ``method``, or ``products`` not a positive integer.
+    """
     op = operator or HessianOperator(obj, point, params, hvp)
     start, t0 = op.matvecs, time.perf_counter()
 

@@ -53,10 +53,23 @@ def lanczos(
     check_every: int = 1,
     progress: str | None = None,
 ) -> Lanczos:
-    """Run up to ``steps`` Lanczos steps from ``v0`` (flat float64); ``stop(alpha, beta)`` is
-    asked every ``check_every`` steps and ends the run when it returns True. Breakdown (an
-    invariant subspace, β ≈ 0) ends it too. ``progress`` names a progress bar (up to ``steps``;
-    it stops early when ``stop`` says so)."""
+    """Lanczos with full reorthogonalization from ``v0``.
+
+    Breakdown (an invariant subspace, β ≈ 0) ends the run early.
+
+    Args:
+        matvec: ``q ↦ Hq`` on flat float64 vectors.
+        v0: the start vector, flat float64 (normalized here).
+        steps: Lanczos steps at most.
+        stop: ``stop(alpha, beta)``, asked every ``check_every`` steps; True ends the run.
+        check_every: how often ``stop`` is asked.
+        progress: names a progress bar (up to ``steps``; it stops early when ``stop`` says so);
+            None: no bar.
+
+    Returns:
+        A :class:`Lanczos`: the tridiagonal ``alpha`` (m,) and ``beta`` (m,; ``beta[-1]`` is the
+        residual norm), the basis ``Q`` (m, dim) and the ``products`` taken.
+    """
     dim = v0.numel()
     steps = min(steps, dim)
     Q = torch.empty(steps, dim, dtype=torch.float64, device=v0.device)  # allocated once
@@ -114,8 +127,8 @@ def thick_restart(
     keep: int | None = None,
     progress: str | None = None,
 ) -> Restarted:
-    """The ``k`` wanted (``which`` ``"LA"``: largest, ``"SA"``: smallest) eigenpairs of ``H``
-    with at most ``basis`` vectors of storage: thick-restart Lanczos (Wu & Simon 2000).
+    """The ``k`` wanted eigenpairs of ``H`` with at most ``basis`` vectors of storage:
+    thick-restart Lanczos (Wu & Simon 2000).
 
     Lanczos steps (full reorthogonalization) fill ``Q`` (basis, dim); the projection
     ``T = QᵀHQ`` is kept as a small dense matrix. When ``Q`` is full, the ``keep`` Ritz vectors
@@ -123,9 +136,28 @@ def thick_restart(
     by column block, so no second basis is ever held), ``T`` becomes
     ``[[diag θ_keep, s], [sᵀ, α]]`` with ``s = β_m Y[m, keep]`` (the arrow of the thick
     restart) and the last Lanczos vector continues the run. Until the first restart this is
-    plain Lanczos, step for step. ``converged(θ, r)`` (wanted Ritz values and residuals
-    ``|β y_last|``) returns a bool per pair, asked every ``check_every`` steps; the run stops
-    when all pass, after ``max_products`` products, or on an invariant subspace (β ≈ 0).
+    plain Lanczos, step for step.
+
+    Args:
+        matvec: ``q ↦ Hq`` on flat float64 vectors.
+        v0: the start vector, flat float64.
+        k: wanted eigenpairs.
+        which: ``"LA"`` (largest) or ``"SA"`` (smallest).
+        basis: the most basis vectors held (capped at the dimension), more than ``k``.
+        converged: ``converged(θ, r)`` with the wanted Ritz values and residuals
+            ``|β y_last|``; returns a bool per pair. The run stops when all pass.
+        max_products: the run stops unconverged after this many products.
+        check_every: how often ``converged`` is asked (in steps).
+        keep: Ritz vectors kept at a restart (default ``max(k, basis // 2)``, below ``basis``).
+        progress: names a progress bar; None: no bar.
+
+    Returns:
+        A :class:`Restarted`: the wanted ``values`` ascending (k,), unit ``vectors`` (k, dim),
+        ``residuals``, ``products``, ``restarts`` and whether all ``converged``. The run also
+        ends on an invariant subspace (β ≈ 0).
+
+    Raises:
+        ValueError: ``basis`` (or ``keep``) does not exceed ``k``.
     """
     dim = v0.numel()
     m = int(min(basis, dim))

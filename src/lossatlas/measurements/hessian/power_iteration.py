@@ -33,7 +33,24 @@ def power(
     seed: int = 0,
     hvp: str = "auto",
 ) -> Spectrum:
-    """The ``top_n`` largest-magnitude eigenpairs by PyHessian's power iteration."""
+    """The ``top_n`` largest-magnitude eigenpairs by PyHessian's power iteration (stopping rule
+    in the module docstring).
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`.
+        top_n: eigenpairs, found one after another with deflation.
+        max_iter: iterations per eigenpair at most (PyHessian: 100).
+        tol: stop when ``|θ_new − θ_old| / (|θ_old| + 1e-6) < tol`` (PyHessian: 1e-3).
+        params: the block: parameter names or glob patterns; None: all of ``obj.names``.
+        point: where the Hessian is taken; None: the objective's center.
+        seed: seeds the Gaussian start vectors.
+        hvp: how products are computed (``method`` of :class:`HessianOperator`).
+
+    Returns:
+        A :class:`~lossatlas.measurements.hessian.eigenpairs.Spectrum` (method ``"power"``):
+        ``values`` ascending, ``vectors`` named P.E.i, ``residuals`` ``‖Hv − θv‖`` (one extra
+        product per pair, not counted in ``matvecs``).
+    """
     op = HessianOperator(obj, point, params, hvp)
     g = torch.Generator().manual_seed(int(seed))
     t0 = time.perf_counter()

@@ -86,7 +86,25 @@ def delta_distribution(
     true: bool = True,
 ) -> DeltaDistribution:
     """δL = λb + ½λ²a over ``samples`` Gaussian ε (Fig. 13 of Li, Li, Zhan 2024), with the true
-    loss change when ``true`` (one loss evaluation per (λ, ε))."""
+    loss change when ``true`` (one loss evaluation per (λ, ε)).
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`.
+        lambdas: the step sizes λ (the paper: 0.001 and 0.01).
+        samples: Gaussian directions ε, a positive integer (the paper: 100).
+        sigma: the standard deviation of ε's entries (the paper: 1).
+        seed: seeds the directions (sample ``i`` uses ``seed * 100003 + i``).
+        params: the block ε lives on (names or glob patterns; zeros elsewhere); None: all.
+        point: θ; None: the objective's center.
+        true: also evaluate ``L(θ + λε) − L(θ)`` for every pair.
+
+    Returns:
+        A :class:`DeltaDistribution`: ``predicted`` and ``true`` (len(lambdas), samples; ``true``
+        is nan when not asked), ``a = εᵀHε`` and ``b = εᵀg`` (samples,), ``loss`` = L(θ).
+
+    Raises:
+        LossAtlasError: ``samples`` is not a positive integer.
+    """
     if not isinstance(samples, int) or samples < 1:
         raise LossAtlasError(f"samples={samples!r} must be a positive integer (the paper: 100)")
     lam = np.asarray(lambdas, dtype=np.float64).reshape(-1)
@@ -137,9 +155,22 @@ def local_quadratics(
     point=None,
     kind: str = "custom",
 ) -> QuadraticPath:
-    """Second-order pieces along θ + λε (Fig. 14 of Li, Li, Zhan 2024): ``a_k, b_k`` at each
-    anchor (default 11 anchors on [−1, 0]) and the true loss on ``points`` x in the anchors'
-    range ± ``half_width``."""
+    """Second-order pieces along θ + λε (Fig. 14 of Li, Li, Zhan 2024).
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`.
+        direction: ε (a Point over ``obj.names``).
+        lambdas: the anchors λ_k; None: 11 anchors on [−1, 0].
+        half_width: each piece spans ``[λ_k − half_width, λ_k + half_width]``.
+        points: points of the true curve over the anchors' range ± ``half_width``.
+        point: θ; None: the objective's center.
+        kind: a label kept with the result (``"GMI"``, ``"MLI"``, ...).
+
+    Returns:
+        A :class:`QuadraticPath`: at each anchor ``loss``, ``a_k = εᵀHε`` and ``b_k = εᵀg``
+        (K,) taken at θ + λ_kε; the true ``curve`` (points,) at ``x``; :meth:`QuadraticPath.piece`
+        draws the quadratic of anchor k.
+    """
     lam = np.linspace(-1.0, 0.0, 11) if lambdas is None else np.asarray(lambdas, float)
     point = obj.center if point is None else point
     a, b, loss = np.zeros(len(lam)), np.zeros(len(lam)), np.zeros(len(lam))

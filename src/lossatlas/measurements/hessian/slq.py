@@ -97,7 +97,31 @@ def density(
     hvp: str = "auto",
     operator: HessianOperator | None = None,
 ) -> Density:
-    """SLQ density of the Hessian (block): ``n_v`` runs of ``steps`` Lanczos steps."""
+    """SLQ density of the Hessian (block): ``n_v`` runs of ``steps`` Lanczos steps (the formula
+    is in the module docstring).
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`.
+        steps: Lanczos steps per run, an integer ``>= 2`` (capped at the block's dimension;
+            PyHessian uses 100).
+        n_v: Rademacher start vectors, one run each; the density averages them.
+        sigma: the Gaussian broadening; None: the spectral range divided by ``steps``.
+        bins: points of the evaluation grid.
+        params: the block: parameter names or glob patterns; None: all of ``obj.names``.
+        point: where the Hessian is taken; None: the objective's center.
+        seed: seeds the start vectors.
+        hvp: how products are computed (``method`` of :class:`HessianOperator`).
+        operator: a :class:`HessianOperator` to reuse; ``params``, ``point`` and ``hvp`` are
+            then the operator's.
+
+    Returns:
+        A :class:`Density`: ``grid`` (bins,), ``density`` (bins,) integrating to 1, the Ritz
+        nodes and weights ``ritz_values`` / ``ritz_weights`` (n_v, steps), ``sigma``,
+        ``matvecs`` and ``seconds``.
+
+    Raises:
+        LossAtlasError: ``steps`` below 2, ``n_v`` below 1, or a ``sigma`` that is not positive.
+    """
     if not isinstance(steps, int) or steps < 2:
         raise LossAtlasError(f"steps={steps!r} must be an integer >= 2 (100 is PyHessian's)")
     if not isinstance(n_v, int) or n_v < 1:

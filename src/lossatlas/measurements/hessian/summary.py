@@ -50,7 +50,25 @@ class HessianSummary:
 def summarize(obj, top: int = 5, bottom: int = 5, trace: bool = True, dens: bool = True, *,
               params: str | Sequence[str] | None = None, tol: float = 1e-3,
               products: int = 100, steps: int = 100, seed: int = 0) -> HessianSummary:
-    """Top/bottom eigenpairs, trace and density of the Hessian (block) sharing one operator."""
+    """Top/bottom eigenpairs, trace and density of the Hessian (block), sharing one operator.
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`.
+        top: largest eigenpairs (P.E.i); 0 skips them.
+        bottom: smallest eigenpairs (N.E.i); 0 skips them.
+        trace: estimate tr H (:func:`trace_estimate`, ``products`` products).
+        dens: the SLQ density (:func:`density`, one run of ``steps`` steps).
+        params: the block: parameter names or glob patterns; None: all of ``obj.names``.
+        tol: the eigenpairs' relative residual (see :func:`eigs`).
+        products: the trace's budget of products.
+        steps: the density's Lanczos steps.
+        seed: seeds every start vector.
+
+    Returns:
+        A :class:`HessianSummary`: ``values`` ascending with ``names``, ``residuals`` and
+        ``vectors``; ``trace`` ± ``trace_error`` (nan when not asked); ``grid`` / ``density``
+        (empty when not asked); ``matvecs`` in all.
+    """
     op = HessianOperator(obj, None, params)
     parts = [eigs(obj, k, w, tol, seed=seed, operator=op) for k, w in ((bottom, "SA"),
                                                                         (top, "LA")) if k > 0]
