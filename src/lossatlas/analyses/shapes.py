@@ -266,11 +266,27 @@ def classify(
 ) -> Shape:
     """Name a 1D curve v-basin, v-side, w-basin, w-peak, vvv-basin or other (module docstring).
 
-    ``x`` (n,) increasing, ``y`` (n,) losses at θ + x_t ε. ``num_classes`` C or ``log_c``
-    directly: the random-guess loss, above which the curve is clipped (non-finite values count
-    as above; without log C they count as the curve's maximum). ``prominence``: persistence
-    threshold as a fraction of the clipped curve's range; ``noise``: multiple of the estimated noise
-    level added as a floor (0 switches it off). ``center``: λ of the perturbed model.
+    Args:
+        x: (n,) strictly increasing coefficients, at least 3.
+        y: (n,) losses at θ + x_t ε.
+        num_classes: C, for the random-guess loss log C above which the curve is clipped
+            (non-finite values count as above; without log C they count as the curve's
+            maximum).
+        log_c: the random-guess loss directly, instead of ``num_classes``.
+        prominence: the persistence threshold as a fraction of the clipped curve's range, in
+            [0, 1).
+        noise: the multiple of the estimated noise level added as a floor (0 switches it off).
+        flat_tol: a curve whose range is at most ``flat_tol · max(1, |mean y|)`` is flat.
+        center: λ of the perturbed model (where the center sits on the curve).
+
+    Returns:
+        A :class:`Shape`: ``kind``, the paper's ``stationary`` count, the kept ``minima`` /
+        ``maxima``, where the center sits (``center_at``), the segments above log C and a
+        one-sentence ``reason``.
+
+    Raises:
+        LossAtlasError: ``x`` and ``y`` of different lengths, fewer than 3 points, ``x`` not
+            increasing, ``prominence`` outside [0, 1), or ``num_classes`` below 2.
     """
     x, y = _as_curve(x, "x"), _as_curve(y)
     if len(x) != len(y):

@@ -120,11 +120,21 @@ def gaussian(
 ) -> P.Point:
     """A random direction ε ~ N(0, I), normalized to the center θ (Li et al. 2018).
 
-    ``model_or_point``: the center θ (a model, whose parameters are read, or a point).
-    ``names`` / ``selection`` (``include``, ``exclude``, ``trainable_only`` of
-    :func:`la.params.select`) choose the parameters; pass ``names=obj.names`` to match an
-    Objective. Returns a :class:`Point` on θ's device and dtype; ``.meta`` records
-    ``kind="gaussian"``, ``seed``, ``norm``, ``ignore`` and ``center_hash``.
+    Args:
+        model_or_point: the center θ: a model, whose parameters are read, or a point.
+        norm: ``"filter"``, ``"layer"``, ``"model"`` or ``"none"`` (module docstring).
+        seed: an int; the same seed gives the same direction on any device.
+        ignore: ``"biasbn"`` zeroes biases and normalization parameters (1-D tensors); None
+            keeps and normalizes them as one filter each.
+        names: the parameters to draw over; pass ``names=obj.names`` to match an Objective.
+        **selection: ``include``, ``exclude``, ``trainable_only`` of :func:`la.params.select`.
+
+    Returns:
+        A :class:`Point` on θ's device and dtype; ``.meta`` records ``kind="gaussian"``,
+        ``seed``, ``norm``, ``ignore``, ``center_hash`` and ``names``.
+
+    Raises:
+        LossAtlasError: an unknown ``norm`` or ``ignore``, or a ``seed`` that is not an int.
     """
     _check(norm, ignore)
     if not isinstance(seed, int) or isinstance(seed, bool):

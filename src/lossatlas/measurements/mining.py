@@ -101,8 +101,24 @@ def mine_w_peak(obj, epochs: int = 10, lr: float = 0.1, alpha_max: float = 1.0,
     """Algorithm 1 of Li, Li, Zhan 2024: mine ε so that θ + λε is a w-peak curve.
 
     ε₀ = 0; at step t of T = epochs · len(obj.batches): α_t = alpha_max · (t + 1)/T,
-    λ ~ U[−α_t, α_t], θ̂ = θ + λε, ε ← ε − lr · λ · ∇L_batch(θ̂). ``center`` θ defaults to
-    ``obj.center``. Returns a :class:`MinedDirection` (``algorithm="w-peak"``).
+    λ ~ U[−α_t, α_t], θ̂ = θ + λε, ε ← ε − lr · λ · ∇L_batch(θ̂).
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective` (its batches, shuffled per epoch).
+        epochs: passes over ``obj.batches``, a positive integer.
+        lr: the step size η, > 0.
+        alpha_max: the last step's α (α ramps linearly from alpha_max/T to it).
+        center: θ, a Point over ``obj.names``; None: ``obj.center``.
+        seed: seeds the batch order and the λ draws.
+        progress: show a progress bar (None: unless ``LOSSATLAS_QUIET=1``).
+
+    Returns:
+        A :class:`MinedDirection` (``algorithm="w-peak"``): ε in ``direction``, the center, and
+        ``lambdas``, ``alphas``, ``losses`` (the batch loss at θ̂) per step.
+
+    Raises:
+        LossAtlasError: ``epochs`` or ``lr`` out of range, a ``center`` over other parameters,
+            or a loss that is not finite (lower ``lr``).
     """
     _check(epochs, lr)
     theta = _center(obj, center)
@@ -152,8 +168,27 @@ def mine_vvv_basin(obj, epochs: int = 10, lr: float = 0.1, alpha: float = 0.0,
 
     Per step: λ ~ U[0.5 − α, 0.5 + α], φ̂ = (1 − λ)θ + λφ,
     φ ← φ − lr · (∇L_batch(φ) + γ λ ∇L_batch(φ̂)) (the gradient of Eq. 3, same batch for both).
-    ``init``: "random" (φ₀ = :func:`fresh_init` of ``obj.model`` with ``seed``), "center"
-    (φ₀ = θ) or a point. Paper grid: α ∈ {0, 0.1}, γ ∈ {0.1, 0.5, 0.9}.
+    Paper grid: α ∈ {0, 0.1}, γ ∈ {0.1, 0.5, 0.9}.
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective` (its batches, shuffled per epoch).
+        epochs: passes over ``obj.batches``, a positive integer.
+        lr: the step size η, > 0.
+        alpha: the half-width α of λ's range, in [0, 0.5].
+        gamma: the weight γ of the midpoint's loss, >= 0.
+        init: φ₀: ``"random"`` (:func:`fresh_init` of ``obj.model`` with ``seed``), ``"center"``
+            (φ₀ = θ) or a Point.
+        center: θ, a Point over ``obj.names``; None: ``obj.center``.
+        seed: seeds φ₀ (``"random"``), the batch order and the λ draws.
+        progress: show a progress bar (None: unless ``LOSSATLAS_QUIET=1``).
+
+    Returns:
+        A :class:`MinedDirection` (``algorithm="vvv-basin"``): ε = φ − θ in ``direction``, φ in
+        ``phi``, and ``lambdas``, ``alphas``, ``losses`` (L(φ) + γL(φ̂) on the batch) per step.
+
+    Raises:
+        LossAtlasError: ``epochs``, ``lr``, ``alpha`` or ``gamma`` out of range, an unknown
+            ``init``, a point over other parameters, or a loss that is not finite (lower ``lr``).
     """
     _check(epochs, lr)
     if not 0 <= alpha <= 0.5:
@@ -248,9 +283,24 @@ class AngleResult:
 def gaussian_angles(center: Mapping, targets: Mapping[str, Mapping], samples: int = 100,
                     norm: str = "none", seed: int = 0,
                     progress: bool | None = None) -> AngleResult:
-    """Angles between ``samples`` Gaussian directions (``la.directions.gaussian`` of ``center``,
-    every parameter, ``norm``) and each target direction, e.g. {"g_batch": −∇L_batch,
-    "θ_f − θ_cur": ...} (their Fig. 5: nearly all within 90° ± 0.25° in high dimension)."""
+    """Angles between Gaussian directions and each target direction (their Fig. 5: nearly all
+    within 90° ± 0.25° in high dimension).
+
+    Args:
+        center: θ (a Point); the Gaussians are ``la.directions.gaussian`` of it over every
+            parameter.
+        targets: label → direction, e.g. {"g_batch": −∇L_batch, "θ_f − θ_cur": ...}.
+        samples: Gaussian directions, >= 1.
+        norm: their normalization (``"none"``: plain N(0, I)).
+        seed: sample j uses seed ``seed + j``.
+        progress: show a progress bar (None: unless ``LOSSATLAS_QUIET=1``).
+
+    Returns:
+        An :class:`AngleResult`: ``angles`` (targets, samples) in degrees, ``labels``, ``seeds``.
+
+    Raises:
+        LossAtlasError: ``samples`` below 1.
+    """
     from lossatlas.directions.normalized_gaussian import gaussian
 
     if samples < 1:
@@ -287,9 +337,24 @@ class DescentCurves:
 def descent_vs_gaussian(obj, samples: int = 100, scales: Sequence[float] = (0.01, 0.1, 1.0),
                         points: int = 21, batch: int | None = None, zoom: float = 10.0,
                         seed: int = 0, progress: bool | None = None) -> DescentCurves:
-    """Their Fig. 6: the negative gradient (``batch`` as in ``la.directions.gradient``) against
-    the most overlapped of ``samples`` Gaussian directions, scaled to the same norm; the
-    Gaussian's x-axis is stretched by ``zoom`` (10 in the paper)."""
+    """Their Fig. 6: the loss along the negative gradient against the loss along the most
+    overlapped of ``samples`` Gaussian directions, scaled to the gradient's norm.
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`.
+        samples: Gaussian directions (seeds ``seed``..``seed + samples − 1``) from which the
+            one most aligned with −∇L is kept.
+        scales: for each s, a curve on [−s, s].
+        points: points per curve.
+        batch: the gradient's batch, as in ``la.directions.gradient`` (None: all data).
+        zoom: the Gaussian's x-axis is stretched by this factor (10 in the paper).
+        seed: the first Gaussian seed.
+        progress: show a progress bar (None: unless ``LOSSATLAS_QUIET=1``).
+
+    Returns:
+        :class:`DescentCurves`: ``x``, ``gradient`` and ``gaussian`` (scales, points), the kept
+        Gaussian's ``cosine`` with −∇L.
+    """
     from lossatlas.directions.descent import gradient
     from lossatlas.directions.normalized_gaussian import gaussian
 

@@ -61,10 +61,21 @@ def _draw(ax, res, dense: Mapping | None, metric: str, small: bool) -> None:
 
 def curve(res, dense: Mapping | None = None, metric: str | None = None, title: str | None = None,
           path: str | os.PathLike | None = None, ax=None):
-    """One trained curve (a :class:`la.connect.ConnectResult`): the metric at its
-    evaluated t values (dots), along the straight line (dashed), the reference ½(v(0)+v(1))
-    (dotted) and the deviation at t* (red bar). ``dense`` (from
-    :func:`lossatlas.measurements.connect.dense_profile`) adds the full curves between the dots."""
+    """One trained curve: the metric at its evaluated t values (dots), along the straight line
+    (dashed), the reference ½(v(0)+v(1)) (dotted) and the deviation at t* (red bar).
+
+    Args:
+        res: a :class:`la.connect.ConnectResult`.
+        dense: from :func:`lossatlas.measurements.connect.dense_profile`: adds the full curves
+            between the dots.
+        metric: ``"error"`` or ``"loss"``; None: the result's own metric.
+        title: the title; None: mc and t* (and the straight line's mc).
+        path: where to write the figure; None: not written (ignored with ``ax``).
+        ax: the axes to draw in; None: a new figure.
+
+    Returns:
+        The matplotlib Figure.
+    """
     metric = metric or res.metric
     fig = None
     if ax is None:
@@ -102,8 +113,20 @@ def error_and_loss(res, dense: Mapping | None = None, title: str | None = None,
 def grid(results: Sequence[Sequence], row_labels: Sequence[str] | None = None,
          col_labels: Sequence[str] | None = None, metric: str | None = None,
          title: str | None = None, path: str | os.PathLike | None = None):
-    """Small multiples of curves on shared axes, ``results[r][c]`` in row r, column c (None
-    leaves a panel empty), mc written in each panel: the layout of Yang et al.'s Fig. 12."""
+    """Small multiples of curves on shared axes, mc written in each panel: the layout of Yang et
+    al.'s Fig. 12.
+
+    Args:
+        results: ``results[r][c]`` in row r, column c; None leaves a panel empty.
+        row_labels: the y labels of the rows.
+        col_labels: the x labels of the columns.
+        metric: ``"error"`` or ``"loss"``; None: each result's own metric.
+        title: the title; None: a generic one.
+        path: where to write the figure; None: not written.
+
+    Returns:
+        The matplotlib Figure.
+    """
     nr = len(results)
     nc = max(len(r) for r in results) if nr else 0
     fig, axes = plt.subplots(nr, nc, figsize=(1.9 * nc + 1, 1.5 * nr + 1), squeeze=False,

@@ -125,9 +125,18 @@ def plot_curve(result, path: str | os.PathLike | None = None, *, log: bool = Fal
                accuracy: bool = True, random_guess: bool = True, title: str | None = None):
     """Loss (and accuracy on a twin axis) against the coefficient of a 1D curve.
 
-    ``random_guess`` draws the loss of a uniform guess, log C for C classes. The center
-    (x = 0) is marked; for an interpolation both end points (t = 0 and t = 1) are.
-    Returns the figure; written to ``path`` when given (PNG, PDF, ... by suffix).
+    The center (x = 0) is marked; for an interpolation both end points (t = 0 and t = 1) are.
+
+    Args:
+        result: a curve or interpolation result (``x``, ``loss``, ``accuracy``, ``kind``).
+        path: where to write the figure (PNG, PDF, ... by suffix); None: not written.
+        log: a log-scale loss axis.
+        accuracy: draw the accuracy (%) on a twin axis when the result has it.
+        random_guess: draw the loss of a uniform guess, log C for C classes.
+        title: the title; None: one from the result's settings.
+
+    Returns:
+        The matplotlib Figure.
     """
     x, loss = np.asarray(result.x), np.asarray(result.loss, dtype=float)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -215,9 +224,25 @@ def plot_surface(result, kind: str = "contour", path: str | os.PathLike | None =
                  metric: str = "loss", title: str | None = None):
     """A 2D surface as contour lines, filled contours, a heat map or a 3D surface.
 
-    ``loss[i, j]`` is at ``(x[i], y[j])``: x runs along the horizontal axis. ``log`` plots
-    log10 of the values; ``vmax`` clips them from above (Li et al. clip at 10 for 3D plots);
-    ``metric="accuracy"`` plots the accuracy instead. Points not computed yet are blank.
+    ``loss[i, j]`` is at ``(x[i], y[j])``: x runs along the horizontal axis. Points not
+    computed yet are blank.
+
+    Args:
+        result: a surface result (``x``, ``y``, ``loss``, ``accuracy``, ``done``).
+        kind: one of :data:`SURFACE_KINDS`: ``"contour"``, ``"contourf"``, ``"heatmap"``,
+            ``"surface3d"``.
+        path: where to write the figure (by suffix); None: not written.
+        log: plot log10 of the values.
+        vmax: clip the values from above (Li et al. clip at 10 for 3D plots).
+        levels: contour levels.
+        metric: ``"loss"`` or ``"accuracy"``.
+        title: the title; None: one from the result's settings.
+
+    Returns:
+        The matplotlib Figure (the plot and its colorbar).
+
+    Raises:
+        LossAtlasError: an unknown ``kind`` or ``metric``.
     """
     if kind not in SURFACE_KINDS:
         raise LossAtlasError(f"kind={kind!r} is unknown; use one of {list(SURFACE_KINDS)}")

@@ -43,12 +43,24 @@ def _finish(fig, path: str | os.PathLike | None):
 def overlay(curves: Sequence, labels: Sequence[str] | None = None, log_c: float | None = None,
             title: str = "", markers: Sequence[float] = (), ax=None, logy: bool = False,
             path: str | os.PathLike | None = None):
-    """Draw ``curves`` (objects with ``.x``/``.loss`` or ``(x, y)`` pairs) in one axes.
+    """Draw ``curves`` in one axes, with the paper's stationary-point counts.
 
     Legend: "label [n]" with n the paper's stationary-point count (an integer); title: ``title``
-    and the count, the mean "[m.m]" over several curves. ``labels`` default to each curve's
-    ``label`` attribute. ``log_c``: dotted black line at the random-guess loss; ``markers``: dotted
-    vertical lines (the center at 0, a checkpoint at 1)."""
+    and the count, the mean "[m.m]" over several curves.
+
+    Args:
+        curves: objects with ``.x`` / ``.loss``, or ``(x, y)`` pairs.
+        labels: one legend label per curve; None: each curve's ``label`` attribute.
+        log_c: the random-guess loss, drawn as a dotted black line.
+        title: the title, before the count.
+        markers: x positions of dotted vertical lines (the center at 0, a checkpoint at 1).
+        ax: the axes to draw in; None: a new figure.
+        logy: a log-scale loss axis.
+        path: where to write the new figure; None: not written (ignored with ``ax``).
+
+    Returns:
+        The matplotlib Figure.
+    """
     own = ax is None
     fig = ax.figure if ax is not None else plt.figure(figsize=(4.2, 3.4))
     ax = ax if ax is not None else fig.add_subplot(111)

@@ -97,9 +97,23 @@ def _colorbar(fig, ax, cs, log: bool, **kw):
 
 def plot_trajectory(surface, trajectory=None, plane=None, path: str | os.PathLike | None = None,
                     *, log: bool = False, levels: int = 30, title: str | None = None):
-    """Loss contours of ``surface`` (a surface on the plane, e.g. from
-    ``la.trajectory.surface``) with ``trajectory`` drawn over them. ``log`` contours log10 of
-    the loss. Returns the figure; written to ``path`` when given."""
+    """Loss contours of ``surface`` with ``trajectory`` drawn over them: the path, its start,
+    its end, the learning-rate changes and the plane's center.
+
+    Args:
+        surface: a surface on the plane, e.g. from ``la.trajectory.surface``.
+        trajectory: the projected :class:`~lossatlas.measurements.trajectory.Trajectory`;
+            None: contours only.
+        plane: the :class:`~lossatlas.measurements.trajectory.Plane`, for the axis labels
+            (explained variance) and the title.
+        path: where to write the figure; None: not written.
+        log: contour log10 of the loss.
+        levels: contour levels.
+        title: the title; None: the method, the center and the Fitting Error.
+
+    Returns:
+        The matplotlib Figure (contours and a colorbar).
+    """
     fig, ax = plt.subplots(figsize=(6, 5))
     cs = _draw(ax, surface, trajectory, plane, title or _title(plane, trajectory), levels, log)
     _colorbar(fig, ax, cs, log)

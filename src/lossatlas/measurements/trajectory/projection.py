@@ -140,12 +140,30 @@ def project(
     slice: Any = None,
     progress: bool = True,
 ) -> Trajectory:
-    """Project checkpoints on ``plane`` and compare true and projected losses (module
-    docstring). ``checkpoints``: as for :func:`la.trajectory.pca` (the same sequence
-    the plane's indices refer to); ``indices`` / ``slice``: which ones (default all).
+    """Project checkpoints on ``plane`` and compare true and projected losses (formulas in the
+    module docstring).
+
     When the plane covers a subset of the parameters (``names``), the others keep the
     objective's values (its model's) at every checkpoint, for the true loss too: the path is
-    the trajectory of that subset. Returns a :class:`Trajectory` with the Fitting Error."""
+    the trajectory of that subset.
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective` the losses are evaluated with.
+        plane: a :class:`Plane` from :func:`la.trajectory.pca` (or :func:`random_plane`).
+        checkpoints: as for :func:`la.trajectory.pca`: the same sequence the plane's indices
+            refer to (a Run, a run folder, points, state dicts or ``.pt`` files).
+        indices: which checkpoints to project; None: all (or ``slice``).
+        slice: ``(m, n)``: checkpoints m..n−1, when ``indices`` is None.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`Trajectory`: plane coordinates ``x``, ``y`` (n,), true ``loss`` and
+        ``projected_loss`` (n,), accuracies, ``residual`` (n,) and the ``fitting_error``.
+
+    Raises:
+        LossAtlasError: ``obj`` is not an Objective, ``plane`` not a Plane, or the plane's
+            parameters are not the objective's.
+    """
     if not isinstance(obj, Objective):
         raise LossAtlasError(f"obj must be a lossatlas.Objective, got {type(obj).__name__}")
     if not isinstance(plane, Plane):
@@ -234,9 +252,23 @@ class Comparison:
 def compare(obj: Objective, plane: Plane, checkpoints: Any, *, seeds: Sequence[int] = (0,),
             norm: str = "filter", indices: Sequence[int] | None = None,
             progress: bool = True) -> tuple[Comparison, Trajectory, list[Trajectory]]:
-    """Project the same checkpoints on ``plane`` and on :func:`random_plane` (one per seed)
-    and compare the Fitting Errors (Ding et al. 2023, Table 1). Returns
-    ``(comparison, trajectory_on_plane, trajectories_on_random_planes)``."""
+    """Project the same checkpoints on ``plane`` and on :func:`random_plane` (one per seed) and
+    compare the Fitting Errors (Ding et al. 2023, Table 1).
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`.
+        plane: the PCA :class:`Plane`.
+        checkpoints: as for :func:`project`.
+        seeds: one random plane per seed ``s``, with direction seeds ``2s`` and ``2s + 1``.
+        norm: the random directions' normalization (``"filter"``: Li et al. 2018).
+        indices: which checkpoints; None: all.
+        progress: show progress bars.
+
+    Returns:
+        ``(comparison, trajectory_on_plane, trajectories_on_random_planes)``: a
+        :class:`Comparison` (``ratio`` = median random Fitting Error / the plane's; > 1: the
+        plane fits better), a :class:`Trajectory` and a list of them, one per seed.
+    """
     traj = project(obj, plane, checkpoints, indices=indices, progress=progress)
     rand = [project(obj, random_plane(plane, seed=2 * s, norm=norm), checkpoints,
                     indices=indices, progress=progress) for s in seeds]
@@ -259,11 +291,25 @@ def _span(values: np.ndarray, margin: float) -> tuple[float, float]:
 def surface(obj: Objective, plane: Plane, trajectory: Trajectory | None = None, *,
             checkpoints: Any = None, resolution: int = 31, xspan=None, yspan=None,
             margin: float = 0.2, path=None, progress: bool = True, **kwargs):
-    """``la.surface`` on the plane: L(w_c + a·d₁ + b·d₂) on a grid through the plane's
-    center. The spans hold the whole ``trajectory`` (and the center) with ``margin`` of its
-    extent on each side unless ``xspan`` / ``yspan`` fix them (default (−1, 1) without a
-    trajectory). ``checkpoints`` gives the center's BN buffers (see
-    :func:`plane_objective`). Extra keywords go to ``la.surface``."""
+    """``la.surface`` on the plane: L(w_c + a·d₁ + b·d₂) on a grid through the plane's center.
+
+    Args:
+        obj: the :class:`~lossatlas.core.objective.Objective`.
+        plane: the :class:`Plane` (its center and d₁, d₂).
+        trajectory: a projected :class:`Trajectory`; the spans then hold all of it and the
+            center, with ``margin`` of its extent on each side.
+        checkpoints: gives the center's BN buffers (see :func:`plane_objective`).
+        resolution: grid points per axis.
+        xspan: the a range; None: from ``trajectory``, else (−1, 1).
+        yspan: the b range; None: from ``trajectory``, else (−1, 1).
+        margin: the fraction of the trajectory's extent added on each side.
+        path: an HDF5 file to write (and resume) the surface in.
+        progress: show a progress bar.
+        **kwargs: go to ``la.surface``.
+
+    Returns:
+        The surface result of ``la.surface``, ``loss[i, j]`` at ``(x[i], y[j])``.
+    """
     from lossatlas.measurements.landscape.grids import surface as _surface
 
     _check_names(obj, plane)
