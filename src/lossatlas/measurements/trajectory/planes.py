@@ -159,13 +159,25 @@ def _chunks(src: Source, maps: list, ref: np.ndarray, block_size: int, what: str
 
 def gram(src: Source, indices: Sequence[int], ref: np.ndarray, *, stream: bool = False,
          block_size: int = 8, progress: bool = True) -> np.ndarray:
-    """G[a, b] = (x_a − ref)ᵀ(x_b − ref) over the checkpoints ``indices`` (float64, (k, k)).
+    """G[a, b] = (x_a − ref)ᵀ(x_b − ref) over the checkpoints ``indices``.
 
     In memory: one (k, D) matrix and one product. Streamed from files: the checkpoints are
     memory-mapped and read in coordinate chunks of ``block_size`` checkpoints' worth
     (G = Σ_chunks A Aᵀ; every byte read once). Streamed otherwise: a block of ``block_size``
     checkpoints is held while each later one is loaded (about k²/(2·block_size) loads). Peak
-    memory of both streamed routes: the Gram plus about block_size + 1 checkpoints."""
+    memory of both streamed routes: the Gram plus about block_size + 1 checkpoints.
+
+    Args:
+        src: the checkpoints (a :class:`~lossatlas.measurements.trajectory.source.Source`).
+        indices: the k checkpoints, indices into ``src``.
+        ref: (D,) the reference subtracted from every row (the plane's center, for precision).
+        stream: stream instead of holding the (k, D) matrix.
+        block_size: checkpoints per streamed block.
+        progress: show a progress bar.
+
+    Returns:
+        G, float64 of shape (k, k).
+    """
     k = len(indices)
     if not stream:
         X = np.empty((k, src.dim))
@@ -242,14 +254,31 @@ def pca(
 ) -> Plane:
     """The PCA plane of a trajectory slice (see the module docstring for the two methods).
 
-    ``checkpoints``: a Run, a run folder, ``run.checkpoints``, a list of points / state dicts or
-    of ``.pt`` files. ``slice=(m, n)``: checkpoints m..n−1 (Python's m:n; Ding's w_m..w_{m+n}
-    is ``(m, m + n + 1)``); default all. ``center``: index of the center checkpoint in
-    ``checkpoints`` (default: the slice's last). ``names``: the parameters (default: the run's
-    trainable ones). ``scale``: ``"unit"`` (d_i = p_i, li2018's default), ``"center"``
-    (d_i = ‖w_center‖·p_i, ding2023's) or a number. ``stream``: None streams the Gram from the
-    files when the slice exceeds ``max_memory`` bytes as float64 rows; ``block_size``: rows
-    held while streaming. Returns a :class:`Plane`.
+    Args:
+        checkpoints: a Run, a run folder, ``run.checkpoints``, a list of points / state dicts
+            or of ``.pt`` files.
+        method: ``"ding2023"`` or ``"li2018"``.
+        center: index of the center checkpoint in ``checkpoints``; None: the slice's last.
+        slice: ``(m, n)``: checkpoints m..n−1 (Python's m:n; Ding's w_m..w_{m+n} is
+            ``(m, m + n + 1)``); None: all.
+        names: the parameters; None: the run's trainable ones.
+        centered: mean-center the rows before the decomposition (False: li2018's uncentered
+            SVD).
+        scale: ``"unit"`` (d_i = p_i, li2018's default), ``"center"`` (d_i = ‖w_center‖·p_i,
+            ding2023's) or a positive number.
+        stream: stream the Gram from the checkpoints; None: when the slice exceeds
+            ``max_memory`` bytes as float64 rows.
+        max_memory: bytes of float64 rows held before streaming.
+        block_size: rows held while streaming; None: from ``max_memory``.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`Plane`: ``center``, ``d1``, ``d2`` (Points), ``explained_variance_ratio`` (2,),
+        the Gram's nonzero ``eigenvalues``, ``indices`` and ``center_index``.
+
+    Raises:
+        LossAtlasError: an unknown ``method`` or ``scale``, a slice that leaves fewer than two
+            checkpoints beside the center, or checkpoints that span fewer than two dimensions.
 
     >>> import torch, lossatlas as la
     >>> pts = [la.params.Point(w=torch.tensor([float(t), t * t / 4, 1.0])) for t in range(5)]
