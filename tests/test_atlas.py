@@ -41,6 +41,7 @@ def tiny_run(path: Path, seed: int = 0, epochs: int = 3):
                     out=path, progress=False)
 
 
+# a run and its whole atlas (about 18 s on 2 cores): the tests that use it are marked slow
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     os.environ["LOSSATLAS_QUIET"] = "1"
@@ -52,6 +53,7 @@ def built(tmp_path_factory):
     return root, run, res
 
 
+@pytest.mark.slow
 def test_atlas_writes_every_section(built):
     root, _run, res = built
     doc = json.loads((root / "out" / "atlas.json").read_text())
@@ -73,6 +75,7 @@ def test_atlas_writes_every_section(built):
     assert la.load_run(root / "out" / "run_b").info["seed"] == 1
 
 
+@pytest.mark.slow
 def test_atlas_numbers_equal_the_section_files(built):
     root, run, res = built
     out, s = root / "out", res.summary
@@ -117,6 +120,7 @@ def test_atlas_numbers_equal_the_section_files(built):
         k: s[k] for k in ("mc_aligned", "barrier_aligned")}
 
 
+@pytest.mark.slow
 def test_atlas_lambda_max_equals_a_dense_hessian(built):
     """λ_max and λ_min of the page against eigvalsh of the full Hessian of the tiny MLP."""
     _root, run, res = built
@@ -144,6 +148,7 @@ def test_atlas_lambda_max_equals_a_dense_hessian(built):
     assert res.summary["lambda_min"] == pytest.approx(float(ev[0]), rel=1e-3, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_rerun_reads_back_and_one_option_recomputes_one_section(built, tmp_path):
     root, run, _ = built
     out = tmp_path / "copy"
@@ -163,6 +168,7 @@ def test_rerun_reads_back_and_one_option_recomputes_one_section(built, tmp_path)
     assert status.pop("mined") == "computed" and set(status.values()) == {"reused"}
 
 
+@pytest.mark.slow
 def test_connectivity_align_option_is_in_the_cache_key(built, tmp_path):
     """connectivity.align=none recomputes the section without the aligned curve or numbers."""
     root, run, _ = built
@@ -182,6 +188,7 @@ def test_connectivity_align_option_is_in_the_cache_key(built, tmp_path):
     assert not bad.ok and "connectivity.align='nope' is unknown" in sec["error"]
 
 
+@pytest.mark.slow
 def test_a_new_section_is_one_function(built, tmp_path, monkeypatch):
     """A section registered later (here one that applies only when the run has a metric)
     appears on the page, after the built-ins, and is skipped where it does not apply."""
@@ -206,6 +213,7 @@ def test_a_new_section_is_one_function(built, tmp_path, monkeypatch):
         la.atlas(run, out, options={"surface": {"nope": 1}}, progress=False)
 
 
+@pytest.mark.slow
 def test_sharpness_section_shows_the_runs_table(tmp_path, saved_figures):
     """A run trained with la.track.Sharpness gets the section, right after the training curves,
     and its numbers are the table's; a run without the table has no such section and no
@@ -251,6 +259,7 @@ def test_sharpness_section_shows_the_runs_table(tmp_path, saved_figures):
     assert "lambda_max_final" not in res.summary
 
 
+@pytest.mark.slow
 def test_cli_atlas_prints_the_page(built, tmp_path):
     root, _run, _ = built
     out = tmp_path / "cli"
@@ -265,6 +274,7 @@ def test_cli_atlas_prints_the_page(built, tmp_path):
     assert {s["name"]: s["status"] for s in doc["sections"]}["surface"] in ("reused", "kept")
 
 
+@pytest.mark.slow
 def test_run_rebuilds_from_its_manifest_with_a_file_factory(tmp_path, monkeypatch):
     """`--model file.py:factory` and `pkg.mod:factory` from the current folder; the run folder
     then brings model, data and options to every command; a misfit names keys and --model."""
@@ -364,6 +374,7 @@ def open_page(page_path: Path, screenshot: Path) -> dict:
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=(
     f"no Chromium at {CHROMIUM}: install Debian's chromium (apt-get install -y chromium; "
     "`make test` does) to run the browser test"))
+@pytest.mark.slow
 def test_atlas_page_opens_in_chromium(built, tmp_path):
     """No console error, every image loaded, every interactive plot drawn, no network; the
     screenshot is kept next to the page (atlas-screenshot.png) to be looked at."""

@@ -473,7 +473,8 @@ def _interrupt(tmp_path: Path, argv: list[str], out: str, wait: float) -> tuple[
     return proc.returncode, err.decode()
 
 
-@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_prints_what_was_kept_and_the_command(tmp_path, workers):
     n = 201 if workers == 1 else 601  # two idle workers finish 201² points before the signal
     argv = ["surface", *DATA, "--resolution", str(n), "--out", "s.h5", "--plot", "contour",

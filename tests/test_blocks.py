@@ -41,6 +41,7 @@ def test_types_from_the_pattern_table_and_the_user_extension():
     assert sum(b.size for b in blocks) == sum(p.numel() for p in _TinyTransformer().parameters())
 
 
+@pytest.mark.slow
 def test_block_top_eigenvalues_equal_the_exact_hessian_blocks():
     torch.manual_seed(0)
     model = _TinyTransformer().double()

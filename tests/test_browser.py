@@ -16,6 +16,7 @@ CHROMIUM = os.environ.get("LOSSATLAS_CHROMIUM") or shutil.which("chromium") or "
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,  # a headless Chromium starts (about 7 s)
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=(
         f"no Chromium at {CHROMIUM}: install Debian's chromium (apt-get install -y chromium; "
         "`make test` does) to run the browser test")),

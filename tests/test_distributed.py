@@ -115,6 +115,7 @@ def _ranks(tmp: str) -> list[dict]:
     return group.gather(out)
 
 
+# two ranks launched as processes (about 16 s): the tests that use it are marked slow
 @pytest.fixture(scope="module")
 def split_and_whole(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("dist") / "surface.h5")
@@ -129,6 +130,7 @@ def _close(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
+@pytest.mark.slow
 def test_every_quantity_equals_one_process(split_and_whole):
     ranks, whole, _ = split_and_whole
     r0 = ranks[0]
@@ -140,6 +142,7 @@ def test_every_quantity_equals_one_process(split_and_whole):
             assert _close(r0[key], value) < RTOL, key
 
 
+@pytest.mark.slow
 def test_ranks_agree_bit_for_bit(split_and_whole):
     ranks, _, _ = split_and_whole
     for key, value in ranks[0].items():
@@ -147,6 +150,7 @@ def test_ranks_agree_bit_for_bit(split_and_whole):
             assert np.array_equal(np.asarray(ranks[1][key]), np.asarray(value)), key
 
 
+@pytest.mark.slow
 def test_dataset_and_presplit_data_give_the_same_loss_and_hvp(split_and_whole):
     ranks, whole, _ = split_and_whole
     assert _close(ranks[0]["items_loss"], whole["loss"]) < RTOL
@@ -158,6 +162,7 @@ def test_dataset_and_presplit_data_give_the_same_loss_and_hvp(split_and_whole):
     assert _close(ranks[0]["local_hvp"], ref) < RTOL
 
 
+@pytest.mark.slow
 def test_surface_file_written_by_rank_zero_matches(split_and_whole):
     _, whole, tmp = split_and_whole
     back = la.load(tmp)
@@ -166,6 +171,7 @@ def test_surface_file_written_by_rank_zero_matches(split_and_whole):
         assert np.array_equal(r["surface_resumed"], back.loss)
 
 
+@pytest.mark.slow
 def test_ranks_passing_different_data_model_or_directions_are_refused(split_and_whole):
     ranks, _, _ = split_and_whole
     assert ranks[0]["errors"] == ranks[1]["errors"]
@@ -189,6 +195,7 @@ def _fails_on_rank_one():
     dist.barrier()  # rank 0 would wait here forever: the launcher must end it
 
 
+@pytest.mark.slow
 def test_an_error_in_one_rank_is_one_sentence_and_nothing_hangs():
     with pytest.raises(LossAtlasError, match=r"^rank one says no\.$"):
         la.distributed.launch(_fails_on_rank_one, 2, threads=1)

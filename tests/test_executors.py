@@ -54,6 +54,7 @@ def test_threads_context_restores():
     assert LocalExecutor(threads=None).map(torch_threads, [0]).__next__() == before
 
 
+@pytest.mark.slow
 def test_process_executor_pairs_every_item():
     with ProcessExecutor(2, prefetch=3) as ex:
         got = dict(ex.as_completed(square, iter(range(7))))

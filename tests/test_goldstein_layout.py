@@ -213,6 +213,7 @@ def test_second_writer_is_refused_with_the_holder_pid(tmp_path):
     assert not (tmp_path / "s.h5.lock").exists()
 
 
+@pytest.mark.slow
 def test_cli_test_split_writes_test_keys(tmp_path):
     from typer.testing import CliRunner
 

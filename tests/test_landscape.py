@@ -220,6 +220,7 @@ la.surface(obj, d1, d2, resolution=6, chunk_size=4, path={path!r}, callback=cb)
 """
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_the_same_file(tmp_path):
     part = tmp_path / "killed.h5"
     script = _SCRIPT.format(tests=os.path.dirname(__file__), path=str(part))

@@ -189,6 +189,7 @@ def test_cli_curve_and_surface_commands(tmp_path, monkeypatch, saved_figures):
     assert r.exit_code != 0  # a mismatched rerun on the same file is refused
 
 
+@pytest.mark.slow
 def test_cli_surface_on_two_worker_processes(tmp_path, monkeypatch):
     """--workers 2 sends the chunks to processes; the driver writes the same numbers (the
     engine is the rule's in both runs: a timing race may choose differently in two runs)."""

@@ -14,7 +14,7 @@ from lossatlas.sweeps import sweep as S
 from lossatlas.sweeps.executors import LocalExecutor
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a local Ray cluster starts (about 8 s)
 
 SPEC = {
     "name": "ray", "seeds": [0, 1],

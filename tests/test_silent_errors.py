@@ -257,6 +257,7 @@ def test_axis_setting_an_unknown_key_is_refused(tmp_path):
         S.load_spec(path)
 
 
+@pytest.mark.slow
 def test_failed_measurement_is_recorded_reported_and_retried(tmp_path, monkeypatch):
     spec = S.load_spec({**S.load_spec(_write(tmp_path, TOML)).to_dict()})
     out = tmp_path / "out"

@@ -59,6 +59,7 @@ def test_tracked_eigenvalues_equal_the_dense_hessian_of_each_checkpoint(tmp_path
     assert np.isfinite(tab["train_loss"]).all() and (tab["seconds"] > 0).all()
 
 
+@pytest.mark.slow
 def test_warm_start_costs_fewer_products_and_reads_back_from_the_folder(tmp_path):
     X, y = _data(n=200)
     kw = dict(epochs=60, lr=0.3, momentum=0, weight_decay=0, batch_size=200, record=None,

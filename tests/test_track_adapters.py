@@ -20,6 +20,7 @@ def _tiny_bert(seed=0):
     return transformers.BertForSequenceClassification(cfg)
 
 
+@pytest.mark.slow
 def test_trainer_callback_records_exact_sharpness_at_each_step(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")

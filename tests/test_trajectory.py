@@ -293,6 +293,7 @@ def test_figure_draws_the_path_and_marks(tmp_path):
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
 
 
+@pytest.mark.slow
 def test_cli_trajectory(tmp_path, saved_figures):
     from typer.testing import CliRunner
 
