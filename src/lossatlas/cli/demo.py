@@ -29,7 +29,7 @@ def demo(
     """Train an MLP on digits and write its atlas: OUT/index.html and OUT/atlas.json.
 
     The run goes to OUT/run, the independent run B to OUT/run_b, the small sweep (2 widths x 2
-    batch sizes x 2 seeds, about 30 s) to OUT/sweep. A rerun reads everything unchanged back.
+    batch sizes x 2 seeds) to OUT/sweep. A rerun reads everything unchanged back.
 
     Exits with status 1 when a section failed; the others still run.
     """

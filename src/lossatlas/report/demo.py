@@ -1,8 +1,8 @@
 """``lossatlas demo``: the atlas of the default run, with a small sweep's phase diagram.
 
 The default run is an MLP 64-128-10 on scikit-learn's digits, trained for 30 epochs with SGD
-(lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, seed 0): about 100 % train and 97 % test
-accuracy. It goes to ``OUT/run`` (read back when already there with the same recipe), the
+(lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, seed 0); the atlas's training section
+states its accuracy. It goes to ``OUT/run`` (read back when already there with the same recipe), the
 small sweep of :data:`DEMO_SWEEP` (2 widths x 2 batch sizes x 2 seeds) to ``OUT/sweep``
 (resumed / read back the same way), and the atlas of the run to ``OUT/index.html`` and
 ``OUT/atlas.json`` (:func:`lossatlas.report.atlas`). The sections are the atlas's registry
@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 128,
 }
 
-#: The demo's small load x temperature sweep (about 30 s on two cores): MLP width 4 or 64 x
+#: The demo's small load x temperature sweep (its time: benchmarks/README.md): MLP width 4 or 64 x
 #: batch size 32 or 512, two seeds, 8 epochs; enough for Phases I, II and IV on one page.
 DEMO_SWEEP: dict[str, Any] = {
     "name": "demo",
