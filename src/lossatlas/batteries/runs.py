@@ -44,7 +44,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -55,6 +55,7 @@ from torch import nn
 from lossatlas import __version__
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.params import Point, select
+from lossatlas.store import atomic
 from lossatlas.store.locks import lock_path, writer_lock
 from lossatlas.store.results import read_state_dict
 
@@ -105,15 +106,8 @@ def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=1, allow_nan=False)
-    _write_atomic(path, lambda p: p.write_text(text + "\n"))
+    atomic.write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
 # -- Run ------------------------------------------------------------------------------------
@@ -491,7 +485,7 @@ class Recorder:
             shutil.rmtree(self.path, ignore_errors=True)
         ckdir = self.path / CKPT_DIR
         ckdir.mkdir(parents=True, exist_ok=True)
-        for tmp in ckdir.glob("*.tmp"):
+        for tmp in ckdir.glob(f"*{atomic.TMP_SUFFIX}"):
             tmp.unlink()
 
     def _continue(self, folder: Path, old: dict, strict: bool = True) -> bool:
@@ -513,7 +507,7 @@ class Recorder:
         self.resume_state = state
         self._t0 = time.perf_counter() - float(entries[-1].get("time") or 0.0)
         ckdir = folder / CKPT_DIR
-        for stale in [*ckdir.glob("*.tmp"), *ckdir.glob("resume_*.pt")]:
+        for stale in [*ckdir.glob(f"*{atomic.TMP_SUFFIX}"), *ckdir.glob("resume_*.pt")]:
             if stale.name != _resume_name(len(entries) - 1):
                 stale.unlink()
         return True
@@ -568,11 +562,12 @@ class Recorder:
             entry["file"] = None
         else:
             rel = f"{CKPT_DIR}/ckpt_{index:05d}.pt"
-            _write_atomic(self.path / rel, lambda p: torch.save(state, p))
+            with atomic.replacing(self.path / rel) as tmp:
+                torch.save(state, tmp)
             entry["file"] = rel
             if resume is not None:
-                _write_atomic(self.path / CKPT_DIR / _resume_name(index),
-                              lambda p: torch.save(dict(resume), p))
+                with atomic.replacing(self.path / CKPT_DIR / _resume_name(index)) as tmp:
+                    torch.save(dict(resume), tmp)
         entry = _clean(entry)
         self.entries.append(entry)
         self._write_manifest()

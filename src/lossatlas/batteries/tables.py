@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lossatlas.store import atomic
+
 __all__ = ["append_row", "columns", "read_table"]
 
 
@@ -46,9 +48,7 @@ def append_row(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
     w.writerow(keys)
     for r in rows:
         w.writerow([_cell(r.get(k)) for k in keys])
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic.write_text(path, buf.getvalue())
 
 
 def read_table(path: str | os.PathLike) -> list[dict]:

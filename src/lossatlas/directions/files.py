@@ -17,9 +17,9 @@ from pathlib import Path
 import h5py
 import torch
 
+from lossatlas import store
 from lossatlas.core import params as P
 from lossatlas.core.errors import LossAtlasError
-from lossatlas.store import results as store
 
 __all__ = ["load", "save"]
 
@@ -31,19 +31,17 @@ def save(direction: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path
     ``la.load`` reads it back as a :class:`Point`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        store._stamp(f, KIND)
+    with store.atomic.h5_file(path) as f:
+        store.stamp(f, KIND)
         meta = dict(getattr(direction, "meta", {}) or {})
         meta.setdefault("hash", P.hash_point(direction))
         point = P.Point(direction, meta=meta)
-        store._write_point(f.create_group("direction"), point)
-    os.replace(tmp, path)
+        store.write_point(f.create_group("direction"), point)
     return path
 
 
 def _read(f: h5py.File) -> P.Point:
-    return store._read_point(f["direction"])
+    return store.read_point(f["direction"])
 
 
 def load(path: str | os.PathLike) -> P.Point:

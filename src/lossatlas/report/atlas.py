@@ -26,6 +26,7 @@ from lossatlas.core.errors import LossAtlasError
 from lossatlas.report import cache
 from lossatlas.report.context import AtlasContext
 from lossatlas.report.registry import sections
+from lossatlas.store import atomic
 
 __all__ = ["SUMMARY_KEYS", "AtlasResult", "atlas", "parse_sets"]
 
@@ -198,9 +199,7 @@ def atlas(
     }
     doc = _clean(doc)
     jpath = out / "atlas.json"
-    tmp = jpath.with_name("atlas.json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, jpath)
+    atomic.write_text(jpath, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     page = write_page(doc, docs, out)
     seconds = time.perf_counter() - t0
     log(f"atlas written in {seconds:.1f} s: open {page.resolve()}")

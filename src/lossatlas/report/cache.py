@@ -20,6 +20,7 @@ from typing import Any
 
 from lossatlas import __version__
 from lossatlas.report.registry import Figure, Output
+from lossatlas.store import atomic
 
 __all__ = ["FILE", "clear_stale", "folder_hash", "read", "section_key", "write"]
 
@@ -77,9 +78,7 @@ def write(folder: Path, out: Path, key: str, options: Mapping, output: Output,
     from lossatlas.batteries.runs import _clean
 
     doc = _clean(doc)  # NaN -> null, numpy scalars -> Python, paths -> str
-    tmp = folder / (FILE + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, folder / FILE)
+    atomic.write_text(folder / FILE, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     return doc
 
 

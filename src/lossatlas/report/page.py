@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lossatlas.store import atomic
+
 __all__ = ["write_page"]
 
 #: Summary card entries: key, label, format.
@@ -218,7 +220,4 @@ def write_page(doc: Mapping, sections: Sequence[Mapping], out: Path) -> Path:
 </main>{scripts}</body></html>
 """
     path = out / "index.html"
-    tmp = path.with_name("index.html.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+    return atomic.write_text(path, page)

@@ -26,9 +26,7 @@ PosixPath(...)
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as _dt
 import json
 import os
 import re
@@ -42,6 +40,16 @@ import numpy as np
 import torch
 
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.store import atomic
+from lossatlas.store.encoding import (
+    is_tensor_map,
+    jsonable,
+    read_attrs,
+    read_point,
+    stamp,
+    write_attrs,
+    write_point,
+)
 
 __all__ = ["check_folder", "check_output", "load", "open_h5", "open_regular", "read_attrs",
            "read_state_dict", "register_loader", "result", "save", "write_attrs"]
@@ -146,86 +154,8 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint"
     return dict(state)
 
 
-def _version() -> str:
-    from lossatlas import __version__
-
-    return __version__
-
-
-def write_attrs(node: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
-    """JSON-encode ``attrs`` into an HDF5 node (strings stay plain strings)."""
-    for k, v in attrs.items():
-        if isinstance(v, str):
-            node.attrs[k] = str(v)
-        else:
-            node.attrs[k] = json.dumps(_jsonable(v))
-
-
-def read_attrs(node: h5py.HLObject) -> dict[str, Any]:
-    """Inverse of :func:`write_attrs`."""
-    out = {}
-    for k, v in node.attrs.items():
-        if isinstance(v, bytes):
-            v = v.decode()
-        if isinstance(v, str):
-            try:
-                out[k] = json.loads(v)
-            except (json.JSONDecodeError, ValueError):
-                out[k] = v
-        elif isinstance(v, np.ndarray):
-            out[k] = v.tolist()
-        elif isinstance(v, np.generic):
-            out[k] = v.item()
-        else:
-            out[k] = v
-    return out
-
-
-def _jsonable(v):
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, torch.Tensor):
-        return v.detach().cpu().tolist()
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, float) and not np.isfinite(v):
-        return str(v)
-    return v
-
-
-def _is_tensor_map(v) -> bool:
-    return isinstance(v, Mapping) and bool(v) and all(
-        isinstance(x, torch.Tensor) for x in v.values()
-    )
-
-
-def _write_point(group: h5py.Group, point: Mapping[str, torch.Tensor]) -> None:
-    names = list(point)
-    group.attrs["names"] = json.dumps(names)
-    group.attrs["type"] = "point"
-    meta = getattr(point, "meta", None)
-    if meta:
-        group.attrs["meta"] = json.dumps(_jsonable(meta))
-    for i, k in enumerate(names):
-        group.create_dataset(str(i), data=point[k].detach().cpu().numpy())
-
-
-def _read_point(group: h5py.Group):
-    from lossatlas.core.params import Point
-
-    names = json.loads(group.attrs["names"])
-    meta = json.loads(group.attrs["meta"]) if "meta" in group.attrs else {}
-    return Point({k: torch.from_numpy(group[str(i)][()]) for i, k in enumerate(names)}, meta=meta)
-
-
 def save(obj, path: str | os.PathLike, **extra_attrs) -> Path:
-    """Write a registered result dataclass to ``path`` atomically (tmp file + rename)."""
+    """Write a registered result dataclass to ``path`` atomically (``store.atomic``)."""
     kind = getattr(obj, "kind", None)
     if kind not in _REGISTRY or not dataclasses.is_dataclass(obj):
         raise LossAtlasError(
@@ -233,9 +163,8 @@ def save(obj, path: str | os.PathLike, **extra_attrs) -> Path:
         )
     path = check_output(path, "path", resumable=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        _stamp(f, kind)
+    with atomic.h5_file(path) as f:
+        stamp(f, kind)
         scalars = {}
         for field in dataclasses.fields(obj):
             v = getattr(obj, field.name)
@@ -243,27 +172,19 @@ def save(obj, path: str | os.PathLike, **extra_attrs) -> Path:
                 v = v.detach().cpu().numpy()
             if isinstance(v, np.ndarray):
                 f.create_dataset(field.name, data=v)
-            elif _is_tensor_map(v):
-                _write_point(f.create_group(field.name), v)
-            elif isinstance(v, (list, tuple)) and v and all(_is_tensor_map(x) for x in v):
+            elif is_tensor_map(v):
+                write_point(f.create_group(field.name), v)
+            elif isinstance(v, (list, tuple)) and v and all(is_tensor_map(x) for x in v):
                 g = f.create_group(field.name)
                 g.attrs["type"] = "points"
                 g.attrs["count"] = len(v)
                 for i, x in enumerate(v):
-                    _write_point(g.create_group(str(i)), x)
+                    write_point(g.create_group(str(i)), x)
             else:
                 scalars[field.name] = v
-        f.attrs["fields"] = json.dumps(_jsonable(scalars))
+        f.attrs["fields"] = json.dumps(jsonable(scalars))
         write_attrs(f, extra_attrs)
-    os.replace(tmp, path)
     return path
-
-
-def _stamp(f: h5py.File, kind: str) -> None:
-    f.attrs["lossatlas_kind"] = kind
-    f.attrs["lossatlas_version"] = _version()
-    f.attrs["torch_version"] = str(torch.__version__)
-    f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive, or a legacy pickle
@@ -399,20 +320,38 @@ def _load_open(f: h5py.File, path: Path, what: str):
             if isinstance(node, h5py.Dataset):
                 values[name] = node[()]
             elif node.attrs.get("type") == "points":
-                values[name] = [_read_point(node[str(i)]) for i in
+                values[name] = [read_point(node[str(i)]) for i in
                                 range(int(node.attrs["count"]))]
             else:
-                values[name] = _read_point(node)
+                values[name] = read_point(node)
         elif name in fields:
             values[name] = fields[name]
     return cls(**values)
 
 
+#: The modules that define result kinds (``@result`` or :func:`register_loader`), imported by
+#: :func:`load` so that every kind is registered; a test checks the list against the sources.
+KIND_MODULES = (
+    "lossatlas.directions.files",
+    "lossatlas.measurements.connect",
+    "lossatlas.measurements.hessian.blocks",
+    "lossatlas.measurements.hessian.eigenpairs",
+    "lossatlas.measurements.hessian.hutchinson",
+    "lossatlas.measurements.hessian.second_order",
+    "lossatlas.measurements.hessian.slq",
+    "lossatlas.measurements.hessian.summary",
+    "lossatlas.measurements.landscape.grids",
+    "lossatlas.measurements.mining",
+    "lossatlas.measurements.sharpness",
+    "lossatlas.measurements.trajectory.planes",
+    "lossatlas.measurements.trajectory.projection",
+)
+
+
 def _import_kinds() -> None:
-    """Import the modules that define result kinds so their classes are registered."""
+    """Import :data:`KIND_MODULES` so their classes are registered; a module that fails to
+    import raises its own error (it is not reported as an unknown kind)."""
     import importlib
 
-    for mod in ("landscape", "hessian", "trajectory", "shapes", "mining", "connect",
-                "similarity", "taxonomy", "directions", "sharpness"):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(f"lossatlas.{mod}")
+    for mod in KIND_MODULES:
+        importlib.import_module(mod)

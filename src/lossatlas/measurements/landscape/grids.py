@@ -51,13 +51,13 @@ import h5py
 import numpy as np
 import torch
 
+from lossatlas import store
 from lossatlas.core import params as P
 from lossatlas.core import resources
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.objective import Objective
 from lossatlas.core.progress import track
 from lossatlas.measurements.landscape import engine as _fastpath
-from lossatlas.store import results as store
 from lossatlas.store.locks import lock_path, writer_lock
 
 __all__ = ["Curve", "Interpolation", "Surface", "curve", "interpolate", "surface"]
@@ -120,15 +120,13 @@ class _Result:
         """Write the result (classic keys + provenance) to ``path``; ``la.load`` reads it."""
         path = store.check_output(path, "path", resumable=False)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         lay = FileLayout(split=self.meta.get("split") or "train")
-        with h5py.File(tmp, "w") as f:
+        with store.atomic.h5_file(path) as f:
             _layout(f, self.kind, self._coords(), self.meta, self.directions, lay)
             f[lay.loss_key][...] = lay.to_file(np.asarray(self.loss, dtype=float))
             f[lay.acc_key][...] = lay.to_file(np.asarray(self.accuracy, dtype=float)
                                               * lay.acc_scale)
             f["done"][...] = lay.to_file(np.asarray(self.done, dtype=bool))
-        os.replace(tmp, path)
         return path
 
     @property
@@ -180,7 +178,7 @@ _KINDS = {"curve": Curve, "interpolation": Interpolation, "surface": Surface}
 def _layout(f: h5py.File, kind: str, coords: Sequence[np.ndarray], meta: Mapping,
             directions: Sequence[Mapping], lay: FileLayout) -> None:
     """Create the file's datasets (NaN / not done) and attributes, in layout ``lay``."""
-    store._stamp(f, kind)
+    store.stamp(f, kind)
     shape = tuple(len(c) for c in reversed(coords))  # (ny, nx): Li et al.'s meshgrid(x, y)
     f.create_dataset("xcoordinates", data=np.asarray(coords[0], dtype=np.float64))
     if len(coords) > 1:
@@ -192,11 +190,11 @@ def _layout(f: h5py.File, kind: str, coords: Sequence[np.ndarray], meta: Mapping
     store.write_attrs(f, {k: v for k, v in meta.items() if k not in ("signature", "split")})
     f.attrs["format_version"] = lay.version
     f.attrs["split"] = lay.split
-    f.attrs["signature"] = json.dumps(store._jsonable(meta.get("signature", {})), sort_keys=True)
+    f.attrs["signature"] = json.dumps(store.jsonable(meta.get("signature", {})), sort_keys=True)
     if directions:
         g = f.create_group("directions")
         for i, d in enumerate(directions):
-            store._write_point(g.create_group(str(i)), P.Point(d, meta=getattr(d, "meta", {})))
+            store.write_point(g.create_group(str(i)), P.Point(d, meta=getattr(d, "meta", {})))
 
 
 def _read(f: h5py.File):
@@ -211,7 +209,7 @@ def _read(f: h5py.File):
     dirs = []
     if "directions" in f:
         g = f["directions"]
-        dirs = [store._read_point(g[str(i)]) for i in range(len(g))]
+        dirs = [store.read_point(g[str(i)]) for i in range(len(g))]
     cls = _KINDS[kind]
     common = dict(loss=lay.to_memory(f[lay.loss_key][()]),
                   accuracy=lay.to_memory(f[lay.acc_key][()]) / lay.acc_scale,
@@ -313,7 +311,7 @@ def _check_signature(path: Path, kind: str, signature: dict, split: str = "train
         raise LossAtlasError(
             f"path={str(path)!r} holds a {kind} on the {lay.split} split, not the {split} "
             f"split; pass split={lay.split!r} (--split {lay.split}) to resume, or another path")
-    new = json.loads(json.dumps(store._jsonable(signature), sort_keys=True))
+    new = json.loads(json.dumps(store.jsonable(signature), sort_keys=True))
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         words = [_difference(k, old, new, file_meta, meta or {}) for k in diff]
@@ -464,10 +462,8 @@ def _run(
                 _check_signature(path, kind, signature, split, meta)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".tmp")
-                with h5py.File(tmp, "w") as g:
+                with store.atomic.h5_file(path) as g:
                     _layout(g, kind, coords, meta, stored, FileLayout(split=meta["split"]))
-                os.replace(tmp, path)
             f = store.open_h5(path, "r+", "path")
             lay = FileLayout.of(f)
             fast = _recorded_engine(f, fast)
