@@ -97,7 +97,7 @@ SWEEP = {
 
 def sweep_work(out: str) -> None:
     """A 2 x 2 sweep with two seeds (8 models, 4 pairs) into ``out``."""
-    from lossatlas.sweeps import sweep as S
+    from lossatlas import sweeps as S
 
     os.environ["LOSSATLAS_QUIET"] = "1"
     torch.set_num_threads(1)

@@ -30,7 +30,7 @@ import time
 
 os.environ.setdefault("LOSSATLAS_QUIET", "1")
 
-from lossatlas.sweeps import sweep as S
+from lossatlas import sweeps as S
 from lossatlas.sweeps.executors import LocalExecutor, ProcessExecutor
 
 

@@ -214,7 +214,7 @@ def test_cli_connect_align(tmp_path, monkeypatch):
 
 
 def test_sweep_mc_aligned_is_the_aligned_curve(tmp_path):
-    from lossatlas.sweeps import sweep as S
+    from lossatlas import sweeps as S
 
     raw = {"name": "al", "seeds": [0, 1], "data": {"name": "digits", "train_size": 120},
            "model": {"name": "mlp", "width": 8}, "train": {"epochs": 2, "lr": 0.05},

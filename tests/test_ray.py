@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lossatlas as la
-from lossatlas.sweeps import sweep as S
+from lossatlas import sweeps as S
 from lossatlas.sweeps.executors import LocalExecutor
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")

@@ -166,14 +166,15 @@ def test_result_saves_and_bad_input():
 
 
 def test_sweep_records_sharpness_on_the_hessian_batch(tmp_path):
-    from lossatlas.sweeps import sweep as S
+    from lossatlas import sweeps as S
+    from lossatlas.sweeps import jobs
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
     train = la.datasets.ArrayDataset(torch.randn(300, 10), torch.randint(0, 3, (300,)))
     measure = {"hessian_samples": 200, "sharpness": {"rho": 0.1, "norm": "linf"}}
-    got = S._sharpness(model, train, measure, seed=3)
-    obj = la.Objective(model, S._hessian_batch(train, 200, 3))
+    got = jobs._sharpness(model, train, measure, seed=3)
+    obj = la.Objective(model, jobs._hessian_batch(train, 200, 3))
     assert got == la.sharpness.worst_case(obj, 0.1, norm="linf", seed=3).value
     toml = """
 name = "t"

@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 from typer.testing import CliRunner
 
 import lossatlas as la
+from lossatlas import sweeps as S
 from lossatlas.cli import app
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.measurements.landscape import engine as _fastpath
-from lossatlas.sweeps import sweep as S
+from lossatlas.sweeps import jobs
 
 TIED = textwrap.dedent('''
     import torch
@@ -265,7 +266,7 @@ def test_failed_measurement_is_recorded_reported_and_retried(tmp_path, monkeypat
     def broken(*a, **k):
         raise TypeError("train_curve() got an unexpected keyword argument 'lrr'")
 
-    monkeypatch.setattr(S, "_connectivity", broken)
+    monkeypatch.setattr(jobs, "_connectivity", broken)
     with pytest.warns(UserWarning, match=r"1 sweep job\(s\) failed.*lrr"):
         res = S.run(spec, out, progress=False)
     rows = [json.loads(x) for x in (out / S.RESULTS).read_text().splitlines()]

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import lossatlas as la
+from lossatlas import sweeps as S
 from lossatlas.core.errors import LossAtlasError
-from lossatlas.sweeps import sweep as S
+from lossatlas.sweeps import jobs
 from lossatlas.sweeps.executors import threads
 
 TOML = """
@@ -143,8 +144,8 @@ def test_hessian_on_a_200_sample_batch():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     train = la.datasets.ArrayDataset(torch.randn(300, 10), torch.randint(0, 3, (300,)))
-    got = S._hessian(model, train, {"hessian_samples": 200}, seed=3)
-    X, y = S._hessian_batch(train, 200, 3)
+    got = jobs._hessian(model, train, {"hessian_samples": 200}, seed=3)
+    X, y = jobs._hessian_batch(train, 200, 3)
     assert len(y) == 200
     params = dict(model.named_parameters())
     names = list(params)
@@ -281,12 +282,12 @@ def test_a_sweep_spec_reads_without_tomllib_as_on_python_3_10(monkeypatch):
     """Python 3.10 has no tomllib; the backport tomli (declared in pyproject) reads the spec."""
     import sys
 
-    from lossatlas.sweeps import sweep as S
+    from lossatlas.sweeps import spec as sweep_spec
 
     pytest.importorskip("tomli")
     spec = Path(__file__).parents[1] / "examples" / "sweep_digits.toml"
     monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails
     with pytest.raises(ImportError):
         import tomllib  # noqa: F401
-    assert S._toml().__name__ == "tomli"
-    assert S.load_spec(spec).name == "digits"
+    assert sweep_spec._toml().__name__ == "tomli"
+    assert sweep_spec.load_spec(spec).name == "digits"

@@ -77,8 +77,8 @@ def sweep(
     plot: Annotated[bool, typer.Option(help="Write phases.png and mc_curves.png.")] = True,
 ):
     """Train and measure every cell of a load x temperature grid; resumes where it stopped."""
+    from lossatlas import sweeps as S
     from lossatlas.store.results import check_folder
-    from lossatlas.sweeps import sweep as S
     from lossatlas.sweeps.executors import make_executor
 
     spec = S.load_spec(file)
@@ -115,7 +115,7 @@ def phases(
     plot: Annotated[bool, typer.Option(help="Write phases.png and mc_curves.png.")] = True,
 ):
     """Per-cell metrics and phase labels of a finished (or partial) sweep, with figures."""
-    from lossatlas.sweeps import sweep as S
+    from lossatlas import sweeps as S
 
     result = S.load_results(results)
     print_table(result)

@@ -7,7 +7,7 @@
 * :func:`phase_diagram` — every metric of the sweep and the phase map in one figure.
 * :func:`mc_curves` — the train error along every cell's trained curve (their Fig. 12).
 
-``result`` is a :class:`lossatlas.sweeps.sweep.SweepResult` (or anything with ``grid(metric)``,
+``result`` is a :class:`lossatlas.sweeps.results.SweepResult` (or anything with ``grid(metric)``,
 ``load_values``, ``temperature_values``, ``spec`` and ``curves()``). Every function returns the
 Figure and writes it when ``path`` is given.
 """

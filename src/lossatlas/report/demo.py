@@ -78,7 +78,7 @@ def run_demo(
     ``quick`` and ``only`` go to :func:`lossatlas.report.atlas` (small sizes; only those
     sections); ``epochs`` overrides the default 30 (run B follows the same recipe).
     """
-    from lossatlas.sweeps import sweep as S
+    from lossatlas import sweeps as S
 
     console = console or Console(stderr=True)
     out = Path(out)

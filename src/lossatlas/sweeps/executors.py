@@ -212,7 +212,7 @@ def _die_with(driver: int) -> None:
 
 
 #: Modules the fork server imports once, so that workers forked from it start warm.
-PRELOAD = ["torch", "torch._dynamo", "sklearn.datasets", "lossatlas.sweeps.sweep",
+PRELOAD = ["torch", "torch._dynamo", "sklearn.datasets", "lossatlas.sweeps.jobs",
            "lossatlas.batteries.training", "lossatlas.batteries.datasets",
            "lossatlas.batteries.zoo", "lossatlas.core.objective", "lossatlas.measurements.hessian",
            "lossatlas.measurements.similarity", "lossatlas.measurements.connect",

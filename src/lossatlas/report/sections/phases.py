@@ -66,8 +66,8 @@ def phase(ctx, opts) -> Output:
          paper="Yang et al. 2021, Fig. 2", when=lambda ctx: ctx.sweep is not None)
 def sweep(ctx, opts) -> Output:
     """``lossatlas phases SWEEP``: every metric of the sweep's cells and their phase map."""
+    from lossatlas import sweeps as S
     from lossatlas.plot import phases as P
-    from lossatlas.sweeps import sweep as S
 
     folder = ctx.folder("phase_diagram")
     result = S.load_results(ctx.sweep)
