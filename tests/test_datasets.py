@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import lossatlas.batteries.datasets as D
+from lossatlas.batteries.datasets import catalog
 from lossatlas.core.errors import LossAtlasError
 
 # name, options, input shape, X dtype, classes, train size, test size
@@ -266,7 +267,7 @@ def test_register_and_from_factory(tmp_path, monkeypatch):
         with pytest.raises(LossAtlasError, match="does not take the option m; its options are: n"):
             D.load("toy_pair", m=1)
     finally:
-        D._REGISTRY.pop("toy_pair")
+        catalog._REGISTRY.pop("toy_pair")
     (tmp_path / "my_data_mod.py").write_text(
         "import torch\n"
         "def make(n=8):\n"

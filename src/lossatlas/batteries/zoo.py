@@ -34,11 +34,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lossatlas.batteries import hf
-from lossatlas.batteries.datasets import accepts, add_to_registry, check_options, import_spec
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.core.registry import (
+    absolute_spec,
+    accepts,
+    add_to_registry,
+    check_options,
+    import_spec,
+)
 
 __all__ = [
     "BasicBlock", "EncoderLayer", "ResNet", "TokenTransformer", "build", "names", "register",
+    "registered",
 ]
 
 Shape = tuple[int, ...]
@@ -55,6 +62,11 @@ def register(name: str, factory: Callable[..., nn.Module], *, overwrite: bool = 
     ``**kwargs``).
     """
     add_to_registry(_REGISTRY, name, factory, overwrite=overwrite, kind="model")
+
+
+def registered(name: str) -> Callable[..., nn.Module] | None:
+    """The factory registered as ``name``, or None."""
+    return _REGISTRY.get(name)
 
 
 def names() -> list[str]:
@@ -120,10 +132,8 @@ BUILD_ATTR = "lossatlas_build"
 
 def _record(model: Any, name: str, options: dict, seed: int | None) -> Any:
     """Attach ``{"name", "options", "seed"}`` to the model (a file path made absolute)."""
-    from lossatlas.batteries.datasets import _absolute_spec
-
     if isinstance(model, nn.Module):
-        setattr(model, BUILD_ATTR, {"name": _absolute_spec(name), "options": options,
+        setattr(model, BUILD_ATTR, {"name": absolute_spec(name), "options": options,
                                     "seed": seed})
     return model
 

@@ -253,27 +253,21 @@ def _check_keys(table: str, given: Mapping | Iterable[str], valid: Iterable[str]
 def _keywords(fn: Any, skip: Iterable[str] = (), open_ended: bool = False) -> set[str] | None:
     """The named keyword arguments ``fn`` takes (less ``skip``); None when it also takes
     ``**kwargs`` (unless ``open_ended``) or hides its signature."""
-    import inspect
+    from lossatlas.core.registry import keywords
 
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return None
-    if not open_ended and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return {n for n, p in params.items() if p.kind in (inspect.Parameter.KEYWORD_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD)} - set(skip)
+    found = keywords(fn, open_ended)
+    return None if found is None else set(found) - set(skip)
 
 
 def _factory(module: Any, name: Any) -> Any:
     """The factory behind a dataset / model name (registered or ``pkg.mod:fn``), or None."""
-    from lossatlas.batteries.datasets import import_spec
+    from lossatlas.core.registry import import_spec
 
     if not isinstance(name, str):
         return None
     if ":" in name:
         return import_spec(name, "name")
-    return module._REGISTRY.get(name)
+    return module.registered(name)
 
 
 def _check_settings(spec: SweepSpec) -> None:
