@@ -56,6 +56,7 @@ from lossatlas import __version__
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.params import Point, select
 from lossatlas.store import atomic
+from lossatlas.store.encoding import json_safe as _clean
 from lossatlas.store.locks import lock_path, writer_lock
 from lossatlas.store.results import read_state_dict
 
@@ -80,21 +81,6 @@ Record = str | int | None
 
 
 # -- JSON helpers ---------------------------------------------------------------------------
-def _clean(value: Any) -> Any:
-    """JSON-safe: non-finite floats become null, tuples lists, numpy/torch scalars Python."""
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
     """Nested dict -> {"a.b": value} (to name what differs between two configs)."""
     out: dict[str, Any] = {}

@@ -21,12 +21,13 @@ from typing import Any
 from rich.console import Console
 
 from lossatlas import __version__
-from lossatlas.batteries.runs import Run, _clean, load_run
+from lossatlas.batteries.runs import Run, load_run
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.report import cache
 from lossatlas.report.context import AtlasContext
 from lossatlas.report.registry import sections
 from lossatlas.store import atomic
+from lossatlas.store.encoding import json_safe
 
 __all__ = ["SUMMARY_KEYS", "AtlasResult", "atlas", "parse_sets"]
 
@@ -197,7 +198,7 @@ def atlas(
         "recipe": ctx.recipe.as_dict(), "summary": summary,
         "sections": [{k: v for k, v in d.items() if k != "traceback"} for d in docs],
     }
-    doc = _clean(doc)
+    doc = json_safe(doc)
     jpath = out / "atlas.json"
     atomic.write_text(jpath, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     page = write_page(doc, docs, out)

@@ -21,6 +21,7 @@ from typing import Any
 from lossatlas import __version__
 from lossatlas.report.registry import Figure, Output
 from lossatlas.store import atomic
+from lossatlas.store.encoding import json_safe
 
 __all__ = ["FILE", "clear_stale", "folder_hash", "read", "section_key", "write"]
 
@@ -75,9 +76,7 @@ def write(folder: Path, out: Path, key: str, options: Mapping, output: Output,
         "provenance": output.provenance,
         "table": output.table,
     }
-    from lossatlas.batteries.runs import _clean
-
-    doc = _clean(doc)  # NaN -> null, numpy scalars -> Python, paths -> str
+    doc = json_safe(doc)  # NaN -> null, numpy scalars -> Python, paths -> str
     atomic.write_text(folder / FILE, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     return doc
 

@@ -10,6 +10,7 @@ then replace)."""
 from lossatlas.store import atomic
 from lossatlas.store.encoding import (
     is_tensor_map,
+    json_safe,
     jsonable,
     read_attrs,
     read_point,
@@ -30,6 +31,7 @@ from lossatlas.store.results import (
     save,
 )
 
-__all__ = ["KIND_MODULES", "atomic", "check_folder", "check_output", "is_tensor_map", "jsonable",
-           "load", "open_h5", "open_regular", "read_attrs", "read_point", "read_state_dict",
-           "register_loader", "result", "save", "stamp", "write_attrs", "write_point"]
+__all__ = ["KIND_MODULES", "atomic", "check_folder", "check_output", "is_tensor_map", "json_safe",
+           "jsonable", "load", "open_h5", "open_regular", "read_attrs", "read_point",
+           "read_state_dict", "register_loader", "result", "save", "stamp", "write_attrs",
+           "write_point"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,8 @@ import h5py
 import numpy as np
 import torch
 
-__all__ = ["is_tensor_map", "jsonable", "read_attrs", "read_point", "stamp", "write_attrs",
-           "write_point"]
+__all__ = ["is_tensor_map", "json_safe", "jsonable", "read_attrs", "read_point", "stamp",
+           "write_attrs", "write_point"]
 
 
 def jsonable(v: Any) -> Any:
@@ -59,6 +60,23 @@ def jsonable(v: Any) -> Any:
     if isinstance(v, float) and not np.isfinite(v):
         return str(v)
     return v
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` for a JSON document read by people and browsers (``allow_nan=False``):
+    non-finite floats become null, tuples lists, numpy / torch scalars Python numbers, keys
+    strings, anything else its ``str``."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def write_attrs(node: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
