@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from lossatlas import __version__
-from lossatlas.batteries.runs import Run, _clean, load_run
+from lossatlas.batteries.runs import Run, json_safe, load_run
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.report import cache
 from lossatlas.report.context import AtlasContext
@@ -196,7 +196,7 @@ def atlas(
         "recipe": ctx.recipe.as_dict(), "summary": summary,
         "sections": [{k: v for k, v in d.items() if k != "traceback"} for d in docs],
     }
-    doc = _clean(doc)
+    doc = json_safe(doc)
     jpath = out / "atlas.json"
     tmp = jpath.with_name("atlas.json.tmp")
     tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")

@@ -74,9 +74,9 @@ def write(folder: Path, out: Path, key: str, options: Mapping, output: Output,
         "provenance": output.provenance,
         "table": output.table,
     }
-    from lossatlas.batteries.runs import _clean
+    from lossatlas.batteries.runs import json_safe
 
-    doc = _clean(doc)  # NaN -> null, numpy scalars -> Python, paths -> str
+    doc = json_safe(doc)  # NaN -> null, numpy scalars -> Python, paths -> str
     tmp = folder / (FILE + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     os.replace(tmp, folder / FILE)
