@@ -186,11 +186,21 @@ def _data_objective(
     model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: LossArg, batch_size: int,
     device: torch.device,
 ) -> Objective:
-    """The :class:`~lossatlas.core.objective.Objective` over ``(X, y)`` and every parameter of
-    ``model``: its :meth:`~lossatlas.core.objective.Objective.evaluate` at the model's live
-    parameters and buffers is the exact full-data mean loss and accuracy in eval mode (each
-    batch of ``batch_size`` weighted by its number of targets). One process, no determinism
-    probe: training evaluates its own data on this machine."""
+    """The :class:`~lossatlas.core.objective.Objective` that evaluates ``model`` on ``(X, y)``.
+
+    Args:
+        model: the model; every parameter is in the objective's points (:func:`_metrics`
+            passes the live ones).
+        X, y: inputs and targets, already on ``device``.
+        loss: a loss name or callable.
+        batch_size: samples per forward pass; the result does not depend on it.
+        device: where the objective evaluates.
+
+    Returns:
+        The objective: its ``evaluate`` is the exact full-data mean loss and accuracy in eval
+        mode, each batch weighted by its number of targets. One process and no determinism
+        probe: training evaluates its own data on this machine.
+    """
     return Objective(
         model, (X, y), loss=loss, batch_size=batch_size, device=device,
         params=[name for name, _ in model.named_parameters()], check=False, distributed=False,
@@ -389,8 +399,19 @@ def _recorder(
     callbacks: Sequence[Any],
 ) -> Recorder:
     """The run's :class:`Recorder`: a fresh run, the interrupted one to continue, or the finished
-    one to leave alone. Its ``config`` (hyperparameters, data, the initialization's hash) is
-    what a rerun on the same folder must match."""
+    one to leave alone.
+
+    Args:
+        model: the model to record (its initialization is hashed into the config).
+        r: the recipe (its hyperparameters are recorded and compared).
+        out, overwrite, callbacks: as in :func:`train`.
+        data_info: ``{"train": ..., "test": ...}`` descriptions of the data.
+        steps_per_epoch, device: recorded in the run's info.
+
+    Returns:
+        The recorder; its ``config`` (hyperparameters, data, the initialization's hash) is
+        what a rerun on the same folder must match.
+    """
     names = select(model)
     init_hash = hash_point({k: v for k, v in model.named_parameters() if k in names})
     hyper = r.hyperparameters()
