@@ -297,3 +297,58 @@ def test_recorded_metrics_agree_with_the_objective():
         ev = obj.evaluate(run.checkpoints[i])
         assert ev["loss"] == pytest.approx(run.train_loss[i], rel=1e-5)
         assert ev["accuracy"] == pytest.approx(run.train_acc[i])
+
+
+def _hand_trained(model, X, y, *, epochs, lr, momentum, weight_decay, batch_size, milestones,
+                  gamma, seed, eval_batch_size):
+    """An independent plain loop with train's documented recipe: the data order drawn from a
+    generator seeded with ``seed``, torch's RNG (dropout) seeded with ``seed`` in a fork, SGD
+    with the step schedule; after every epoch the parameters and the exact full-data mean loss
+    in eval mode (batches weighted by their size)."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                          weight_decay=weight_decay)
+    n, kept, losses = len(X), [], []
+
+    def keep():
+        model.eval()
+        with torch.no_grad():
+            parts = [(X[i:i + eval_batch_size], y[i:i + eval_batch_size])
+                     for i in range(0, n, eval_batch_size)]
+            total = sum(float(F.cross_entropy(model(xb), yb)) * len(xb) for xb, yb in parts)
+        losses.append(total / n)
+        kept.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        keep()
+        for epoch in range(epochs):
+            model.train()
+            for group in opt.param_groups:
+                group["lr"] = lr * gamma ** sum(1 for m in milestones if epoch >= m)
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, batch_size):
+                idx = perm[i:i + batch_size]
+                opt.zero_grad()
+                F.cross_entropy(model(X[idx]), y[idx]).backward()
+                opt.step()
+            keep()
+    return kept, losses
+
+
+@pytest.mark.parametrize("bn", [False, True], ids=["dropout", "bn-dropout"])
+def test_train_is_bit_identical_to_an_independent_loop(bn):
+    """The recipe, the data order, the RNG and the recorded metrics: a short run of la.train
+    equals a hand-written loop bit for bit (parameters and BN buffers of every checkpoint)."""
+    X, y = make_data(103).tensors
+    kw = dict(epochs=3, lr=0.2, momentum=0.9, weight_decay=1e-3, batch_size=16,
+              milestones=[2], gamma=0.5, seed=5, eval_batch_size=40)
+    kept, losses = _hand_trained(make_model(seed=2, bn=bn), X, y, **kw)
+    run = T.train(make_model(seed=2, bn=bn), (X, y), schedule="step", **kw)
+    assert len(run) == len(kept) == 4
+    for i, state in enumerate(kept):
+        got = {**run.checkpoints[i], **run.states[i]}
+        assert set(got) == set(state)
+        assert all(torch.equal(got[k], v) for k, v in state.items()), i
+    assert run.train_loss.tolist() == pytest.approx(losses, rel=1e-12, abs=0)
+    assert run.lrs.tolist() == [0.2, 0.2, 0.2, 0.1]

@@ -56,11 +56,22 @@ from lossatlas import __version__
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.params import Point, select
 from lossatlas.store import atomic
-from lossatlas.store.encoding import json_safe as _clean
+from lossatlas.store.encoding import json_safe
 from lossatlas.store.locks import lock_path, writer_lock
 from lossatlas.store.results import read_state_dict
 
-__all__ = ["CKPT_DIR", "MANIFEST", "Recorder", "Run", "load_run", "mismatch", "model_flags"]
+__all__ = [
+    "CKPT_DIR",
+    "MANIFEST",
+    "Recorder",
+    "Run",
+    "check_every",
+    "is_int",
+    "json_safe",
+    "load_run",
+    "mismatch",
+    "model_flags",
+]
 
 FORMAT = "lossatlas.run"
 FORMAT_VERSION = 1
@@ -336,14 +347,17 @@ def confined(root: Path, name: Any, what: str) -> Path:
 
 
 # -- Recorder -------------------------------------------------------------------------------
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """A Python or NumPy integer, not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _check_every(every: Record, name: str = "record") -> Record:
+def check_every(every: Record, name: str = "record") -> Record:
+    """``every`` as a recording cadence (``"epoch"``, a positive int, or None), or one sentence
+    naming ``name`` and the values it takes."""
     if every is None or every == "epoch":
         return every
-    if _is_int(every) and every >= 1:
+    if is_int(every) and every >= 1:
         return int(every)
     raise LossAtlasError(
         f"{name}={every!r} is not valid; use 'epoch', a positive number of steps, or None"
@@ -359,7 +373,7 @@ def _model_info(model: nn.Module) -> dict:
             "class": f"{type(model).__module__}.{type(model).__qualname__}",
             "repr": repr(model),
             "num_parameters": sum(params[n].numel() for n in names),
-            **({"build": _clean(build)} if isinstance(build, Mapping) else {}),
+            **({"build": json_safe(build)} if isinstance(build, Mapping) else {}),
         },
         "parameter_names": names,
         "parameter_shapes": {n: list(params[n].shape) for n in names},
@@ -399,7 +413,7 @@ class Recorder:
         resume: bool = False,
         callbacks: Sequence[Any] = (),
     ):
-        self.every = _check_every(every, "every")
+        self.every = check_every(every, "every")
         self.callbacks = list(callbacks)
         self.steps = 0  # optimizer updates reported through step()
         self.path = Path(out) if out is not None else None
@@ -418,8 +432,8 @@ class Recorder:
             "status": "running",
             "stopped_reason": None,
             "record": self.every,
-            **_clean(dict(info or {})),
-            "config": _clean(dict(config or {})),
+            **json_safe(dict(info or {})),
+            "config": json_safe(dict(config or {})),
         }
         self.entries: list[dict] = []
         if model is not None:
@@ -554,7 +568,7 @@ class Recorder:
             if resume is not None:
                 with atomic.replacing(self.path / CKPT_DIR / _resume_name(index)) as tmp:
                     torch.save(dict(resume), tmp)
-        entry = _clean(entry)
+        entry = json_safe(entry)
         self.entries.append(entry)
         self._write_manifest()
         if self.path is not None and index > 0:
@@ -599,7 +613,7 @@ class Recorder:
 
     def update_info(self, **fields: Any) -> None:
         """Add run-level fields and rewrite the manifest."""
-        self.info.update(_clean(fields))
+        self.info.update(json_safe(fields))
         self._write_manifest()
 
     def stop(self, reason: str) -> None:

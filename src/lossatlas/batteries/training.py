@@ -27,20 +27,23 @@ import os
 import random
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lossatlas.batteries.runs import Record, Recorder, Run, _check_every, _is_int, load_run
+from lossatlas.batteries.runs import Record, Recorder, Run, check_every, is_int, load_run
 from lossatlas.core import progress as _progress
 from lossatlas.core import resources
 from lossatlas.core.errors import LossAtlasError
-from lossatlas.core.losses import IGNORE_INDEX, accuracy_count, check_targets, resolve_loss
+from lossatlas.core.losses import check_targets, resolve_loss
+from lossatlas.core.objective import Objective
 from lossatlas.core.params import hash_point, select
 
 __all__ = [
+    "Recipe",
     "Recorder",
     "Run",
     "as_tensors",
@@ -179,43 +182,68 @@ def _loss_name(loss: LossArg) -> str:
     return resolve_loss(loss)[0]
 
 
-def _evaluate_tensors(
-    model: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    loss_fn: Callable,
-    batch_size: int,
-) -> dict[str, float]:
-    """Exact full-data mean loss and accuracy in eval mode (each batch weighted by its size)."""
-    was_training = model.training
-    model.eval()
-    total, correct, n = 0.0, 0.0, len(X)
-    try:
-        with torch.no_grad():
-            for i in range(0, n, batch_size):
-                xb, yb = X[i : i + batch_size], y[i : i + batch_size]
-                out = model(xb)
-                total += float(loss_fn(out, yb)) * len(xb)
-                correct += accuracy_count(out, yb)  # nan unless class labels
-    finally:
-        model.train(was_training)
-    counted = float((y != IGNORE_INDEX).sum()) if not y.is_floating_point() else y.numel()
-    return {"loss": total / n, "accuracy": correct / max(counted, 1.0)}
+def _data_objective(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: LossArg, batch_size: int,
+    device: torch.device,
+) -> Objective:
+    """The :class:`~lossatlas.core.objective.Objective` that evaluates ``model`` on ``(X, y)``.
+
+    Args:
+        model: the model; every parameter is in the objective's points (:func:`_metrics`
+            passes the live ones).
+        X, y: inputs and targets, already on ``device``.
+        loss: a loss name or callable.
+        batch_size: samples per forward pass; the result does not depend on it.
+        device: where the objective evaluates.
+
+    Returns:
+        The objective: its ``evaluate`` is the exact full-data mean loss and accuracy in eval
+        mode, each batch weighted by its number of targets. One process and no determinism
+        probe: training evaluates its own data on this machine.
+    """
+    return Objective(
+        model, (X, y), loss=loss, batch_size=batch_size, device=device,
+        params=[name for name, _ in model.named_parameters()], check=False, distributed=False,
+    )
 
 
-def _explain_targets(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: LossArg) -> None:
-    """Raise the targets' own one-sentence error (float labels, labels out of range) when the
-    model runs on the inputs, so a failed first evaluation names the real cause."""
+def _metrics(obj: Objective, model: nn.Module) -> dict[str, float]:
+    """``{"loss", "accuracy"}`` of ``model`` as it is now (parameters and BN buffers) on the
+    objective's data, in eval mode; the model itself is not touched."""
+    return obj.evaluate(dict(model.named_parameters()), dict(model.named_buffers()))
+
+
+def _probe(model: nn.Module, X: torch.Tensor) -> Any:
+    """The eval-mode output on the first 64 inputs, or the exception the forward raised; BN
+    running statistics and the model's mode are left as they were."""
     was_training = model.training
     try:
-        model.eval()  # BN running statistics stay untouched
+        model.eval()
         with torch.no_grad():
-            out = model(X[:64])
-    except Exception:
-        return
+            return model(X[:64])
+    except Exception as exc:  # returned: the caller names it in its one sentence
+        return exc
     finally:
         model.train(was_training)
-    check_targets(out, y, _loss_name(loss), type(model).__name__)
+
+
+def _explain(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: LossArg, exc: Exception
+) -> LossAtlasError:
+    """The one sentence for a model that failed (``exc``) on the training data: the targets'
+    own (float labels, labels out of range) when the model runs on the first inputs, else
+    "cannot be evaluated on train_data" with the shapes and the first line of the error."""
+    out = _probe(model, X)
+    if not isinstance(out, Exception):
+        check_targets(out, y, _loss_name(loss), type(model).__name__)  # raises when they are bad
+        if isinstance(exc, LossAtlasError):
+            return exc
+    cause = out if isinstance(exc, LossAtlasError) else exc
+    return LossAtlasError(
+        f"the model cannot be evaluated on train_data with loss={_loss_name(loss)!r} (inputs "
+        f"{tuple(X.shape)}, targets {tuple(y.shape)}: {str(cause).splitlines()[0]}); build the "
+        "model for this dataset's shapes"
+    )
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -232,13 +260,88 @@ def evaluate(
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """``{"loss", "accuracy"}``: full-dataset means in eval mode (accuracy is NaN unless the
-    targets are class indices and the output is ``(N, C)``). The model's mode is restored."""
+    targets are class indices and the output is ``(N, C)``), through the Objective's
+    evaluation. The model (its mode, parameters and buffers) is left as it is."""
     X, y = as_tensors(data, progress=False)
     dev = resources.device(device) if device is not None else _model_device(model)
-    return _evaluate_tensors(model, X.to(dev), y.to(dev), _loss_fn(loss), batch_size)
+    return _metrics(_data_objective(model, X.to(dev), y.to(dev), loss, batch_size, dev), model)
 
 
-# -- train ----------------------------------------------------------------------------------
+# -- the recipe -----------------------------------------------------------------------------
+@dataclass
+class Recipe:
+    """The hyperparameters of one :func:`train` call (see there), checked and made plain Python
+    numbers on construction, and what follows from them: the learning rate of each step and
+    the record kept in the run folder."""
+
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    schedule: str
+    milestones: Sequence[int] | None
+    gamma: float
+    seed: int
+    deterministic: bool
+    record: Record
+    loss: LossArg
+    optimizer: str
+    betas: tuple[float, float]
+    eval_batch_size: int
+
+    def __post_init__(self) -> None:
+        """Check every hyperparameter (one sentence naming the first bad one and a valid
+        value) and turn them into plain Python ints and floats, the milestones filled in."""
+        r = self
+        if r.optimizer not in _OPTIMIZERS:
+            raise LossAtlasError(
+                f"optimizer={r.optimizer!r} is unknown; use one of {list(_OPTIMIZERS)}")
+        if not is_int(r.epochs) or r.epochs < 1:
+            raise LossAtlasError(
+                f"epochs={r.epochs!r} must be a positive integer; pass e.g. epochs=30")
+        if not r.lr > 0:
+            raise LossAtlasError(f"lr={r.lr!r} must be positive; pass e.g. lr=0.1")
+        if not r.momentum >= 0:
+            raise LossAtlasError(f"momentum={r.momentum!r} must be >= 0; pass e.g. momentum=0.9")
+        if not r.weight_decay >= 0:
+            raise LossAtlasError(
+                f"weight_decay={r.weight_decay!r} must be >= 0; pass e.g. 5e-4 or 0")
+        if not is_int(r.batch_size) or r.batch_size < 1:
+            raise LossAtlasError(
+                f"batch_size={r.batch_size!r} must be a positive integer; e.g. 128")
+        if r.schedule not in SCHEDULES:
+            raise LossAtlasError(
+                f"schedule={r.schedule!r} is unknown; use one of {list(SCHEDULES)}")
+        if not r.gamma > 0:
+            raise LossAtlasError(f"gamma={r.gamma!r} must be positive; pass e.g. gamma=0.1")
+        self.record = check_every(self.record)
+        ms = _check_milestones(self.milestones, self.epochs, self.schedule)
+        _loss_fn(self.loss)  # an unknown loss name is refused before any data is read
+        self.epochs, self.batch_size = int(r.epochs), int(r.batch_size)
+        self.milestones = [int(m) for m in ms]
+        self.lr, self.momentum, self.gamma = float(r.lr), float(r.momentum), float(r.gamma)
+        self.weight_decay = float(r.weight_decay)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What the run folder records (and compares on a rerun) as ``hyperparameters``."""
+        hyper = {
+            "epochs": self.epochs, "lr": self.lr, "momentum": self.momentum,
+            "weight_decay": self.weight_decay, "batch_size": self.batch_size,
+            "schedule": self.schedule, "milestones": self.milestones, "gamma": self.gamma,
+            "seed": self.seed, "deterministic": self.deterministic, "record": self.record,
+            "loss": _loss_name(self.loss), "optimizer": _OPTIMIZERS[self.optimizer],
+        }
+        if self.optimizer != "sgd":
+            hyper["betas"] = [float(b) for b in self.betas]
+        return hyper
+
+    def lr_at(self, steps_per_epoch: int) -> Callable[[int], float]:
+        """The learning rate of step t (counted from 0), see :func:`train`."""
+        return _lr_schedule(self.schedule, self.lr, self.epochs, steps_per_epoch,
+                            self.milestones, self.gamma)
+
+
 def _lr_schedule(
     schedule: str, lr: float, epochs: int, steps_per_epoch: int, milestones: Sequence[int],
     gamma: float,
@@ -258,30 +361,16 @@ def _lr_schedule(
     return {"constant": constant, "step": step, "cosine": cosine}[schedule]
 
 
-def _check_args(
-    epochs: int, lr: float, momentum: float, weight_decay: float, batch_size: int, schedule: str,
-    milestones: Sequence[int] | None, gamma: float, record: Record,
+def _check_milestones(
+    milestones: Sequence[int] | None, epochs: int, schedule: str
 ) -> list[int]:
-    if not _is_int(epochs) or epochs < 1:
-        raise LossAtlasError(f"epochs={epochs!r} must be a positive integer; pass e.g. epochs=30")
-    if not lr > 0:
-        raise LossAtlasError(f"lr={lr!r} must be positive; pass e.g. lr=0.1")
-    if not momentum >= 0:
-        raise LossAtlasError(f"momentum={momentum!r} must be >= 0; pass e.g. momentum=0.9")
-    if not weight_decay >= 0:
-        raise LossAtlasError(f"weight_decay={weight_decay!r} must be >= 0; pass e.g. 5e-4 or 0")
-    if not _is_int(batch_size) or batch_size < 1:
-        raise LossAtlasError(f"batch_size={batch_size!r} must be a positive integer; e.g. 128")
-    if schedule not in SCHEDULES:
-        raise LossAtlasError(f"schedule={schedule!r} is unknown; use one of {list(SCHEDULES)}")
-    if not gamma > 0:
-        raise LossAtlasError(f"gamma={gamma!r} must be positive; pass e.g. gamma=0.1")
-    _check_every(record)
+    """The epochs at which ``schedule="step"`` multiplies the rate by ``gamma``: the given ones
+    (increasing, inside the run) or half and three quarters of ``epochs``."""
     if milestones is None:
         default = [epochs // 2, (3 * epochs) // 4] if schedule == "step" else []
         return sorted({m for m in default if 0 < m < epochs})
     ms = list(milestones)
-    if any(not _is_int(m) or not 0 < m < epochs for m in ms) or ms != sorted(ms):
+    if any(not is_int(m) or not 0 < m < epochs for m in ms) or ms != sorted(ms):
         raise LossAtlasError(
             f"milestones={milestones!r} must be increasing epoch numbers between 1 and "
             f"{epochs - 1}; pass e.g. milestones=[{epochs // 2}]"
@@ -289,6 +378,210 @@ def _check_args(
     return ms
 
 
+def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
+    """SGD (momentum, L2 weight decay added to the gradient), Adam or AdamW over every
+    parameter of ``model``, at the recipe's base rate (the schedule sets each step's)."""
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum,
+                               weight_decay=r.weight_decay)
+    return getattr(torch.optim, _OPTIMIZERS[r.optimizer])(
+        model.parameters(), lr=r.lr, betas=tuple(r.betas), weight_decay=r.weight_decay)
+
+
+def _recorder(
+    model: nn.Module,
+    r: Recipe,
+    out: str | os.PathLike | None,
+    data_info: dict,
+    steps_per_epoch: int,
+    device: torch.device,
+    overwrite: bool,
+    callbacks: Sequence[Any],
+) -> Recorder:
+    """The run's :class:`Recorder`: a fresh run, the interrupted one to continue, or the finished
+    one to leave alone.
+
+    Args:
+        model: the model to record (its initialization is hashed into the config).
+        r: the recipe (its hyperparameters are recorded and compared).
+        out, overwrite, callbacks: as in :func:`train`.
+        data_info: ``{"train": ..., "test": ...}`` descriptions of the data.
+        steps_per_epoch, device: recorded in the run's info.
+
+    Returns:
+        The recorder; its ``config`` (hyperparameters, data, the initialization's hash) is
+        what a rerun on the same folder must match.
+    """
+    names = select(model)
+    init_hash = hash_point({k: v for k, v in model.named_parameters() if k in names})
+    hyper = r.hyperparameters()
+    return Recorder(
+        out, model, r.record,
+        info={
+            "hyperparameters": hyper, "seed": r.seed, "data": data_info,
+            "steps_per_epoch": steps_per_epoch, "device": str(device), "init_hash": init_hash,
+        },
+        config={"hyperparameters": hyper, "data": data_info, "init_hash": init_hash},
+        overwrite=overwrite, resume=True, callbacks=callbacks,
+    )
+
+
+# -- the loop -------------------------------------------------------------------------------
+@dataclass
+class _Loop:
+    """One training run in progress: what it works with and where it stands.
+
+    ``epoch``, ``pos`` (the next sample of this epoch's order) and ``generator`` (the order's
+    generator state at the start of this epoch) locate the data order; with ``step``, ``lr``,
+    ``running`` (the smoothed minibatch loss), the optimizer state and the RNG they are the
+    resume state written with every checkpoint.
+    """
+
+    model: nn.Module
+    recipe: Recipe
+    X: torch.Tensor
+    y: torch.Tensor
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    rec: Recorder
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    lr_at: Callable[[int], float]
+    steps_per_epoch: int
+    fork_devices: list[int]
+    objectives: dict[str, Objective] = field(default_factory=dict)
+    bar: Any = None
+    task: Any = None
+    epoch: int = 0
+    pos: int = 0
+    generator: torch.Tensor | None = None
+    step: int = 0
+    lr: float = math.nan
+    running: float = math.nan
+
+    @property
+    def hook(self) -> dict[str, Any]:
+        """What the callbacks measure on."""
+        return {"data": (self.X, self.y), "loss": self.recipe.loss}
+
+
+def _evaluators(loop: _Loop, test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Build the Objectives that evaluate every checkpoint on the train (and test) data; a
+    model that cannot run on the training data gets training's own sentence."""
+    r, dev = loop.recipe, loop.X.device
+    try:
+        loop.objectives["train"] = _data_objective(loop.model, loop.X, loop.y, r.loss,
+                                                   r.eval_batch_size, dev)
+    except LossAtlasError as exc:
+        err = _explain(loop.model, loop.X, loop.y, r.loss, exc)
+        if err is exc:
+            raise
+        raise err from exc
+    if test is not None:
+        loop.objectives["test"] = _data_objective(loop.model, *test, r.loss, r.eval_batch_size,
+                                                  dev)
+
+
+def _checkpoint(loop: _Loop, epoch: float) -> None:
+    """Record the model as it is now: exact full-data metrics, then the checkpoint and the
+    resume state (data order, step, rate, optimizer, RNG)."""
+    extra = {}
+    for split, obj in loop.objectives.items():
+        m = _metrics(obj, loop.model)
+        extra.update({f"{split}_loss": m["loss"], f"{split}_acc": m["accuracy"]})
+    resume = {"epoch": loop.epoch, "pos": loop.pos, "generator": loop.generator,
+              "index": len(loop.rec.entries), "step": loop.step, "lr": loop.lr,
+              "running": loop.running,
+              "optimizer": loop.opt.state_dict(), "torch_rng": torch.get_rng_state()}
+    if loop.fork_devices:
+        resume["cuda_rng"] = torch.cuda.get_rng_state(loop.fork_devices[0])
+    loop.rec.record(loop.model, epoch=epoch, step=loop.step, lr=loop.lr, resume=resume, **extra)
+
+
+def _start(loop: _Loop) -> None:
+    """A fresh run: checkpoint 0 (the initialization) and the callbacks' step 0."""
+    loop.step, loop.lr = 0, loop.lr_at(0)
+    try:
+        _checkpoint(loop, 0)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        if isinstance(exc, LossAtlasError):
+            raise
+        raise _explain(loop.model, loop.X, loop.y, loop.recipe.loss, exc) from exc
+    loop.rec.step(loop.model, loop.opt, step=0, lr=loop.lr, **loop.hook)
+
+
+def _restore(loop: _Loop) -> None:
+    """An interrupted run: weights, optimizer, data order and RNG as the last checkpoint left
+    them, so the rest is bit-identical to an uninterrupted run."""
+    st = loop.rec.resume_state
+    loop.rec.run.load_into(loop.model)
+    loop.opt.load_state_dict(st["optimizer"])
+    loop.gen.set_state(st["generator"])
+    torch.set_rng_state(st["torch_rng"])
+    if loop.fork_devices and "cuda_rng" in st:
+        torch.cuda.set_rng_state(st["cuda_rng"], loop.fork_devices[0])
+    loop.epoch, loop.pos = int(st["epoch"]), int(st["pos"])
+    loop.step, loop.lr, loop.running = int(st["step"]), float(st["lr"]), float(st["running"])
+    if loop.bar is not None:
+        loop.bar.update(loop.task, advance=loop.step)
+
+
+def _sgd_step(loop: _Loop, idx: torch.Tensor, epoch: int) -> str | None:
+    """One update on the minibatch ``idx`` at this step's rate; the reason to stop when its
+    loss is not finite (nothing is updated then), else None."""
+    model, opt = loop.model, loop.opt
+    loop.lr = loop.lr_at(loop.step)
+    for group in opt.param_groups:
+        group["lr"] = loop.lr
+    opt.zero_grad(set_to_none=True)
+    batch_loss = loop.loss_fn(model(loop.X[idx]), loop.y[idx])
+    value = float(batch_loss.detach())
+    if not math.isfinite(value):
+        return (f"non-finite training loss ({value}) at epoch {epoch + 1}, step "
+                f"{loop.step + 1}; lower lr (now {loop.lr:g}) or check the data and loss")
+    batch_loss.backward()
+    opt.step()
+    loop.step += 1
+    if loop.rec.callbacks:
+        loop.rec.step(model, opt, step=loop.step, lr=loop.lr, **loop.hook)
+    loop.running = value if math.isnan(loop.running) else 0.9 * loop.running + 0.1 * value
+    if loop.bar is not None:
+        loop.bar.update(
+            loop.task, advance=1, description=f"training epoch {epoch + 1}/"
+            f"{loop.recipe.epochs} loss {loop.running:.4f}",
+        )
+    return None
+
+
+def _epoch_of(loop: _Loop) -> float:
+    """The epoch a checkpoint is recorded at: whole after a whole epoch, else a fraction."""
+    whole = loop.recipe.record == "epoch" or loop.step % loop.steps_per_epoch == 0
+    return loop.step // loop.steps_per_epoch if whole else round(
+        loop.step / loop.steps_per_epoch, 6)
+
+
+def _run_epoch(loop: _Loop, epoch: int) -> str | None:
+    """Epoch ``epoch`` (from where a resumed run stopped), in an order drawn from the run's
+    generator, with the checkpoints that fall in it; the reason to stop, or None."""
+    r, n = loop.recipe, len(loop.X)
+    loop.model.train()
+    start = loop.pos if epoch == loop.epoch else 0
+    loop.epoch, loop.generator = epoch, loop.gen.get_state()
+    perm = torch.randperm(n, generator=loop.gen).to(loop.X.device)
+    for i in range(start, n, r.batch_size):
+        loop.pos = i + r.batch_size
+        reason = _sgd_step(loop, perm[i : i + r.batch_size], epoch)
+        if reason is not None:
+            return reason
+        end = i + r.batch_size >= n
+        if loop.rec.due(loop.step, end) or (end and epoch == r.epochs - 1):
+            if not all(bool(torch.isfinite(p).all()) for p in loop.model.parameters()):
+                return (f"non-finite parameters after epoch {epoch + 1}, step {loop.step}; "
+                        f"lower lr (now {loop.lr:g})")
+            _checkpoint(loop, _epoch_of(loop))
+    return None
+
+
+# -- train ----------------------------------------------------------------------------------
 def train(
     model: nn.Module,
     train_data: Any,
@@ -331,7 +624,8 @@ def train(
     - ``record``: checkpoint 0 is the initialization; then ``"epoch"`` (after every epoch),
       ``k`` (every k steps, and after the last step) or ``None`` (the final weights only).
       ``train_loss/acc`` (and ``test_loss/acc`` when ``test_data`` is given) of every
-      checkpoint are exact full-dataset means in eval mode.
+      checkpoint are exact full-dataset means in eval mode (the Objective's evaluation, in
+      batches of ``eval_batch_size``).
     - ``out``: run folder (see the module docstring); ``None`` keeps checkpoints in memory.
       Rerunning the same call on a finished run trains nothing: the run is returned as it is
       (``run.already_done``), its last weights loaded into ``model``. An interrupted run
@@ -349,16 +643,30 @@ def train(
       their tables go into the run (``run.track(name)``).
     - ``optimizer``: ``"sgd"`` (``batch_size >= len(data)`` and ``momentum=0`` is full-batch
       GD), ``"adam"`` or ``"adamw"`` (with ``betas``; ``momentum`` is then unused).
+
+    The steps: :class:`Recipe` checks the hyperparameters, the data go to the device, a
+    :class:`Recorder` opens (or finds finished) the run, then under the seeded RNG either a
+    fresh start (checkpoint 0) or a restore, and one epoch after another.
+
+    Args:
+        model: trained in place (moved to ``device``).
+        train_data, test_data: see ``data`` above (``test_data`` only evaluated).
+        epochs, lr, momentum, weight_decay, batch_size, schedule, milestones, gamma: the
+            recipe above.
+        seed, deterministic: the data order and the RNG of the call; deterministic kernels.
+        record, out, overwrite: which checkpoints, where, replacing what.
+        loss: a loss name (``"cross_entropy"``, ``"mse"``, ...) or ``loss(output, y)``.
+        device, progress, eval_batch_size, callbacks, optimizer, betas: as above.
+
+    Returns:
+        The :class:`Run` (checkpoints, metrics, status; ``already_done`` / ``resumed_after``).
     """
-    if optimizer not in _OPTIMIZERS:
-        raise LossAtlasError(f"optimizer={optimizer!r} is unknown; use one of {list(_OPTIMIZERS)}")
-    milestones = _check_args(
-        epochs, lr, momentum, weight_decay, batch_size, schedule, milestones, gamma, record
+    r = Recipe(
+        epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        batch_size=batch_size, schedule=schedule, milestones=milestones, gamma=gamma, seed=seed,
+        deterministic=deterministic, record=record, loss=loss, optimizer=optimizer, betas=betas,
+        eval_batch_size=eval_batch_size,
     )
-    epochs, batch_size, record = int(epochs), int(batch_size), _check_every(record)
-    milestones = [int(m) for m in milestones]
-    lr, momentum, gamma = float(lr), float(momentum), float(gamma)
-    weight_decay = float(weight_decay)
     if not any(p.requires_grad for p in model.parameters()):
         raise LossAtlasError("model has no trainable parameters; set requires_grad=True on some")
     loss_fn = _loss_fn(loss)
@@ -368,145 +676,47 @@ def train(
     test = None
     if test_data is not None:
         test = tuple(t.to(dev) for t in as_tensors(test_data, progress))
-    n = len(X)
-    steps_per_epoch = math.ceil(n / batch_size)
-    lr_at = _lr_schedule(schedule, lr, epochs, steps_per_epoch, milestones, gamma)
-    hyper = {
-        "epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-        "batch_size": batch_size, "schedule": schedule, "milestones": milestones,
-        "gamma": gamma, "seed": seed, "deterministic": deterministic, "record": record,
-        "loss": _loss_name(loss), "optimizer": _OPTIMIZERS[optimizer],
-    }
-    if optimizer != "sgd":
-        hyper["betas"] = [float(b) for b in betas]
-    data_info = {"train": _data_info(train_data, n)}
+    steps_per_epoch = math.ceil(len(X) / r.batch_size)
+    data_info = {"train": _data_info(train_data, len(X))}
     if test is not None:
         data_info["test"] = _data_info(test_data, len(test[0]))
-    names = select(model)
-    init_hash = hash_point({k: v for k, v in model.named_parameters() if k in names})
-    rec = Recorder(
-        out, model, record,
-        info={
-            "hyperparameters": hyper, "seed": seed, "data": data_info,
-            "steps_per_epoch": steps_per_epoch, "device": str(dev), "init_hash": init_hash,
-        },
-        config={"hyperparameters": hyper, "data": data_info, "init_hash": init_hash},
-        overwrite=overwrite, resume=True, callbacks=callbacks,
-    )
+    rec = _recorder(model, r, out, data_info, steps_per_epoch, dev, overwrite, callbacks)
     if rec.already_done:  # the same run, finished: nothing to train
         rec.run.load_into(model)
         run = rec.finish()
         run.already_done = True
         return run
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                              weight_decay=weight_decay)
-    else:
-        opt = getattr(torch.optim, _OPTIMIZERS[optimizer])(
-            model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    hook = {"data": (X, y), "loss": loss}  # what callbacks measure on
-    gen = torch.Generator().manual_seed(seed)
-    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
-    where = {"epoch": 0, "pos": 0, "generator": gen.get_state()}  # data order of this epoch
-
-    def checkpoint(epoch: float, step: int, lr_now: float, running: float) -> None:
-        metrics = _evaluate_tensors(model, X, y, loss_fn, eval_batch_size)
-        extra = {"train_loss": metrics["loss"], "train_acc": metrics["accuracy"]}
-        if test is not None:
-            tm = _evaluate_tensors(model, *test, loss_fn, eval_batch_size)
-            extra.update(test_loss=tm["loss"], test_acc=tm["accuracy"])
-        resume = {**where, "index": len(rec.entries), "step": step, "lr": lr_now,
-                  "running": running,
-                  "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}
-        if fork_devices:
-            resume["cuda_rng"] = torch.cuda.get_rng_state(fork_devices[0])
-        rec.record(model, epoch=epoch, step=step, lr=lr_now, resume=resume, **extra)
-    total = epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(r.seed)
+    loop = _Loop(
+        model=model, recipe=r, X=X, y=y, loss_fn=loss_fn, rec=rec, opt=_optimizer(model, r),
+        gen=gen, lr_at=r.lr_at(steps_per_epoch), steps_per_epoch=steps_per_epoch,
+        fork_devices=[dev.index or 0] if dev.type == "cuda" else [],
+        generator=gen.get_state(),
+    )
     show = progress and not _progress.quiet()
     was_training = model.training
     finished = False
     try:
         with (
-            deterministic_algorithms(deterministic),
-            torch.random.fork_rng(devices=fork_devices),
+            deterministic_algorithms(r.deterministic),
+            torch.random.fork_rng(devices=loop.fork_devices),
             _progress.make_progress() if show else contextlib.nullcontext() as bar,
         ):
-            torch.manual_seed(seed)
-            task = bar.add_task("training", total=total) if bar is not None else None
-            step, lr_now, running = 0, lr_at(0), math.nan
+            _evaluators(loop, test)  # before the seed: its probes draw nothing that counts
+            torch.manual_seed(r.seed)
+            loop.bar = bar
+            if bar is not None:
+                loop.task = bar.add_task("training", total=r.epochs * steps_per_epoch)
             if rec.resume_state is None:
-                try:
-                    checkpoint(0, 0, lr_at(0), running)
-                except (RuntimeError, ValueError, IndexError) as exc:
-                    if isinstance(exc, LossAtlasError):
-                        raise
-                    _explain_targets(model, X, y, loss)
-                    raise LossAtlasError(
-                        f"the model cannot be evaluated on train_data with loss="
-                        f"{_loss_name(loss)!r} (inputs {tuple(X.shape)}, targets "
-                        f"{tuple(y.shape)}: {str(exc).splitlines()[0]}); build the model for "
-                        "this dataset's shapes"
-                    ) from exc
-                rec.step(model, opt, step=0, lr=lr_at(0), **hook)
+                _start(loop)
             else:  # continue after the last checkpoint, exactly where it was
-                st = rec.resume_state
-                rec.run.load_into(model)
-                opt.load_state_dict(st["optimizer"])
-                gen.set_state(st["generator"])
-                torch.set_rng_state(st["torch_rng"])
-                if fork_devices and "cuda_rng" in st:
-                    torch.cuda.set_rng_state(st["cuda_rng"], fork_devices[0])
-                where.update(epoch=int(st["epoch"]), pos=int(st["pos"]))
-                step, lr_now, running = int(st["step"]), float(st["lr"]), float(st["running"])
-                if bar is not None:
-                    bar.update(task, advance=step)
-            for epoch in range(where["epoch"], epochs):
-                model.train()
-                start = where["pos"] if epoch == where["epoch"] else 0
-                where.update(epoch=epoch, generator=gen.get_state())
-                perm = torch.randperm(n, generator=gen).to(dev)
-                for i in range(start, n, batch_size):
-                    where["pos"] = i + batch_size
-                    idx = perm[i : i + batch_size]
-                    lr_now = lr_at(step)
-                    for group in opt.param_groups:
-                        group["lr"] = lr_now
-                    opt.zero_grad(set_to_none=True)
-                    batch_loss = loss_fn(model(X[idx]), y[idx])
-                    value = float(batch_loss.detach())
-                    if not math.isfinite(value):
-                        reason = (
-                            f"non-finite training loss ({value}) at epoch {epoch + 1}, step "
-                            f"{step + 1}; lower lr (now {lr_now:g}) or check the data and loss"
-                        )
-                        break
-                    batch_loss.backward()
-                    opt.step()
-                    step += 1
-                    if rec.callbacks:
-                        rec.step(model, opt, step=step, lr=lr_now, **hook)
-                    running = value if math.isnan(running) else 0.9 * running + 0.1 * value
-                    if bar is not None:
-                        bar.update(
-                            task, advance=1,
-                            description=f"training epoch {epoch + 1}/{epochs} loss {running:.4f}",
-                        )
-                    end = i + batch_size >= n
-                    if rec.due(step, end) or (end and epoch == epochs - 1):
-                        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                            reason = (
-                                f"non-finite parameters after epoch {epoch + 1}, step {step}; "
-                                f"lower lr (now {lr_now:g})"
-                            )
-                            break
-                        whole = record == "epoch" or step % steps_per_epoch == 0
-                        ep = step // steps_per_epoch if whole else round(step / steps_per_epoch, 6)
-                        checkpoint(ep, step, lr_now, running)
-                else:
-                    continue
-                warnings.warn(f"training stopped: {reason}", RuntimeWarning, stacklevel=2)
-                rec.stop(reason)
-                break
+                _restore(loop)
+            for epoch in range(loop.epoch, r.epochs):
+                reason = _run_epoch(loop, epoch)
+                if reason is not None:
+                    warnings.warn(f"training stopped: {reason}", RuntimeWarning, stacklevel=2)
+                    rec.stop(reason)
+                    break
         finished = True
     finally:
         model.train(was_training)

@@ -43,7 +43,7 @@ import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -388,49 +388,98 @@ def _prepare_center(obj: Objective, center) -> P.Point:
     return _prepare_direction(obj, center, "center")
 
 
-def _run(
-    kind: str,
-    obj: Objective,
-    center: P.Point,
-    directions: list[P.Point],
-    coords: list[np.ndarray],
-    extra_meta: dict,
-    path,
-    chunk_size: int | None,
-    executor,
-    fast: bool | str,
-    callback: Callable[[int, int], Any] | None,
-    progress: bool,
-    store_directions: bool,
-    split: str = "train",
-):
-    if not isinstance(obj, Objective):
-        raise LossAtlasError(f"obj must be a lossatlas.Objective, got {type(obj).__name__}")
-    if split not in SPLITS:
-        raise LossAtlasError(f"split={split!r} is unknown; pass 'train' or 'test' (the data the "
-                             "objective averages over, named in the file's keys)")
-    shape = tuple(len(c) for c in coords)
-    group = obj.dist  # data split across processes: every rank computes, rank 0 writes
-    if group is not None and executor is not None:
+@dataclass
+class GridJob:
+    """One grid of the loss to compute: L(center + Σ_k c_k·directions[k]) at every point c of
+    the product of ``coords`` (one axis per direction).
+
+    Attributes:
+        kind: ``"curve"``, ``"surface"`` or ``"interpolation"`` (the result class and the
+            file's ``lossatlas_kind``).
+        obj: the :class:`~lossatlas.core.objective.Objective` that evaluates each point.
+        center: θ, a point over ``obj.names``.
+        directions: one direction per axis, over ``obj.names``.
+        coords: the grid's axes, ``coords[k]`` of shape (n_k,).
+        extra_meta: provenance that the kind adds (a surface's cosine, an interpolation's ends).
+        split: the data ``obj`` averages over, ``"train"`` or ``"test"`` (the file's keys).
+    """
+
+    kind: str
+    obj: Objective
+    center: P.Point
+    directions: list[P.Point]
+    coords: list[np.ndarray]
+    extra_meta: dict = field(default_factory=dict)
+    split: str = "train"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(n_0, n_1, ...): the in-memory arrays' shape, ``[i, j]`` at (coords[0][i], ...)."""
+        return tuple(len(c) for c in self.coords)
+
+
+@dataclass
+class GridOptions:
+    """How a :class:`GridJob` runs: ``path`` (the resumable HDF5 file, None: in memory),
+    ``chunk_size`` (points per chunk; default a row of a surface, a quarter of a curve up to
+    16), ``executor`` (``map(fn, chunks)``; None: in this process), ``fast`` (the engine:
+    True chooses, ``"affine"`` / False force one), ``callback(done, total)`` after each chunk,
+    ``progress`` (a bar) and ``store_directions`` (the directions written into the file)."""
+
+    path: str | os.PathLike | None = None
+    chunk_size: int | None = None
+    executor: Any = None
+    fast: bool | str = True
+    callback: Callable[[int, int], Any] | None = None
+    progress: bool = True
+    store_directions: bool = True
+
+
+@dataclass
+class _GridFile:
+    """The open result file of a run: ``f`` (HDF5, ``r+``), its ``layout`` and ``held``, its
+    ``loss`` / ``accuracy`` / ``done`` arrays in the file's layout and units, rewritten whole
+    after each chunk (a resume rewrites the finished points bit for bit)."""
+
+    f: h5py.File
+    layout: FileLayout
+    held: dict[str, np.ndarray]
+
+
+def _check_job(job: GridJob, opts: GridOptions) -> None:
+    if not isinstance(job.obj, Objective):
+        raise LossAtlasError(f"obj must be a lossatlas.Objective, got {type(job.obj).__name__}")
+    if job.split not in SPLITS:
+        raise LossAtlasError(f"split={job.split!r} is unknown; pass 'train' or 'test' (the data "
+                             "the objective averages over, named in the file's keys)")
+    if job.obj.dist is not None and opts.executor is not None:
         raise LossAtlasError("executor= cannot run the chunks of an Objective whose data is "
                              "split across processes; leave executor=None")
-    if group is not None and group.rank != 0:
-        path, progress = None, False
-    desc = obj.describe()
-    signature = {
-        "kind": kind,
-        "coordinates": [c.tolist() for c in coords],
-        "center_hash": P.hash_point(center),
-        "direction_hashes": [P.hash_point(d) for d in directions],
+
+
+def _signature(job: GridJob) -> dict:
+    """What a resumed file must have been computed with (else the rerun is refused)."""
+    obj = job.obj
+    return {
+        "kind": job.kind,
+        "coordinates": [c.tolist() for c in job.coords],
+        "center_hash": P.hash_point(job.center),
+        "direction_hashes": [P.hash_point(d) for d in job.directions],
         "bn": obj.bn,
         "loss": obj.loss_name,
         "num_samples": obj.num_samples,
         "data_hash": data_hash(obj),
     }
-    meta = {
-        **extra_meta,
+
+
+def _provenance(job: GridJob, signature: dict) -> dict:
+    """The result's ``meta``: the kind's extras, the objective's description, the grid and
+    the ``signature``."""
+    obj, desc = job.obj, job.obj.describe()
+    return {
+        **job.extra_meta,
         "center_hash": signature["center_hash"],
-        "directions_info": [_direction_info(d) for d in directions],
+        "directions_info": [_direction_info(d) for d in job.directions],
         "bn": obj.bn,
         "loss": obj.loss_name,
         "num_samples": obj.num_samples,
@@ -439,54 +488,86 @@ def _run(
         "model_class": desc["model_class"],
         "data_hash": signature["data_hash"],
         "num_classes": obj.num_classes,
-        "resolution": list(shape),
-        "span": [[float(c[0]), float(c[-1])] for c in coords],
-        "split": split,
+        "resolution": list(job.shape),
+        "span": [[float(c[0]), float(c[-1])] for c in job.coords],
+        "split": job.split,
         "signature": signature,
     }
+
+
+def _open_file(job: GridJob, path: Path, signature: dict, meta: dict,
+               stored: list) -> _GridFile:
+    """The result file at ``path``, opened for writing: an existing one after its signature
+    is checked (resume), else a new one laid out with NaN / not done (written to a temporary
+    name and renamed, so a crash leaves no half-made file)."""
+    if path.exists():
+        _check_signature(path, job.kind, signature, job.split, meta)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with store.atomic.h5_file(path) as g:
+            _layout(g, job.kind, job.coords, meta, stored, FileLayout(split=meta["split"]))
+    f = store.open_h5(path, "r+", "path")
+    lay = FileLayout.of(f)
+    held = {"loss": f[lay.loss_key][()], "accuracy": f[lay.acc_key][()], "done": f["done"][()]}
+    return _GridFile(f, lay, held)
+
+
+def _run(job: GridJob, opts: GridOptions):
+    """Compute ``job`` as ``opts`` says and return its result (a :class:`Curve`,
+    :class:`Interpolation` or :class:`Surface`).
+
+    Args:
+        job: the grid (kind, objective, center, directions, axes, split).
+        opts: the file, chunking, executor, engine, callback and progress bar.
+
+    Returns:
+        The result with every point computed (read back from the file when there is one, so
+        resumed points are those of the file). On data split across processes every rank
+        computes, rank 0 alone writes, and every rank returns rank 0's arrays.
+    """
+    _check_job(job, opts)
+    group = job.obj.dist  # data split across processes: every rank computes, rank 0 writes
+    if group is not None and group.rank != 0:
+        opts = replace(opts, path=None, progress=False)
+    signature = _signature(job)
+    meta = _provenance(job, signature)
     if group is not None:
         group.same([signature["center_hash"], *signature["direction_hashes"]],
                    "the center or a direction", "build them the same way on every process "
                    "(same seeds; a per-batch gradient is local to its process)")
-    stored = list(directions) if store_directions else []
-    cls = _KINDS[kind]
-    arrays = {"loss": np.full(shape, np.nan), "accuracy": np.full(shape, np.nan),
-              "done": np.zeros(shape, dtype=bool)}
-    f = lock = None
+    stored = list(job.directions) if opts.store_directions else []
+    arrays = {"loss": np.full(job.shape, np.nan), "accuracy": np.full(job.shape, np.nan),
+              "done": np.zeros(job.shape, dtype=bool)}
+    path, out, lock, fast = opts.path, None, None, opts.fast
     if path is not None:
         path = store.check_output(path, "path", resumable=False)
         lock = writer_lock(lock_path(path), f"path={str(path)!r}")
     try:
         if path is not None:
-            if path.exists():
-                _check_signature(path, kind, signature, split, meta)
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with store.atomic.h5_file(path) as g:
-                    _layout(g, kind, coords, meta, stored, FileLayout(split=meta["split"]))
-            f = store.open_h5(path, "r+", "path")
-            lay = FileLayout.of(f)
-            fast = _recorded_engine(f, fast)
-            # the file's arrays, kept in the file's layout and units: a resume rewrites the
-            # finished points bit for bit (no percent -> fraction -> percent round trip)
-            held = {"loss": f[lay.loss_key][()], "accuracy": f[lay.acc_key][()],
-                    "done": f["done"][()]}
-            arrays["done"] = lay.to_memory(held["done"])
+            out = _open_file(job, path, signature, meta, stored)
+            fast = _recorded_engine(out.f, fast)
+            arrays["done"] = out.layout.to_memory(out.held["done"])
         if group is not None:  # rank 0's resume state, so every rank computes the same points
             arrays["done"] = group.broadcast(arrays["done"])
-        _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f,
-                  (lay, held) if f is not None else None, chunk_size, executor, fast,
-                  callback, progress)
+        _evaluate(job, opts, fast, meta, arrays, out)
     finally:
-        if f is not None:
-            f.close()
+        if out is not None:
+            out.f.close()
         if lock is not None:
             lock.release()
+    return _result(job, path, meta, stored, arrays)
+
+
+def _result(job: GridJob, path: Path | None, meta: dict, stored: list, arrays: dict):
+    """The result object: read back from ``path`` when written, else from ``arrays``; on data
+    split across processes, rank 0's arrays on every rank."""
     if path is not None:
         with h5py.File(path, "r") as g:
             out = _read(g)
     else:
-        out = cls(meta=meta, directions=stored, **dict(zip(("x", "y"), coords)), **arrays)
+        out = _KINDS[job.kind](meta=meta, directions=stored,
+                               **dict(zip(("x", "y"), job.coords)), **arrays)
+    group = job.obj.dist
     if group is not None:  # rank 0's arrays (resumed points included) on every rank
         for k, v in group.broadcast({k: getattr(out, k) for k in arrays}).items():
             setattr(out, k, v)
@@ -502,60 +583,103 @@ def _recorded_engine(f: h5py.File, fast: bool | str) -> bool | str:
     return {"affine": "affine", "plain": False}.get(choice, True)
 
 
-def _evaluate(kind, obj, center, directions, coords, shape, meta, arrays, f, held,
-              chunk_size, executor, fast, callback, progress) -> None:
-    """Compute the points not yet done, chunk by chunk, into ``arrays`` (in memory, ``[i, j]``)
-    and, with a file ``f``, into its ``held`` arrays (file layout), flushed after each chunk."""
+def _chunk_size(shape: tuple[int, ...], chunk_size: int | None) -> int:
+    """Points per chunk: ``chunk_size``, else a row of a surface (the last axis), else a
+    quarter of a curve (1 to 16 points)."""
+    return chunk_size or (shape[-1] if len(shape) > 1 else max(1, min(16, shape[0] // 4)))
+
+
+def _choose_engine(job: GridJob, token: str, first: np.ndarray, meta: dict,
+                   out: _GridFile | None) -> bool | str:
+    """One engine for the whole run, chosen here on the ``first`` points to compute (not per
+    worker), recorded in ``meta`` and, first of all, in the file."""
+    fast = _fastpath.decide_engine(token, job.obj, job.center, job.directions, first)
+    meta["engine_choice"] = fast or "plain"
+    if out is not None:
+        store.write_attrs(out.f, {"engine_choice": meta["engine_choice"]})
+        out.f.flush()
+    return fast
+
+
+def _keep(job: GridJob, arrays: dict, out: _GridFile | None, idx: np.ndarray,
+          loss: np.ndarray, acc: np.ndarray) -> None:
+    """Put one chunk's values into memory and, with a file, into the file.
+
+    Args:
+        job: the grid (its shape maps flat indices to the file's).
+        arrays: ``loss`` / ``accuracy`` / ``done`` in memory, ``[i, j]``, accuracy a fraction.
+        out: the open file (None: in memory only); its held arrays (file layout and units)
+            are updated and written whole, then flushed.
+        idx: the chunk's flat indices, C order of ``job.shape``.
+        loss, acc: the values at those points, shape (len(idx),).
+    """
+    for name, vals in (("loss", loss), ("accuracy", acc)):
+        arrays[name].reshape(-1)[idx] = vals
+    arrays["done"].reshape(-1)[idx] = True
+    if out is None:
+        return
+    lay, fa, f = out.layout, out.held, out.f
+    at = lay.file_index(idx, job.shape)
+    fa["loss"][at] = loss
+    fa["accuracy"][at] = np.asarray(acc, dtype=float) * lay.acc_scale
+    fa["done"][at] = True
+    f[lay.loss_key][...] = fa["loss"]
+    f[lay.acc_key][...] = fa["accuracy"]
+    f["done"][...] = fa["done"]
+    f.flush()
+
+
+def _record_engines(token: str, engines: set, meta: dict, out: _GridFile | None) -> None:
+    """The engine(s) that computed the chunks, why, and its setup time, in ``meta`` and the
+    file."""
+    meta["engine"] = sorted(engines)[0] if len(engines) == 1 else sorted(engines)
+    # in this process: why that engine, and its setup (copies, probes, race) apart
+    info = _fastpath.engine_info(token)
+    extra = {k: info[k] for k in ("engine_reason", "setup_seconds") if k in info}
+    meta.update(extra)
+    if out is not None:
+        store.write_attrs(out.f, {"engine": meta["engine"], **extra})
+
+
+def _evaluate(job: GridJob, opts: GridOptions, fast: bool | str, meta: dict, arrays: dict,
+              out: _GridFile | None) -> None:
+    """Compute the points not yet done, chunk by chunk, into ``arrays`` and the file.
+
+    Args:
+        job, opts: the grid and how it runs (``opts.fast`` is superseded by ``fast``, the
+            engine a resumed file recorded).
+        fast: the engine: True chooses one here, ``"affine"`` / False as given.
+        meta: the result's provenance; receives ``engine_choice``, ``engine`` and its reason.
+        arrays: ``loss`` / ``accuracy`` / ``done`` in memory (``[i, j]``), filled in place.
+        out: the open file (None: in memory only).
+    """
     token = uuid.uuid4().hex
     try:
         todo = np.flatnonzero(~arrays["done"].reshape(-1))
-        size = chunk_size or (shape[-1] if len(shape) > 1 else max(1, min(16, shape[0] // 4)))
-        grids = np.meshgrid(*coords, indexing="ij")
+        size = _chunk_size(job.shape, opts.chunk_size)
+        grids = np.meshgrid(*job.coords, indexing="ij")
         flat = np.stack([g.reshape(-1) for g in grids], axis=1)  # (N, k)
         if fast is True and len(todo):
-            # one engine for the whole run, chosen here (not per worker) and recorded first
-            fast = _fastpath.decide_engine(token, obj, center, directions, flat[todo[:4]])
-            meta["engine_choice"] = fast or "plain"
-            if f is not None:
-                store.write_attrs(f, {"engine_choice": meta["engine_choice"]})
-                f.flush()
-        executor = executor or InProcess()
+            fast = _choose_engine(job, token, flat[todo[:4]], meta, out)
+        executor = opts.executor or InProcess()
         if not isinstance(executor, InProcess):
             _fastpath.release(token)  # the driver's engine served the choice; workers build theirs
         chunks = (
-            _fastpath.Chunk(token, obj, center, directions, idx, flat[idx], fast)
+            _fastpath.Chunk(token, job.obj, job.center, job.directions, idx, flat[idx], fast)
             for idx in (todo[i:i + size] for i in range(0, len(todo), size))
         )
         n_chunks = (len(todo) + size - 1) // size
         results = executor.map(_fastpath.evaluate_chunk, chunks)
         engines = set()
-        shown = track(results, f"{kind} ({len(todo)} points)", total=n_chunks,
-                      disable=None if progress else True)
+        shown = track(results, f"{job.kind} ({len(todo)} points)", total=n_chunks,
+                      disable=None if opts.progress else True)
         for finished, (idx, loss, acc, mode) in enumerate(shown, start=1):
             engines.add(mode)
-            for name, vals in (("loss", loss), ("accuracy", acc)):
-                arrays[name].reshape(-1)[idx] = vals
-            arrays["done"].reshape(-1)[idx] = True
-            if f is not None:
-                lay, fa = held
-                at = lay.file_index(idx, shape)
-                fa["loss"][at] = loss
-                fa["accuracy"][at] = np.asarray(acc, dtype=float) * lay.acc_scale
-                fa["done"][at] = True
-                f[lay.loss_key][...] = fa["loss"]
-                f[lay.acc_key][...] = fa["accuracy"]
-                f["done"][...] = fa["done"]
-                f.flush()
-            if callback is not None:
-                callback(finished, n_chunks)
+            _keep(job, arrays, out, idx, loss, acc)
+            if opts.callback is not None:
+                opts.callback(finished, n_chunks)
         if engines:
-            meta["engine"] = sorted(engines)[0] if len(engines) == 1 else sorted(engines)
-            # in this process: why that engine, and its setup (copies, probes, race) apart
-            info = _fastpath.engine_info(token)
-            extra = {k: info[k] for k in ("engine_reason", "setup_seconds") if k in info}
-            meta.update(extra)
-            if f is not None:
-                store.write_attrs(f, {"engine": meta["engine"], **extra})
+            _record_engines(token, engines, meta, out)
     finally:
         _fastpath.release(token)
 
@@ -592,18 +716,33 @@ def curve(
     split: str = "train",
 ) -> Curve:
     """Loss and accuracy at θ + a·d for ``points`` values of a evenly spaced over ``span``
-    (Li et al. 2018, Sec. 3). ``center`` defaults to the objective's parameters. With ``path``
-    the result is written as it is computed and a rerun resumes. ``executor`` is any object
-    with ``map(fn, chunks)`` (default: in-process); ``callback(done, total)`` runs after each
-    chunk. ``split`` names the data the objective averages over ("train" or "test"): the
-    file's keys are ``{split}_loss`` / ``{split}_acc``. Returns a :class:`Curve`: ``x``
-    (points,), ``loss``, ``accuracy``."""
+    (Li et al. 2018, Sec. 3).
+
+    Args:
+        obj: the objective (model, data, loss, BN policy).
+        d: the direction, over ``obj.names``.
+        span, points: the grid ``a = linspace(*span, points)``.
+        center: θ (default: the objective's parameters).
+        path: an HDF5 file written as the points are computed; a rerun resumes.
+        chunk_size: points per chunk (default a quarter of the curve, 1 to 16).
+        executor: any object with ``map(fn, chunks)`` (default: in this process).
+        fast: the evaluation engine: True chooses, ``"affine"`` / False force one.
+        callback: ``callback(done, total)`` after each chunk.
+        progress: show a progress bar.
+        store_directions: write the direction into the file.
+        split: the data the objective averages over (``"train"`` or ``"test"``): the file's
+            keys are ``{split}_loss`` / ``{split}_acc``.
+
+    Returns:
+        A :class:`Curve`: ``x`` (points,), ``loss``, ``accuracy`` (a fraction), ``done``.
+    """
     center = _prepare_center(obj, center)
     d = _prepare_direction(obj, d, "d")
     _check_size([points], f"points={points!r}", path)
     x = _grid(span, points, "span")
-    return _run("curve", obj, center, [d], [x], {}, path, chunk_size, executor, fast,
-                callback, progress, store_directions, split)
+    return _run(GridJob("curve", obj, center, [d], [x], split=split),
+                GridOptions(path, chunk_size, executor, fast, callback, progress,
+                            store_directions))
 
 
 def surface(
@@ -630,11 +769,24 @@ def surface(
 ) -> Surface:
     """Loss and accuracy at θ + a·d₁ + b·d₂ on a grid (Li et al. 2018, Sec. 3 and 4).
 
-    ``x = linspace(*xspan, xres)``, ``y = linspace(*yspan, yres)`` (both default to ``span``
-    and ``resolution``); ``loss[i, j]`` is at ``(x[i], y[j])``. Warns when |cos(d₁, d₂)| >
-    0.1; ``orthogonalize=True`` replaces d₂ by its part orthogonal to d₁ (same norm). Written
-    to ``path`` row chunk by row chunk (``chunk_size`` points) and resumable; ``executor``,
-    ``callback``, ``split``: as in :func:`curve`."""
+    Warns when |cos(d₁, d₂)| > 0.1.
+
+    Args:
+        obj: the objective (model, data, loss, BN policy).
+        d1, d2: the directions of the x and y axes, over ``obj.names``.
+        span, resolution: both axes' range and number of points, unless given apart:
+        xspan, yspan, xres, yres: ``x = linspace(*xspan, xres)``, ``y = linspace(*yspan,
+            yres)``.
+        center: θ (default: the objective's parameters).
+        path: an HDF5 file written row chunk by row chunk as it is computed; a rerun resumes.
+        orthogonalize: replace d₂ by its part orthogonal to d₁ (same norm).
+        chunk_size: points per chunk (default a row, ``len(y)`` points).
+        executor, fast, callback, progress, store_directions, split: as in :func:`curve`.
+
+    Returns:
+        A :class:`Surface`: ``x`` (nx,), ``y`` (ny,), ``loss[i, j]`` and ``accuracy[i, j]``
+        at ``(x[i], y[j])``, ``done``; ``meta`` holds the cosine of d₁ and d₂.
+    """
     center = _prepare_center(obj, center)
     d1 = _prepare_direction(obj, d1, "d1")
     d2 = _prepare_direction(obj, d2, "d2")
@@ -644,8 +796,9 @@ def surface(
     x = _grid(xspan if xspan is not None else span, xres or resolution, "xspan")
     y = _grid(yspan if yspan is not None else span, yres or resolution, "yspan")
     extra = {"cosine": cos, "orthogonalized": bool(orthogonalize)}
-    return _run("surface", obj, center, [d1, d2], [x, y], extra, path, chunk_size, executor,
-                fast, callback, progress, store_directions, split)
+    return _run(GridJob("surface", obj, center, [d1, d2], [x, y], extra, split),
+                GridOptions(path, chunk_size, executor, fast, callback, progress,
+                            store_directions))
 
 
 def interpolate(
@@ -666,8 +819,18 @@ def interpolate(
 ) -> Interpolation:
     """Loss and accuracy at θ_a + t·(θ_b − θ_a) for t evenly spaced over ``span`` (t = 0 is
     ``a``, t = 1 is ``b``; spans beyond [0, 1] extrapolate). BN statistics follow the
-    objective's policy (``keep``: the objective model's buffers at every t). ``split``: as in
-    :func:`curve`."""
+    objective's policy (``keep``: the objective model's buffers at every t).
+
+    Args:
+        obj: the objective (model, data, loss, BN policy).
+        a, b: the two points, over ``obj.names``.
+        span, points: the grid ``t = linspace(*span, points)``.
+        path, chunk_size, executor, fast, callback, progress, store_directions, split: as in
+            :func:`curve`.
+
+    Returns:
+        An :class:`Interpolation`: ``x`` (points,) holds t; ``loss``, ``accuracy``, ``done``.
+    """
     from lossatlas.directions import between
 
     a = _prepare_direction(obj, a, "a")
@@ -675,6 +838,7 @@ def interpolate(
     d = between(a, b)
     _check_size([points], f"points={points!r}", path)
     t = _grid(span, points, "span")
-    return _run("interpolation", obj, a, [d], [t], {"a_hash": P.hash_point(a),
-                "b_hash": P.hash_point(b)}, path, chunk_size, executor, fast, callback,
-                progress, store_directions, split)
+    ends = {"a_hash": P.hash_point(a), "b_hash": P.hash_point(b)}
+    return _run(GridJob("interpolation", obj, a, [d], [t], ends, split),
+                GridOptions(path, chunk_size, executor, fast, callback, progress,
+                            store_directions))
