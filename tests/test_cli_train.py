@@ -1,4 +1,4 @@
-"""The `train` and `demo` commands and the shared CLI resolvers (cli/_common.py)."""
+"""The `train` and `demo` commands and the shared CLI resolvers (cli/resolve.py, cli/options.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,8 @@ from typer.testing import CliRunner
 import lossatlas.report.demo as demo_mod
 from lossatlas.batteries.training import load_run
 from lossatlas.cli import app
-from lossatlas.cli._common import (
-    load_checkpoint,
-    model_options,
-    parse_options,
-    resolve_data,
-    resolve_model,
-    setup,
-    slug,
-)
+from lossatlas.cli.options import model_options, parse_options, slug
+from lossatlas.cli.resolve import load_checkpoint, resolve_data, resolve_model, setup
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.params import of
 

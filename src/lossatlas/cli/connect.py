@@ -17,47 +17,40 @@ from typing import Annotated
 import typer
 
 from lossatlas.cli import app
-from lossatlas.cli._common import (
-    BatchSizeOpt,
-    DataArgOpt,
-    DataOpt,
-    DepthOpt,
-    DeviceOpt,
-    IndexOpt,
-    ModelArgOpt,
-    ModelOpt,
-    SeedOpt,
-    WidthOpt,
-    load_checkpoint,
-    model_options,
-    parse_options,
-    setup,
-)
+from lossatlas.cli.options import Evaluation, Source, shared_options
+from lossatlas.cli.resolve import load_checkpoint
+from lossatlas.core.errors import LossAtlasError
 
 WeightsArg = Annotated[Path, typer.Argument(help="Run folder or state-dict .pt file.")]
 
 
-def _pair(a, b, model, data, index, seed, width, depth, model_arg, data_arg, device):
-    opts = model_options(width, depth, model_arg)
-    net_a, train_set, _ = setup(model, data, checkpoint=a, index=index, seed=seed,
-                                model_opts=opts, data_opts=parse_options(data_arg, "--data-arg"),
-                                device=device)
+def _pair(a: Path, b: Path, src: Source):
+    """``(model_a, model_b, train)``: A's model (its run's recipe, if any) and data, and a
+    copy of it holding B's weights."""
     import copy
 
+    net_a, train_set, _ = src.load(checkpoint=a)
     net_b = copy.deepcopy(net_a)  # the same architecture (a's run recipe, if any), b's weights
-    load_checkpoint(net_b, b, index)
-    if device is not None:
-        net_b.to(device)
+    load_checkpoint(net_b, b, src.index)
+    if src.device is not None:
+        net_b.to(src.device)
     return net_a, net_b, train_set
 
 
+def _has_batchnorm(net) -> bool:
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return any(isinstance(m, _BatchNorm) for m in net.modules())
+
+
 @app.command()
+@shared_options(bn="recalibrate",
+                omit=("checkpoint", "batch_size", "split", "include", "exclude"))
 def connect(
+    *,
     a: WeightsArg,
     b: WeightsArg,
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
-    index: IndexOpt = None,
+    src: Source,
     bends: Annotated[int, typer.Option(help="Free bends (1: three control points, the paper's).")
                      ] = 1,
     epochs: Annotated[int, typer.Option(help="Curve training epochs (the paper: 50).")] = 50,
@@ -75,15 +68,12 @@ def connect(
     unaligned_curve: Annotated[bool, typer.Option(
         help="With --align, also train a curve between the unaligned ends (mc before).")
                                ] = True,
-    seed: SeedOpt = 0,
-    batch_size: BatchSizeOpt = 128,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", help="Batch size of the curve's training (its evaluation "
+        "averages over batches of 512).")] = 128,
+    ev: Evaluation,
     out: Annotated[Path, typer.Option("--out", "-o", help="Result file (.h5); figure next to it.")
                    ] = Path("connect.h5"),
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
 ) -> None:
     """Train a Bezier curve between two models and report their mode connectivity.
 
@@ -91,81 +81,66 @@ def connect(
     ≈ 0 well connected, > 0 the ends are not minima. The straight line is the baseline. Writes
     the curve (control points included) to --out and its figure to OUT.png. With --align, B is
     first permuted to match A (same function) and the line and curve before alignment are
-    reported beside the ones after.
+    reported beside the ones after. BatchNorm statistics are recomputed at every t (Yang et
+    al. 2021); --bn keep is refused for a model with BatchNorm, as train_curve always
+    recomputes them.
     """
     import lossatlas as la
     from lossatlas.plot import connect as plot
+    from lossatlas.report.text import connect_lines
 
     la.store.check_output(out, "--out", resumable=False)
-    net_a, net_b, train_set = _pair(a, b, model, data, index, seed, width, depth, model_arg,
-                                    data_arg, device)
-    obj = la.Objective(net_a, train_set, batch_size=512)
+    net_a, net_b, train_set = _pair(a, b, src)
+    if ev.bn == "keep" and _has_batchnorm(net_a):
+        raise LossAtlasError("--bn keep: connect recomputes BatchNorm statistics at every t of "
+                             "the curve (Yang et al. 2021); drop --bn or pass --bn recalibrate")
+    obj = ev.objective(net_a, train_set, batch_size=512)
     res = la.connect.train_curve(obj, net_a, net_b, bends=bends, epochs=epochs, lr=lr,
                                  weight_decay=weight_decay, batch_size=batch_size,
-                                 points=points, metric=metric, seed=seed, align=align,
+                                 points=points, metric=metric, seed=src.seed, align=align,
                                  unaligned_curve=unaligned_curve)
     res.save(out)
     prof = la.connect.dense_profile(obj, res, dense) if dense >= 2 else None
     fig = out.with_suffix(".png")
     plot.error_and_loss(res, dense=prof, path=fig)
-    unit = "%" if metric == "error" else ""
-    typer.echo(f"mc = {res.mc:+.3f}{unit} at t* = {res.t_star:.2f}   (straight line: "
-               f"{res.linear_mc:+.3f}{unit} at t* = {res.linear_t_star:.2f})")
-    typer.echo("t      " + " ".join(f"{t:8.2f}" for t in res.t))
-    typer.echo("curve  " + " ".join(f"{v:8.3f}" for v in res.values))
-    typer.echo("line   " + " ".join(f"{v:8.3f}" for v in res.linear))
-    if res.align:
-        before = res.unaligned_linear_error if metric == "error" else res.unaligned_linear_loss
-        typer.echo("line, unaligned " + " ".join(f"{v:8.3f}" for v in before))
-        typer.echo(f"aligned by {res.align}: line barrier {res.unaligned_linear_barrier:.3f}{unit}"
-                   f" -> {res.linear_barrier:.3f}{unit}; line mc {res.unaligned_linear_mc:+.3f}"
-                   f"{unit} -> {res.linear_mc:+.3f}{unit}; curve mc "
-                   + (f"{res.unaligned_mc:+.3f}{unit}" if unaligned_curve else "(not trained)")
-                   + f" -> {res.mc:+.3f}{unit}")
+    for line in connect_lines(res, metric, unaligned_curve):
+        typer.echo(line)
     typer.echo(f"wrote {out} and {fig}")
 
 
 @app.command()
+@shared_options(omit=("checkpoint",))
 def cka(
+    *,
     a: WeightsArg,
     b: WeightsArg,
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
-    index: IndexOpt = None,
+    src: Source,
     samples: Annotated[int, typer.Option(help="Mixup samples m (the paper: 640).")] = 640,
     alpha: Annotated[float, typer.Option(help="λ ~ Beta(alpha, alpha) (the paper: 16).")] = 16.0,
     noise: Annotated[float | None, typer.Option(
         help="Use inputs + U(-noise, noise) instead of mixup (App. A.4.1).")] = None,
     layers: Annotated[list[str] | None, typer.Option(
         "--layers", "-l", help="Submodule name for layer-wise CKA (repeatable).")] = None,
-    seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Figure of the layer-wise CKA (.png).")] = None,
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
 ) -> None:
     """Linear CKA of two models' softmax outputs on mixup samples of the training inputs
     (Yang et al. Eq. 3), the ℓ2 distance of their parameters, and with --layers the CKA of
     those submodules' outputs."""
     import lossatlas as la
+    from lossatlas.report.text import cka_lines
 
-    net_a, net_b, train_set = _pair(a, b, model, data, index, seed, width, depth, model_arg,
-                                    data_arg, device)
-    kw = dict(m=samples, alpha=alpha, seed=seed, noise=noise)
+    net_a, net_b, train_set = _pair(a, b, src)
+    kw = dict(m=samples, alpha=alpha, seed=src.seed, noise=noise)
     value = la.similarity.model_cka(net_a, net_b, train_set, **kw)
-    how = f"inputs + U(±{noise})" if noise is not None else f"mixup Beta({alpha:g},{alpha:g})"
-    typer.echo(f"CKA (softmax outputs, {samples} samples, {how}) = {value:.4f}")
-    typer.echo(f"l2 distance = {la.similarity.l2_distance(net_a, net_b):.4f}")
-    if layers:
-        per = la.similarity.model_cka(net_a, net_b, train_set, layers=layers, **kw)
-        for name, v in per.items():
-            typer.echo(f"  {name or '(model)':<20} {v:.4f}")
-        if out is not None:
-            from lossatlas.plot import connect as plot
+    distance = la.similarity.l2_distance(net_a, net_b)
+    per = la.similarity.model_cka(net_a, net_b, train_set, layers=layers, **kw) if layers \
+        else None
+    for line in cka_lines(value, distance, samples, alpha, noise, per):
+        typer.echo(line)
+    if per and out is not None:
+        from lossatlas.plot import connect as plot
 
-            plot.cka_layers(per, path=out)
-            typer.echo(f"wrote {out}")
+        plot.cka_layers(per, path=out)
+        typer.echo(f"wrote {out}")
 

@@ -13,37 +13,16 @@ from typing import Annotated
 import typer
 
 from lossatlas.cli import app
-from lossatlas.cli._common import (
-    BatchSizeOpt,
-    CheckpointOpt,
-    DataArgOpt,
-    DataOpt,
-    DepthOpt,
-    DeviceOpt,
-    IndexOpt,
-    ModelArgOpt,
-    ModelOpt,
-    SeedOpt,
-    WidthOpt,
-    model_options,
-    parse_options,
-    setup,
-)
+from lossatlas.cli.options import Evaluation, Source, shared_options
 
-
-def _objective(model, data, checkpoint, index, seed, width, depth, model_arg, data_arg, device,
-               batch_size):
-    import lossatlas as la
-
-    net, train_set, _ = setup(
-        model, data, checkpoint=checkpoint, index=index, seed=seed,
-        model_opts=model_options(width, depth, model_arg),
-        data_opts=parse_options(data_arg, "--data-arg"), device=device)
-    return la.Objective(net, train_set, batch_size=batch_size)
+#: sharpness and blocks average the training loss, BN statistics as in the checkpoint.
+_TRAIN_LOSS = ("bn", "split", "include", "exclude")
 
 
 @app.command()
+@shared_options(omit=_TRAIN_LOSS)
 def sharpness(
+    *,
     rho: Annotated[float, typer.Option(help="Radius of the perturbation ball.")],
     kind: Annotated[str, typer.Option(help="worst or average.")] = "worst",
     norm: Annotated[str, typer.Option(help="l2 or linf.")] = "l2",
@@ -57,54 +36,37 @@ def sharpness(
     method: Annotated[str, typer.Option(help="ascent or apgd (the authors').")] = "ascent",
     samples: Annotated[int, typer.Option(help="Monte Carlo draws (average case).")] = 100,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Result file (.h5).")] = None,
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
-    checkpoint: CheckpointOpt = None,
-    index: IndexOpt = None,
-    batch_size: BatchSizeOpt = 1024,
-    seed: SeedOpt = 0,
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
+    src: Source,
+    ev: Evaluation,
 ) -> None:
     """Worst- or average-case (adaptive) sharpness of the training loss at a checkpoint
     (Andriushchenko et al. 2023), e.g.
     `lossatlas sharpness --checkpoint runs/mlp-digits-seed0 --rho 0.5 --norm l2`."""
     import lossatlas as la
+    from lossatlas.report.text import sharpness_line
 
-    obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg, data_arg,
-                     device, batch_size)
+    seed = src.seed
+    obj = ev.objective(*src.load())
     if kind == "worst":
         res = la.sharpness.worst_case(obj, rho, adaptive=adaptive, norm=norm, m=m, steps=steps,
                                       restarts=restarts, method=method, seed=seed)
     else:
         res = la.sharpness.sharpness(obj, rho, kind, adaptive=adaptive, norm=norm,
                                      samples=samples, seed=seed)
-    what = f"{'adaptive ' if adaptive else ''}{kind}-case {norm} sharpness, rho {rho:g}"
-    typer.echo(f"{what}: {res.value:.6g} ± {res.error:.2g} (base loss {res.base_loss:.6g}; "
-               f"{res.gradients} gradients, {res.forwards} forward passes, {res.seconds:.1f} s)")
+    typer.echo(sharpness_line(res, rho, kind, norm, adaptive))
     if out is not None:
         typer.echo(f"wrote {res.save(out)}")
 
 
 @app.command()
+@shared_options(omit=_TRAIN_LOSS)
 def blocks(
+    *,
     steps: Annotated[int, typer.Option(help="Lanczos steps of each block's density.")] = 40,
     out: Annotated[Path, typer.Option("--out", "-o", help="Result file (.h5).")] = Path(
         "blocks.h5"),
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
-    checkpoint: CheckpointOpt = None,
-    index: IndexOpt = None,
-    batch_size: BatchSizeOpt = 1024,
-    seed: SeedOpt = 0,
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
+    src: Source,
+    ev: Evaluation,
 ) -> None:
     """Block-wise Hessian spectra (Zhang et al. 2024): each layer's SLQ density and λ_max,
     grouped by block type, with the Jensen–Shannon distances between blocks; writes OUT and
@@ -112,12 +74,11 @@ def blocks(
     import lossatlas as la
     from lossatlas.plot.blocks import block_densities
 
-    obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg, data_arg,
-                     device, batch_size)
-    res = la.hessian.block_spectra(obj, steps=steps, seed=seed)
+    obj = ev.objective(*src.load())
+    res = la.hessian.block_spectra(obj, steps=steps, seed=src.seed)
     typer.echo(res.table())
     typer.echo(f"{res.matvecs} Hessian-vector products, {res.seconds:.1f} s")
     fig = out.with_name(f"{out.stem}-blocks.png")
-    block_densities(res, fig, title=f"{model} on {data}: block-wise Hessian spectra")
+    block_densities(res, fig, title=f"{src.model} on {src.data}: block-wise Hessian spectra")
     typer.echo(f"wrote {res.save(out)}")
     typer.echo(f"wrote {fig}")

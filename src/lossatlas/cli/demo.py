@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lossatlas.cli import app
-from lossatlas.cli._common import SeedOpt
+from lossatlas.cli.options import SeedOpt
 
 
 @app.command()

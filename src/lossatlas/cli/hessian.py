@@ -16,47 +16,16 @@ from typing import Annotated
 import typer
 
 from lossatlas.cli import app
-from lossatlas.cli._common import (
-    BatchSizeOpt,
-    CheckpointOpt,
-    DataArgOpt,
-    DataOpt,
-    DepthOpt,
-    DeviceOpt,
-    IndexOpt,
-    ModelArgOpt,
-    ModelOpt,
-    SeedOpt,
-    WidthOpt,
-    model_options,
-    parse_options,
-    setup,
-)
+from lossatlas.cli.options import Evaluation, Source, shared_options
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.store.results import check_output
 
 
-def _figures(summary, out: Path) -> list[Path]:
-    from lossatlas.plot import hessian as ph
-
-    written = []
-    spec = summary.spectrum()
-    if len(summary.values):
-        written.append(out.with_name(f"{out.stem}-eigenvalues.png"))
-        ph.plot_eigenvalues(spec, written[-1])
-    dens = summary.as_density()
-    if dens is not None:
-        written.append(out.with_name(f"{out.stem}-density.png"))
-        ph.plot_density(dens, written[-1], spec=spec if len(summary.values) else None)
-    return written
-
-
 @app.command()
+@shared_options(omit=("include", "exclude"))
 def hessian(
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
-    checkpoint: CheckpointOpt = None,
-    index: IndexOpt = None,
+    *,
+    src: Source,
     top: Annotated[int, typer.Option(help="Largest eigenpairs to compute (P.E.).")] = 5,
     bottom: Annotated[int, typer.Option(help="Smallest eigenpairs to compute (N.E.).")] = 5,
     trace: Annotated[bool, typer.Option("--trace/--no-trace", help="Estimate tr H.")] = False,
@@ -71,25 +40,17 @@ def hessian(
     tol: Annotated[float, typer.Option(help="Relative residual ‖Hv−λv‖ ≤ tol·|λ|.")] = 1e-3,
     products: Annotated[int, typer.Option(help="Products for the trace estimate.")] = 100,
     steps: Annotated[int, typer.Option(help="Lanczos steps for the density.")] = 100,
-    split: Annotated[str, typer.Option(help="Data split: train or test.")] = "train",
-    batch_size: BatchSizeOpt = 1024,
+    ev: Evaluation,
     out: Annotated[Path, typer.Option("--out", "-o", help="Result file (.h5).")] = Path(
         "hessian.h5"),
-    seed: SeedOpt = 0,
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
     nproc: Annotated[int, typer.Option(
         "--nproc", help="Processes to split the data over (torch.distributed: gloo on "
         "127.0.0.1, NCCL with --device cuda); the numbers equal the one-process run.")] = 1,
 ) -> None:
-    """Hessian spectrum of the full-data mean loss at a checkpoint (BN in eval mode)."""
+    """Hessian spectrum of the full-data mean loss at a checkpoint (BN in eval mode, with the
+    checkpoint's statistics or, with --bn recalibrate, statistics recomputed at it)."""
     from lossatlas.core import distributed
 
-    if split not in ("train", "test"):
-        raise LossAtlasError(f"--split {split!r} is unknown; use train or test")
     if top < 0 or bottom < 0:
         raise LossAtlasError("--top and --bottom must be >= 0")
     if top == bottom == 0 and not trace and not density and not delta:
@@ -103,7 +64,7 @@ def hessian(
     if nproc == 1:
         lines = _compute(opts)
     else:
-        backend = "nccl" if device is not None and device.startswith("cuda") else "gloo"
+        backend = "nccl" if src.device is not None and src.device.startswith("cuda") else "gloo"
         lines = distributed.launch(_compute, nproc, opts, backend=backend)
     for line in lines:
         typer.echo(line)
@@ -114,40 +75,30 @@ def _compute(o: dict) -> list[str]:
     computes, rank 0 writes the files and returns the lines to print)."""
     import lossatlas as la
     from lossatlas.core.distributed import is_main
+    from lossatlas.plot.hessian import plot_delta, summary_figures
+    from lossatlas.report.text import delta_lines, hessian_lines
 
-    net, train_set, test_set = setup(
-        o["model"], o["data"], checkpoint=o["checkpoint"], index=o["index"], seed=o["seed"],
-        model_opts=model_options(o["width"], o["depth"], o["model_arg"]),
-        data_opts=parse_options(o["data_arg"], "--data-arg"), device=o["device"])
-    obj = la.Objective(net, train_set if o["split"] == "train" else test_set,
-                       batch_size=o["batch_size"], distributed=o["nproc"] > 1)
+    src, ev = o["src"], o["ev"]
+    net, train_set, test_set = src.load()
+    obj = ev.objective(net, train_set, test_set, distributed=o["nproc"] > 1)
     main, out, block = is_main(), Path(o["out"]), o["block"] or None
     top, bottom, trace, density = o["top"], o["bottom"], o["trace"], o["density"]
     lines, written = [], []
     if o["delta"]:
-        dist = la.hessian.delta_distribution(obj, samples=o["samples"], seed=o["seed"],
+        dist = la.hessian.delta_distribution(obj, samples=o["samples"], seed=src.seed,
                                              params=block)
         if main:
             written += [dist.save(out.with_name(f"{out.stem}-delta.h5")),
                         out.with_name(f"{out.stem}-delta.png")]
-            la.plot.hessian.plot_delta(dist, written[-1])
-        for lam, p, t in zip(dist.lambdas, dist.predicted, dist.true):
-            lines.append(f"λ = {lam:g}: mean δL {p.mean():.3g} (second order), "
-                         f"{t.mean():.3g} (true); positive {100 * (t > 0).mean():.0f} %")
+            plot_delta(dist, written[-1])
+        lines += delta_lines(dist)
         if top == bottom == 0 and not trace and not density:
             return lines + [f"wrote {p}" for p in written]
     summary = la.hessian.summarize(obj, top, bottom, trace, density, params=block,
                                    tol=o["tol"], products=o["products"], steps=o["steps"],
-                                   seed=o["seed"])
-    for name, v, r in zip(summary.names, summary.values, summary.residuals):
-        lines.append(f"{name:>7} λ = {v: .6g}   ‖Hv−λv‖ = {r:.2g}")
-    if trace:
-        lines.append(f"trace = {summary.trace:.6g} ± {summary.trace_error:.2g}")
-    procs = f" on {o['nproc']} processes" if o["nproc"] > 1 else ""
-    lines.append(f"{summary.matvecs} Hessian-vector products over {len(summary.params)} "
-                 f"tensors{procs}")
+                                   seed=src.seed)
+    lines += hessian_lines(summary, trace, o["nproc"])
     if main:
         path = summary.save(out)
-        lines += [f"wrote {p}" for p in [path, *_figures(summary, out), *written]]
+        lines += [f"wrote {p}" for p in [path, *summary_figures(summary, out), *written]]
     return lines
-

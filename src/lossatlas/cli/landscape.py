@@ -13,55 +13,27 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from lossatlas.cli import app
-from lossatlas.cli._common import (
-    BatchSizeOpt,
-    CheckpointOpt,
-    DataArgOpt,
-    DataOpt,
-    DepthOpt,
-    DeviceOpt,
-    ExcludeOpt,
-    IncludeOpt,
-    IndexOpt,
-    ModelArgOpt,
-    ModelOpt,
+from lossatlas.cli.interrupt import on_interrupt
+from lossatlas.cli.options import (
+    Evaluation,
+    OutFileOpt,
     PartialOpt,
-    SeedOpt,
-    WidthOpt,
+    Source,
     completeness,
-    model_options,
-    on_interrupt,
-    parse_options,
-    setup,
+    shared_options,
 )
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.report.text import landscape_line
 
 SpanOpt = Annotated[tuple[float, float], typer.Option(help="Coefficient range LOW HIGH.")]
-BnOpt = Annotated[str, typer.Option(help="BatchNorm statistics: keep or recalibrate.")]
-SplitOpt = Annotated[str, typer.Option(help="Data split the loss is averaged over: train, test.")]
-OutFileOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Result file (.h5).")]
 PlotKinds = ("contour", "contourf", "heatmap", "surface3d", "html", "vtp")
-
-
-def _objective(model, data, checkpoint, index, seed, width, depth, model_arg, data_arg, device,
-               batch_size, bn, split, include=None, exclude=None):
-    import lossatlas as la
-
-    if split not in ("train", "test"):
-        raise LossAtlasError(f"--split {split!r} is unknown; use train or test")
-    net, train_set, test_set = setup(
-        model, data, checkpoint=checkpoint, index=index, seed=seed,
-        model_opts=model_options(width, depth, model_arg),
-        data_opts=parse_options(data_arg, "--data-arg"), device=device)
-    obj = la.Objective(net, train_set if split == "train" else test_set,
-                       batch_size=batch_size, bn=bn, include=include, exclude=exclude)
-    return net, obj
 
 
 def _check_out(out: Path, counts: list[int], what: str, resumable: bool = True) -> Path:
@@ -120,48 +92,32 @@ def _figures(result, out: Path, kinds: list[str], log: bool = False) -> list[Pat
 
 
 def _report(result, path: Path, figures: list[Path]) -> None:
-    import numpy as np
-
-    loss = np.asarray(result.loss)
-    cos = result.meta.get("cosine")
-    axes = "" if cos is None else (f", cos(d1, d2) = {cos:.3f}"
-                                   + (" before orthogonalizing" if result.meta.get(
-                                       "orthogonalized") else ""))
-    typer.echo(f"{result.kind}: {int(np.sum(result.done))}/{result.done.size} points, loss "
-               f"{np.nanmin(loss):.4g} .. {np.nanmax(loss):.4g} (engine "
-               f"{result.meta.get('engine', '-')}{axes}) -> {path}")
+    typer.echo(landscape_line(result, path))
     for f in figures:
         typer.echo(f"  figure: {f}")
 
 
+DirectionSpecs = Annotated[list[str] | None, typer.Option(
+    "--direction", "-D",
+    help="Direction spec (gaussian[:NORM][:seed=S], gradient, checkpoint:PATH, "
+    "independent:PATH, eigen:SA, eigen:LA:2, mined:FILE); repeat it for overlaid curves "
+    "with their stationary-point counts. Default gaussian:filter:seed=0.")]
+LogOpt = Annotated[bool, typer.Option(help="Log-scale loss axis in the figure.")]
+
+
 @app.command()
+@shared_options()
 def curve(
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
-    checkpoint: CheckpointOpt = None,
-    index: IndexOpt = None,
-    direction: Annotated[list[str] | None, typer.Option(
-        "--direction", "-D",
-        help="Direction spec (gaussian[:NORM][:seed=S], gradient, checkpoint:PATH, "
-        "independent:PATH, eigen:SA, eigen:LA:2, mined:FILE); repeat it for overlaid curves "
-        "with their stationary-point counts. Default gaussian:filter:seed=0.")] = None,
+    *,
+    src: Source,
+    direction: DirectionSpecs = None,
     span: Annotated[tuple[float, float] | None, typer.Option(
         help="Coefficient range LOW HIGH (default: the direction's own, -1 1 for most, "
         "-1 2 for independent).")] = None,
     points: Annotated[int, typer.Option(help="Points along the curve.")] = 41,
-    bn: BnOpt = "keep",
-    split: SplitOpt = "train",
-    batch_size: BatchSizeOpt = 1024,
-    log: Annotated[bool, typer.Option(help="Log-scale loss axis in the figure.")] = False,
+    ev: Evaluation,
+    log: LogOpt = False,
     out: OutFileOpt = None,
-    seed: SeedOpt = 0,
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
 ) -> None:
     """1D curve L(θ + a·d) along one direction, to OUT (.h5) and OUT.png; with several
     --direction, overlaid curves to OUT.png and OUT-0.h5, OUT-1.h5, ..."""
@@ -170,56 +126,125 @@ def curve(
 
     out = Path(out or "curve.h5")
     specs = direction or ["gaussian:filter:seed=0"]
-    _check_out(out, [points], f"--points {points}", resumable=len(specs) == 1)
-    net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
-                          data_arg, device, batch_size, bn, split, include, exclude)
     if len(specs) > 1:
-        from lossatlas.cli.shapes import overlay_curves
-
-        overlay_curves(obj, net, specs, span, points, out, title=f"{model} on {data}",
-                       split=split)
+        _overlay(src, ev, specs, span, points, out)
         return
+    _check_out(out, [points], f"--points {points}")
+    net, train, test = src.load()
+    obj = ev.objective(net, train, test)
     d = parse_direction(specs[0], obj, model=net)
     span = span or tuple(d.meta.get("span", (-1.0, 1.0)))
-    res = la.curve(obj, d, span=span, points=points, path=out, split=split)
+    res = la.curve(obj, d, span=span, points=points, path=out, split=ev.split)
     _report(res, out, _figures(res, out, [], log=log))
 
 
+@app.command(hidden=True)
+@shared_options(batch_size=512, omit=("bn", "split", "include", "exclude"))
+def curves(
+    *,
+    direction: Annotated[list[str], typer.Option(
+        "--direction", "-D", help="Direction spec, repeatable (see `lossatlas curve`).")],
+    src: Source,
+    span: Annotated[str | None, typer.Option(
+        help="λ range LO,HI (default: each direction's own, e.g. -1,2 for independent).")] = None,
+    points: Annotated[int, typer.Option(help="Points per curve (the paper: 41).")] = 41,
+    ev: Evaluation,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Figure (.png).")] = Path("curves.png"),
+) -> None:
+    """The former spelling of `lossatlas curve -D A -D B ...` (overlaid curves), kept for old
+    scripts: --span LO,HI, the figure is --out itself."""
+    fixed = None
+    if span is not None:
+        try:
+            lo, hi = (float(v) for v in span.split(","))
+        except ValueError:
+            raise LossAtlasError(f"--span {span!r} is not LO,HI; write e.g. --span=-1,2") from None
+        fixed = (lo, hi)
+    _overlay(src, ev, direction, fixed, points, out)
+
+
+def _overlay(src: Source, ev: Evaluation, specs: list[str], span, points: int,
+             out: Path) -> None:
+    """Overlaid curves: OUT.png and OUT-0.h5, OUT-1.h5, ... (`curve` with several -D)."""
+    from lossatlas.cli.shapes import overlay_curves
+
+    _check_out(out, [points], f"--points {points}", resumable=False)
+    net, train, test = src.load()
+    obj = ev.objective(net, train, test)
+    overlay_curves(obj, net, specs, span, points, out, title=f"{src.model} on {src.data}",
+                   split=ev.split)
+
+
+def _plot_kinds(kinds: list[str] | None, option: str, default: list[str],
+                extra: str = "") -> list[str]:
+    """The figure kinds asked for with ``option`` (``--plot`` / ``--kind``); ``all`` is every
+    kind where ``extra`` says so."""
+    kinds = list(kinds) if kinds else list(default)
+    if extra and "all" in kinds:
+        kinds = list(PlotKinds)
+    bad = [k for k in kinds if k not in PlotKinds]
+    if bad:
+        raise LossAtlasError(f"{option} {bad[0]!r} is unknown; use {', '.join(PlotKinds)}{extra}")
+    return kinds
+
+
+ResolutionOpt = Annotated[int, typer.Option(help="Points per axis.")]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The grid of a surface: a span and a resolution, or each axis its own. Each axis needs
+    at least 2 points (its figures do)."""
+
+    span: SpanOpt = (-1.0, 1.0)
+    resolution: ResolutionOpt = 51
+    xspan: Annotated[tuple[float, float] | None, typer.Option(
+        help="x range (default span).")] = None
+    yspan: Annotated[tuple[float, float] | None, typer.Option(
+        help="y range (default span).")] = None
+    xres: Annotated[int | None, typer.Option(help="Points along x.")] = None
+    yres: Annotated[int | None, typer.Option(help="Points along y.")] = None
+
+    def __post_init__(self) -> None:
+        for name, n in self.counts().items():
+            if n < 2:
+                arg = "--resolution" if self.xres is None and self.yres is None else name
+                raise LossAtlasError(f"{arg} {n} gives {n} point along an axis, and a surface's "
+                                     f"figures need at least 2; pass {arg} 2 or more (e.g. 51)")
+
+    def counts(self) -> dict[str, int]:
+        """Points per axis: ``{"--xres": nx, "--yres": ny}``."""
+        return {"--xres": self.xres or self.resolution, "--yres": self.yres or self.resolution}
+
+    def described(self) -> str:
+        """The options that set the grid, as typed (``--resolution 51``)."""
+        if self.xres is None and self.yres is None:
+            return f"--resolution {self.resolution}"
+        return " ".join(f"{k} {v}" for k, v in self.counts().items())
+
+    def spans(self) -> dict:
+        """The keyword arguments of ``la.surface`` that set the grid."""
+        return {"span": self.span, "resolution": self.resolution, "xspan": self.xspan,
+                "yspan": self.yspan, "xres": self.xres, "yres": self.yres}
+
+
 @app.command()
+@shared_options()
 def surface(
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
-    checkpoint: CheckpointOpt = None,
-    index: IndexOpt = None,
+    *,
+    src: Source,
     x_direction: Annotated[str, typer.Option(help="Direction spec of the x axis.")
                            ] = "gaussian:filter:seed=0",
     y_direction: Annotated[str, typer.Option(help="Direction spec of the y axis.")
                            ] = "gaussian:filter:seed=1",
-    span: SpanOpt = (-1.0, 1.0),
-    resolution: Annotated[int, typer.Option(help="Points per axis.")] = 51,
-    xspan: Annotated[tuple[float, float] | None, typer.Option(help="x range (default span).")
-                     ] = None,
-    yspan: Annotated[tuple[float, float] | None, typer.Option(help="y range (default span).")
-                     ] = None,
-    xres: Annotated[int | None, typer.Option(help="Points along x.")] = None,
-    yres: Annotated[int | None, typer.Option(help="Points along y.")] = None,
+    grid: Grid,
     orthogonalize: Annotated[bool, typer.Option(
         help="Use the part of the y direction orthogonal to the x direction.")] = False,
-    bn: BnOpt = "keep",
-    split: SplitOpt = "train",
-    batch_size: BatchSizeOpt = 1024,
+    ev: Evaluation,
     plot: Annotated[list[str] | None, typer.Option(
         help=f"Figures to write (repeatable): {', '.join(PlotKinds)}.")] = None,
     log: Annotated[bool, typer.Option(help="Plot log10 of the loss.")] = False,
     out: OutFileOpt = None,
-    seed: SeedOpt = 0,
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
     ray: Annotated[str | None, typer.Option(
         "--ray", help="Send the grid's chunks to Ray: auto, ADDRESS or local (only this "
         "process writes the file).")] = None,
@@ -230,30 +255,30 @@ def surface(
     """2D surface L(θ + a·d₁ + b·d₂) on a grid, written as computed to OUT (.h5); rerun the
     same command to resume. Figures: OUT-contour.png and OUT-3d.html by default (the 3D view
 is OUT-3d.png / OUT-3d.html, whichever --plot asks for)."""
-    import lossatlas as la
     from lossatlas.directions import parse_directions
 
-    kinds = list(plot) if plot else ["contour", "html"]
-    bad = [k for k in kinds if k not in PlotKinds]
-    if bad:
-        raise LossAtlasError(f"--plot {bad[0]!r} is unknown; use {', '.join(PlotKinds)}")
+    kinds = _plot_kinds(plot, "--plot", ["contour", "html"])
     if workers < 1:
         raise LossAtlasError(f"--workers {workers} must be at least 1; pass --workers 2.")
-    counts = {"--xres": xres or resolution, "--yres": yres or resolution}
-    what = (f"--resolution {resolution}" if xres is None and yres is None else
-            " ".join(f"{k} {v}" for k, v in counts.items()))
-    for name, n in counts.items():
-        if n < 2:
-            arg = "--resolution" if xres is None and yres is None else name
-            raise LossAtlasError(f"{arg} {n} gives {n} point along an axis, and a surface's "
-                                 f"figures need at least 2; pass {arg} 2 or more (e.g. 51)")
-    out = _check_out(Path(out or "surface.h5"), list(counts.values()), what)
-    net, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
-                          data_arg, device, batch_size, bn, split, include, exclude)
-    if checkpoint is None:  # on stdout, once the inputs are known to be good (stderr: errors)
-        typer.secho(f"warning: no --checkpoint: this maps a random initialization of {model} "
-                    f"(seed {seed}); pass -c RUN_FOLDER for trained weights", fg="yellow")
-    d1, d2 = parse_directions([x_direction, y_direction], obj, model=net)
+    out = _check_out(Path(out or "surface.h5"), list(grid.counts().values()), grid.described())
+    net, train, test = src.load()
+    obj = ev.objective(net, train, test)
+    if src.checkpoint is None:  # on stdout, once the inputs are known to be good (stderr: errors)
+        typer.secho(f"warning: no --checkpoint: this maps a random initialization of "
+                    f"{src.model} (seed {src.seed}); pass -c RUN_FOLDER for trained weights",
+                    fg="yellow")
+    d1, d2 = parse_directions([x_direction, y_direction], obj, model=net,
+                              options=["--x-direction", "--y-direction"])
+    res = _compute_surface(obj, d1, d2, grid, orthogonalize, out, ev.split, ray, workers)
+    _report(res, out, _figures(res, out, kinds, log=log))
+
+
+def _compute_surface(obj, d1, d2, grid: Grid, orthogonalize: bool, out: Path, split: str,
+                     ray: str | None, workers: int):
+    """``la.surface`` into ``out``, on Ray or local workers when asked; its warnings are
+    printed after it, one line each."""
+    import lossatlas as la
+
     with contextlib.ExitStack() as stack:
         executor = None
         if ray or workers > 1:
@@ -262,39 +287,30 @@ is OUT-3d.png / OUT-3d.html, whichever --plot asks for)."""
             executor = stack.enter_context(make_executor(ray=ray, workers=workers))
         caught = stack.enter_context(warnings.catch_warnings(record=True))
         warnings.simplefilter("always")
-        res = la.surface(obj, d1, d2, span=span, resolution=resolution, xspan=xspan,
-                         yspan=yspan, xres=xres, yres=yres, orthogonalize=orthogonalize,
-                         path=out, executor=executor, split=split)
+        res = la.surface(obj, d1, d2, **grid.spans(), orthogonalize=orthogonalize, path=out,
+                         executor=executor, split=split)
     for w in caught:
         typer.secho(f"warning: {w.message}", err=True, fg="yellow")
-    _report(res, out, _figures(res, out, kinds, log=log))
+    return res
 
 
 @app.command()
+@shared_options(omit=("checkpoint", "index"))
 def interpolate(
+    *,
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c",
                                              help="Weights a (t = 0): .pt file or run folder.")],
     to: Annotated[Path, typer.Option(help="Weights b (t = 1): .pt file or run folder.")],
-    index: IndexOpt = None,
+    index: Annotated[int | None, typer.Option(
+        "--index", "-k", help="Checkpoint index in a run folder (default: the last).")] = None,
     to_index: Annotated[int | None, typer.Option(help="Checkpoint index in --to's run.")
                         ] = None,
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
+    src: Source,
     span: SpanOpt = (-0.5, 1.5),
     points: Annotated[int, typer.Option(help="Points along the line.")] = 41,
-    bn: BnOpt = "keep",
-    split: SplitOpt = "train",
-    batch_size: BatchSizeOpt = 1024,
-    log: Annotated[bool, typer.Option(help="Log-scale loss axis in the figure.")] = False,
+    ev: Evaluation,
+    log: LogOpt = False,
     out: OutFileOpt = None,
-    seed: SeedOpt = 0,
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
 ) -> None:
     """Linear interpolation L(θ_a + t(θ_b − θ_a)) between two sets of weights (BN statistics
     of a, or recalibrated with --bn recalibrate)."""
@@ -302,10 +318,10 @@ def interpolate(
     from lossatlas.directions import load_point
 
     out = _check_out(Path(out or "interpolation.h5"), [points], f"--points {points}")
-    _, obj = _objective(model, data, checkpoint, index, seed, width, depth, model_arg,
-                        data_arg, device, batch_size, bn, split, include, exclude)
+    net, train, test = src.load(checkpoint=checkpoint, index=index)
+    obj = ev.objective(net, train, test)
     b = load_point(to, obj.names, to_index)
-    res = la.interpolate(obj, obj.center, b, span=span, points=points, path=out, split=split)
+    res = la.interpolate(obj, obj.center, b, span=span, points=points, path=out, split=ev.split)
     _report(res, out, _figures(res, out, [], log=log))
 
 
@@ -352,12 +368,8 @@ def plot_cmd(
             f"FILE {str(file)!r} holds a {len(res.x)} x {len(res.y)} surface and its figures "
             "need at least 2 points per axis; recompute it with --resolution 2 or more"
         )
-    kinds = list(kind) if kind else ["contour", "contourf", "heatmap", "surface3d", "html"]
-    if "all" in kinds:
-        kinds = list(PlotKinds)
-    bad = [k for k in kinds if k not in PlotKinds]
-    if bad:
-        raise LossAtlasError(f"--kind {bad[0]!r} is unknown; use {', '.join(PlotKinds)} or all")
+    kinds = _plot_kinds(kind, "--kind", ["contour", "contourf", "heatmap", "surface3d", "html"],
+                        extra=" or all")
     figs = _figures(res, Path(out or file), kinds, log=log)
     for f in figs:
         typer.echo(str(f))

@@ -1,9 +1,10 @@
-"""``lossatlas mine`` and ``lossatlas shapes`` (Li, Li, Zhan 2024).
+"""``lossatlas mine`` and ``lossatlas shapes`` (Li, Li, Zhan 2024), and the overlaid curves of
+``lossatlas curve -D A -D B``.
 
     lossatlas mine w-peak --checkpoint runs/mlp-digits-seed0 --index 1 --out wpeak.h5
     lossatlas mine vvv-basin --checkpoint runs/mlp-digits-seed0 --gamma 0.1 --alpha 0
     lossatlas shapes curve1.h5 curve2.h5 --num-classes 10
-    lossatlas curves -D gaussian:filter:seed=0 -D eigen:SA:1 -D independent:runs/b -c runs/a
+    lossatlas curve -D gaussian:filter:seed=0 -D eigen:SA:1 -D independent:runs/b -c runs/a
 """
 
 from __future__ import annotations
@@ -15,58 +16,43 @@ from typing import Annotated
 import typer
 
 from lossatlas.cli import app
-from lossatlas.cli._common import (
-    BatchSizeOpt,
-    CheckpointOpt,
-    DataArgOpt,
-    DataOpt,
-    DepthOpt,
-    DeviceOpt,
-    IndexOpt,
-    ModelArgOpt,
-    ModelOpt,
+from lossatlas.cli.options import (
+    Evaluation,
     PartialOpt,
-    SeedOpt,
-    WidthOpt,
+    Source,
     completeness,
-    model_options,
-    parse_options,
-    setup,
+    shared_options,
 )
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.report.text import curve_shape_line, shape_line
 
 ALGORITHMS = ("w-peak", "vvv-basin")
 
 
 @app.command()
+@shared_options(batch_size=128, omit=("split", "include", "exclude"))
 def mine(
+    *,
     algorithm: Annotated[str, typer.Argument(help="w-peak (Algorithm 1) or vvv-basin (2).")],
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
-    checkpoint: CheckpointOpt = None,
-    index: IndexOpt = None,
+    src: Source,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 10,
     lr: Annotated[float, typer.Option(help="Learning rate η (plain SGD).")] = 0.1,
     alpha: Annotated[float | None, typer.Option(
         help="w-peak: the final α of the 0→α ramp (1); vvv-basin: λ ∈ [0.5 ± α] (0).")] = None,
     gamma: Annotated[float, typer.Option(help="vvv-basin: weight γ of the midpoint loss.")] = 0.1,
-    seed: SeedOpt = 0,
-    batch_size: BatchSizeOpt = 128,
+    ev: Evaluation,
     points: Annotated[int, typer.Option(help="Points of the curve drawn along ε.")] = 41,
     profile: Annotated[bool, typer.Option(
         help="Also compute |cos| with N.E.1-10 and P.E.10-1 (Hessian eigenvectors).")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Result file (.h5).")] = None,
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
 ) -> None:
     """Mine a direction ε around the checkpoint whose curve is a w-peak or a vvv-basin.
 
     Writes the result (ε, history, settings) to --out, its curve θ + λε to OUT.png with the
     classifier's verdict, and with --profile the cosine profile to OUT-cosine.png. Use the
-    result as a direction with --direction mined:OUT.
+    result as a direction with --direction mined:OUT. The mining steps use the checkpoint's
+    BatchNorm statistics (the paper's pseudo-code); --bn recalibrate recomputes them at every
+    point of the curve that gives the verdict (UpBN), and the result records which.
     """
     import lossatlas as la
     from lossatlas.plot import shapes as plot
@@ -75,10 +61,8 @@ def mine(
         raise LossAtlasError(f"ALGORITHM {algorithm!r} is unknown; use w-peak or vvv-basin")
     if out is not None:
         la.store.check_output(out, "--out", resumable=False)
-    net, train_set, _ = setup(model, data, checkpoint=checkpoint, index=index, seed=seed,
-                              model_opts=model_options(width, depth, model_arg),
-                              data_opts=parse_options(data_arg, "--data-arg"), device=device)
-    obj = la.Objective(net, train_set, batch_size=batch_size)
+    seed = src.seed
+    obj = ev.objective(*src.load())
     if algorithm == "w-peak":
         res = la.mining.mine_w_peak(obj, epochs=epochs, lr=lr, seed=seed,
                                     alpha_max=1.0 if alpha is None else alpha)
@@ -104,47 +88,6 @@ def mine(
                                                                      prof.values)))
 
 
-@app.command()
-def curves(
-    direction: Annotated[list[str], typer.Option(
-        "--direction", "-D", help="Direction spec, repeatable: gaussian:filter:seed=3, "
-        "gradient, gradient:batch, checkpoint:PATH, independent:PATH, eigen:SA, eigen:LA:2, "
-        "mined:FILE.")],
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
-    checkpoint: CheckpointOpt = None,
-    index: IndexOpt = None,
-    span: Annotated[str | None, typer.Option(
-        help="λ range LO,HI (default: each direction's own, e.g. -1,2 for independent).")] = None,
-    points: Annotated[int, typer.Option(help="Points per curve (the paper: 41).")] = 41,
-    seed: SeedOpt = 0,
-    batch_size: BatchSizeOpt = 512,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Figure (.png).")] = Path("curves.png"),
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    device: DeviceOpt = None,
-) -> None:
-    """Overlaid 1D curves θ + λε along several directions, each with its stationary-point count
-    in the legend ("[1]") and its curve type; each curve is also saved next to --out."""
-    import lossatlas as la
-
-    la.store.check_output(out, "--out", resumable=False)
-    net, train_set, _ = setup(model, data, checkpoint=checkpoint, index=index, seed=seed,
-                              model_opts=model_options(width, depth, model_arg),
-                              data_opts=parse_options(data_arg, "--data-arg"), device=device)
-    obj = la.Objective(net, train_set, batch_size=batch_size)
-    fixed = None
-    if span is not None:
-        try:
-            lo, hi = (float(v) for v in span.split(","))
-        except ValueError:
-            raise LossAtlasError(f"--span {span!r} is not LO,HI; write e.g. --span=-1,2") from None
-        fixed = (lo, hi)
-    overlay_curves(obj, net, direction, fixed, points, out, title=f"{model} on {data}")
-
-
 def overlay_curves(obj, net, specs: list[str], span: tuple[float, float] | None, points: int,
                    out: Path, title: str = "", **curve_kw) -> list:
     """Curves θ + λε for each direction spec, saved as OUT-0.h5, OUT-1.h5, ... and drawn
@@ -163,7 +106,7 @@ def overlay_curves(obj, net, specs: list[str], span: tuple[float, float] | None,
                      **curve_kw)
         c.save(path)
         s = la.shapes.classify(c.x, c.loss, log_c=log_c)
-        typer.echo(f"{spec}: {s.kind} [{s.stationary}] ({s.pattern or 'monotone'}) -> {path}")
+        typer.echo(curve_shape_line(spec, s, path))
         results.append(c)
         labels.append(f"{d.meta.get('label', spec)} {s.kind}")
     plot.overlay(results, labels, log_c=log_c, markers=(0.0,), title=title, path=out)
@@ -203,21 +146,10 @@ def shapes(
         if note:
             done = np.asarray(res.done, dtype=bool)
             x, y = x[done], y[done]
-        s = la.shapes.classify(x, y, log_c=log_c)
-        above = f", above log C on {s.above_log_c}" if s.above_log_c else ""
-        typer.echo(f"{f}: {s.kind} [{s.stationary}] extrema {s.pattern or 'none'} "
-                   f"minima {_fmt(s.minima)} maxima {_fmt(s.maxima)} center at {s.center_at}"
-                   f"{above} ({s.reason})" + (f" [{note}: the type of the computed points "
-                                              "only]" if note else ""))
+        typer.echo(shape_line(f, la.shapes.classify(x, y, log_c=log_c), note))
         curves.append(res)
         labels.append(Path(f).stem)
     if plot is not None:
         from lossatlas.plot import shapes as plots
 
         plots.overlay(curves, labels, log_c=log_c, path=plot)
-
-
-def _fmt(xs) -> str:
-    return "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"
-
-

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lossatlas.cli import app
-from lossatlas.cli._common import OutOpt, on_interrupt
+from lossatlas.cli.interrupt import on_interrupt
+from lossatlas.cli.options import OutOpt
 from lossatlas.core.errors import LossAtlasError
 
 _COLUMNS = ("test_acc", "train_loss", "hessian_max", "hessian_trace", "mc", "cka", "l2")

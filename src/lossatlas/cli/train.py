@@ -5,30 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from lossatlas.cli import app
-from lossatlas.cli._common import (
-    BatchSizeOpt,
-    CheckpointOpt,
-    DataArgOpt,
-    DataOpt,
-    DepthOpt,
-    DeviceOpt,
-    IndexOpt,
-    ModelArgOpt,
-    ModelOpt,
-    OutOpt,
-    SeedOpt,
-    WidthOpt,
-    model_options,
-    on_interrupt,
-    parse_options,
-    setup,
-    slug,
-)
+from lossatlas.cli.interrupt import on_interrupt
+from lossatlas.cli.options import BatchSizeOpt, OutOpt, Source, shared_options, slug
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.report.text import run_summary, track_line
 
 
 def parse_record(text: str) -> str | int | None:
@@ -58,16 +41,6 @@ def parse_milestones(text: str | None) -> list[int] | None:
         ) from None
 
 
-def summary(run) -> str:
-    """One line: final train/test loss and accuracy of a run."""
-    parts = [f"{len(run)} checkpoints"]
-    for split in ("train", "test"):
-        loss, acc = getattr(run, f"{split}_loss")[-1], getattr(run, f"{split}_acc")[-1]
-        if loss == loss:  # not NaN
-            parts.append(f"{split} loss {loss:.4f} acc {100 * acc:.1f}%")
-    return ", ".join(parts)
-
-
 def _checkpoint_files(out: Path) -> list[Path]:
     from lossatlas.batteries.runs import CKPT_DIR
 
@@ -84,9 +57,10 @@ def _checkpoints_kept(out: Path) -> str:
 
 
 @app.command()
+@shared_options()
 def train(
-    model: ModelOpt = "mlp",
-    data: DataOpt = "digits",
+    *,
+    src: Source,
     epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 30,
     lr: Annotated[float, typer.Option(help="Learning rate (SGD).")] = 0.1,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
@@ -97,18 +71,10 @@ def train(
         str | None, typer.Option(help="Epochs where a step schedule multiplies lr by gamma.")
     ] = None,
     gamma: Annotated[float, typer.Option(help="Factor of the step schedule.")] = 0.1,
-    seed: SeedOpt = 0,
     record: Annotated[
         str, typer.Option(help="epoch, a number of steps, or none (final weights only).")
     ] = "epoch",
     out: OutOpt = None,
-    width: WidthOpt = None,
-    depth: DepthOpt = None,
-    model_arg: ModelArgOpt = None,
-    data_arg: DataArgOpt = None,
-    checkpoint: CheckpointOpt = None,
-    index: IndexOpt = None,
-    device: DeviceOpt = None,
     overwrite: Annotated[
         bool, typer.Option(help="Train again and replace the run in --out (the old one stays "
                            "until the new one has finished).")
@@ -137,22 +103,16 @@ def train(
     --track sharpness:every=10`.
     """
     from lossatlas.batteries.training import train as train_fn
-    from lossatlas.core.resources import device as check_device
     from lossatlas.measurements.track import parse as parse_track
     from lossatlas.store.results import check_folder
 
     rec = parse_record(record)
     ms = parse_milestones(milestones)
-    if device is not None:
-        check_device(device, "--device")
+    model, data, seed, device = src.model, src.data, src.seed, src.device
     out = Path(out) if out is not None else Path("runs") / f"{slug(model)}-{slug(data)}-seed{seed}"
     check_folder(out, "--out")
     on_interrupt(lambda: _checkpoints_kept(out), resumes=lambda: bool(_checkpoint_files(out)))
-    net, train_set, test_set = setup(
-        model, data, checkpoint=checkpoint, index=index, seed=seed,
-        model_opts=model_options(width, depth, model_arg),
-        data_opts=parse_options(data_arg, "--data-arg"),
-    )
+    net, train_set, test_set = src.load(device=None)  # la.train moves it to --device
     run = train_fn(
         net, train_set, test_data=test_set, epochs=epochs, lr=lr, momentum=momentum,
         weight_decay=weight_decay, batch_size=batch_size, schedule=schedule, milestones=ms,
@@ -160,7 +120,7 @@ def train(
         callbacks=[parse_track(t) for t in track or []], optimizer=optimizer.lower(),
     )
     if run.already_done:
-        typer.echo(f"{out}: already trained ({run.status}, {summary(run)}); nothing to do "
+        typer.echo(f"{out}: already trained ({run.status}, {run_summary(run)}); nothing to do "
                    "(--overwrite trains it again)")
         return
     if run.resumed_after is not None:
@@ -176,12 +136,8 @@ def train(
                 sharpness_curves(run, out / "sharpness.png",
                                  title=f"{model} on {data}, lr {lr:g}, batch {batch_size}")
     for name in run.info.get("tracks", []):
-        t = run.track(name)
-        prods = t["products"][1:] if len(t["products"]) > 1 else t["products"]
-        typer.echo(f"{name}: {len(t['step'])} measurements, lambda_max {t['lambda_max'][0]:.4g}"
-                   f" -> {t['lambda_max'][-1]:.4g} (2/lr {2 / lr:.4g}), median "
-                   f"{float(np.median(prods)):.0f} products per measurement")
-    typer.echo(f"{out}: {summary(run)}")
+        typer.echo(track_line(name, run.track(name), lr))
+    typer.echo(f"{out}: {run_summary(run)}")
     if run.stopped_reason:
         typer.secho(f"training stopped early: {run.stopped_reason}", err=True, fg="yellow")
         raise typer.Exit(1)

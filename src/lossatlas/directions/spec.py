@@ -49,14 +49,15 @@ def _value(raw: str):
         return raw
 
 
-def parse_spec(text: str) -> DirectionSpec:
-    """Split a spec string into kind, positional arguments and KEY=VALUE options."""
+def parse_spec(text: str, option: str = "--direction") -> DirectionSpec:
+    """Split a spec string into kind, positional arguments and KEY=VALUE options (errors name
+    ``option``, the command-line option the spec came from)."""
     if not isinstance(text, str) or not text.strip():
-        raise LossAtlasError("--direction needs a spec such as gaussian:filter:seed=0")
+        raise LossAtlasError(f"{option} needs a spec such as gaussian:filter:seed=0")
     kind, *parts = text.strip().split(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise LossAtlasError(f"--direction {text!r}: unknown kind {kind!r}; use one of "
+        raise LossAtlasError(f"{option} {text!r}: unknown kind {kind!r}; use one of "
                              f"{', '.join(KINDS)}")
     args, options = [], {}
     for part in parts:
@@ -68,29 +69,32 @@ def parse_spec(text: str) -> DirectionSpec:
     return DirectionSpec(kind, args, options)
 
 
-def _one(spec: DirectionSpec, text: str, allowed: Sequence[str], max_args: int) -> None:
+def _one(spec: DirectionSpec, text: str, allowed: Sequence[str], max_args: int,
+         option: str) -> None:
     bad = sorted(set(spec.options) - set(allowed))
     if bad:
-        raise LossAtlasError(f"--direction {text!r}: unknown option(s) {bad}; allowed: "
+        raise LossAtlasError(f"{option} {text!r}: unknown option(s) {bad}; allowed: "
                              f"{', '.join(allowed) or 'none'}")
     if len(spec.args) > max_args:
-        raise LossAtlasError(f"--direction {text!r} has too many ':' parts; see "
+        raise LossAtlasError(f"{option} {text!r} has too many ':' parts; see "
                              "`lossatlas curve --help` for the spec grammar")
 
 
-def parse_direction(text: str, obj, model=None, cache: dict | None = None) -> P.Point:
+def parse_direction(text: str, obj, model=None, cache: dict | None = None,
+                    option: str = "--direction") -> P.Point:
     """The direction a spec string names, over ``obj.names`` at ``obj.center``.
 
     ``model`` is unused by the built-in kinds (kept for factories that need the module);
-    ``cache`` (a dict) shares Hessian spectra between several ``eigen`` specs.
+    ``cache`` (a dict) shares Hessian spectra between several ``eigen`` specs; errors name
+    ``option`` (e.g. ``--x-direction``).
     """
     from lossatlas import directions as D
 
-    spec = parse_spec(text)
+    spec = parse_spec(text, option)
     o, a = spec.options, spec.args
     center = obj.center
     if spec.kind == "gaussian":
-        _one(spec, text, ("seed", "ignore", "norm"), 1)
+        _one(spec, text, ("seed", "ignore", "norm"), 1, option)
         norm = a[0] if a else o.get("norm", "filter")
         seed = o.get("seed", 0)
         ignore = o.get("ignore", "biasbn")
@@ -98,25 +102,25 @@ def parse_direction(text: str, obj, model=None, cache: dict | None = None) -> P.
         d.meta.update(label=f"Gau. {norm} s{seed}", span=[-1.0, 1.0])
         return d
     if spec.kind == "gradient":
-        _one(spec, text, ("index", "norm"), 1)
+        _one(spec, text, ("index", "norm"), 1, option)
         if a and a[0] != "batch":
-            raise LossAtlasError(f"--direction {text!r}: write gradient or gradient:batch")
+            raise LossAtlasError(f"{option} {text!r}: write gradient or gradient:batch")
         batch = o.get("index", 0) if a else None
         d = D.gradient(obj, batch=batch, norm=o.get("norm", "none"))
         d.meta.update(span=[-1.0, 1.0])
         return d
     if spec.kind in ("checkpoint", "independent"):
-        _one(spec, text, ("index", "label"), 1)
+        _one(spec, text, ("index", "label"), 1, option)
         if not a:
-            raise LossAtlasError(f"--direction {text!r} needs a path: {spec.kind}:PATH")
+            raise LossAtlasError(f"{option} {text!r} needs a path: {spec.kind}:PATH")
         target = D.load_point(a[0], obj.names, o.get("index"))
         fn = D.toward if spec.kind == "checkpoint" else D.independent
         return fn(center, target, label=str(o.get("label", f"→ {a[0]}")))
     if spec.kind == "eigen":
-        _one(spec, text, ("norm",), 2)
+        _one(spec, text, ("norm",), 2, option)
         which = (a[0] if a else "SA").upper()
         if which not in ("SA", "LA") or (len(a) > 1 and not a[1].isdigit()):
-            raise LossAtlasError(f"--direction {text!r}: write eigen:SA:K (N.E.K) or eigen:LA:K "
+            raise LossAtlasError(f"{option} {text!r}: write eigen:SA:K (N.E.K) or eigen:LA:K "
                                  "(P.E.K) with which SA or LA and K >= 1")
         k = int(a[1]) if len(a) > 1 else 1
         key = ("eigen", which)
@@ -131,15 +135,15 @@ def parse_direction(text: str, obj, model=None, cache: dict | None = None) -> P.
         d.meta.update(span=[-1.0, 1.0])
         return d
     # mined
-    _one(spec, text, ("norm",), 1)
+    _one(spec, text, ("norm",), 1, option)
     if not a:
-        raise LossAtlasError(f"--direction {text!r} needs a file: mined:FILE")
+        raise LossAtlasError(f"{option} {text!r} needs a file: mined:FILE")
     from lossatlas.store import results as store
 
-    res = store.load(a[0], what=f"--direction {text!r}: FILE")
+    res = store.load(a[0], what=f"{option} {text!r}: FILE")
     d = getattr(res, "direction", res)
     if not hasattr(d, "keys") or d.keys() != center.keys():
-        raise LossAtlasError(f"--direction {text!r}: the file holds no direction over this "
+        raise LossAtlasError(f"{option} {text!r}: the file holds no direction over this "
                              "model's parameters; mine it for the same model")
     meta = dict(getattr(d, "meta", {}) or {})
     d = D.rescale(P.Point(d, meta=meta), center, o.get("norm", "none"))
@@ -148,7 +152,11 @@ def parse_direction(text: str, obj, model=None, cache: dict | None = None) -> P.
     return d
 
 
-def parse_directions(texts: Sequence[str], obj, model=None) -> list[P.Point]:
-    """:func:`parse_direction` for several specs, sharing Hessian spectra."""
+def parse_directions(texts: Sequence[str], obj, model=None,
+                     options: Sequence[str] | None = None) -> list[P.Point]:
+    """:func:`parse_direction` for several specs, sharing Hessian spectra; ``options`` names
+    the command-line option of each spec in errors (default ``--direction`` for all)."""
     cache: dict = {}
-    return [parse_direction(t, obj, model=model, cache=cache) for t in texts]
+    options = list(options) if options is not None else ["--direction"] * len(texts)
+    return [parse_direction(t, obj, model=model, cache=cache, option=o)
+            for t, o in zip(texts, options)]

@@ -8,12 +8,14 @@ All functions build a ``matplotlib.figure.Figure`` directly (no pyplot state) an
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["plot_delta", "plot_density", "plot_eigenvalues", "plot_quadratics"]
+__all__ = ["plot_delta", "plot_density", "plot_eigenvalues", "plot_quadratics",
+           "summary_figures"]
 
 
 def _save(fig: Figure, path) -> Figure:
@@ -108,3 +110,20 @@ def plot_quadratics(paths, path: str | os.PathLike | None = None) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def summary_figures(summary, base: str | os.PathLike) -> list[Path]:
+    """The figures of a ``HessianSummary`` next to ``base``: ``BASE-eigenvalues.png`` (when it
+    holds eigenvalues) and ``BASE-density.png`` (when it holds a density, λ_min and λ_max
+    marked); returns their paths (``lossatlas hessian``, ``lossatlas plot`` and the atlas)."""
+    base = Path(base)
+    written = []
+    spec = summary.spectrum()
+    if len(summary.values):
+        written.append(base.with_name(f"{base.stem}-eigenvalues.png"))
+        plot_eigenvalues(spec, written[-1])
+    dens = summary.as_density()
+    if dens is not None:
+        written.append(base.with_name(f"{base.stem}-density.png"))
+        plot_density(dens, written[-1], spec=spec if len(summary.values) else None)
+    return written

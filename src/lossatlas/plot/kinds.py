@@ -54,21 +54,6 @@ def mining_history(res, path: str | os.PathLike | None = None):
     return fig
 
 
-def _hessian_summary(res, base: Path) -> list[Path]:
-    from lossatlas.plot import hessian as ph
-
-    out = []
-    spec = res.spectrum()
-    if len(res.values):
-        out.append(_name(base, "eigenvalues"))
-        plt.close(ph.plot_eigenvalues(spec, out[-1]))
-    dens = res.as_density()
-    if dens is not None:
-        out.append(_name(base, "density"))
-        plt.close(ph.plot_density(dens, out[-1], spec=spec if len(res.values) else None))
-    return out
-
-
 def _one(fn: Callable, what: str) -> Callable[[object, Path], list[Path]]:
     """A drawer writing ``fn(result, path)`` to ``base-<what>.png``."""
 
@@ -78,6 +63,12 @@ def _one(fn: Callable, what: str) -> Callable[[object, Path], list[Path]]:
         return [p]
 
     return draw_one
+
+
+def _summary_figures(res, base: Path) -> list[Path]:
+    from lossatlas.plot.hessian import summary_figures
+
+    return summary_figures(res, base)
 
 
 def _eigenvalues(res, p):
@@ -136,7 +127,7 @@ def _descent(res, p):
 
 #: kind -> ``fn(result, base) -> [paths]``.
 KINDS: dict[str, Callable[[object, Path], list[Path]]] = {
-    "hessian_summary": _hessian_summary,
+    "hessian_summary": _summary_figures,
     "hessian_spectrum": _one(_eigenvalues, "eigenvalues"),
     "hessian_density": _one(_density, "density"),
     "second_order_delta": _one(_delta, "delta"),

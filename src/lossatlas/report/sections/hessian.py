@@ -18,8 +18,7 @@ def hessian(ctx, opts) -> Output:
     """``la.hessian.summarize`` (Lanczos for the extreme eigenpairs, Hutchinson trace, SLQ
     density) and ``la.hessian.delta_distribution`` on the full training set."""
     import lossatlas as la
-    from lossatlas.cli.hessian import _figures
-    from lossatlas.plot.hessian import plot_delta
+    from lossatlas.plot.hessian import plot_delta, summary_figures
 
     folder = ctx.folder("hessian")
     obj = ctx.objective(batch_size=opts["batch_size"])
@@ -28,7 +27,7 @@ def hessian(ctx, opts) -> Output:
                                    seed=ctx.seed)
     h5 = folder / "hessian.h5"
     summary.save(h5)
-    figs = _figures(summary, h5)
+    figs = summary_figures(summary, h5)
     dist = la.hessian.delta_distribution(obj, samples=opts["samples"], seed=ctx.seed)
     dh5 = dist.save(folder / "hessian-delta.h5")
     delta_png = folder / "hessian-delta.png"

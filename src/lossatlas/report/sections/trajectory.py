@@ -16,7 +16,7 @@ def trajectory(ctx, opts) -> Output:
     """``la.trajectory.pca`` (Ding et al.'s centered PCA, center at the initialization),
     ``project`` (path and Fitting Error) and the surface of both planes; the shared
     ``analyse`` of ``lossatlas trajectory``."""
-    from lossatlas.cli.trajectory import analyse
+    from lossatlas.report.trajectory_plane import analyse
 
     folder = ctx.folder("trajectory")
     obj = ctx.objective(batch_size=None)
