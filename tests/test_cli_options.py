@@ -155,3 +155,19 @@ def test_shared_options_expand_dataclasses_with_command_defaults():
     assert "--include" not in CliRunner().invoke(cli, ["--help"]).output
     with pytest.raises(TypeError, match="no option group field"):
         shared_options(no_such_option=1)(probe.__wrapped__)
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["curve", "--points", "many"], "Invalid value for '--points'"),
+    (["curve", "--no-such-option"], "No such option: --no-such-option"),
+    (["sharpness"], "Missing option '--rho'"),
+], ids=["type", "unknown", "missing"])
+def test_usage_errors_are_one_line(argv, phrase, monkeypatch, capsys):
+    from lossatlas.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lossatlas", *argv])
+    with pytest.raises(SystemExit) as info:
+        main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert info.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {phrase}") and f"lossatlas {argv[0]} --help" in lines[0]

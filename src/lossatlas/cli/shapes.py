@@ -24,7 +24,7 @@ from lossatlas.cli.options import (
     shared_options,
 )
 from lossatlas.core.errors import LossAtlasError
-from lossatlas.report.text import curve_shape_line, shape_line
+from lossatlas.report.text import cosine_line, curve_shape_line, mined_line, shape_line
 
 ALGORITHMS = ("w-peak", "vvv-basin")
 
@@ -78,14 +78,12 @@ def mine(
     marks = res.direction.meta.get("markers", [0.0])
     plot.overlay([c], [f"Mine ({algorithm})"], log_c=log_c, markers=marks,
                  title=f"{algorithm} → {shape.kind}", path=out.with_suffix(".png"))
-    typer.echo(f"{out}: curve {shape.kind} ({shape.pattern or 'monotone'}, {shape.stationary} "
-               f"stationary points), figure {out.with_suffix('.png')}")
+    typer.echo(mined_line(out, shape, out.with_suffix(".png")))
     if profile:
         prof = la.mining.cosine_profile(res.direction, obj, k=10)
         path = out.with_name(out.stem + "-cosine.png")
         plot.cosine_bars(prof, title=f"|cos| of the mined {algorithm} direction", path=path)
-        typer.echo("  " + " ".join(f"{lab}:{v:.3f}" for lab, v in zip(prof.labels,
-                                                                     prof.values)))
+        typer.echo(cosine_line(prof))
 
 
 def overlay_curves(obj, net, specs: list[str], span: tuple[float, float] | None, points: int,

@@ -3,43 +3,24 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from lossatlas.cli import app
 from lossatlas.cli.interrupt import on_interrupt
 from lossatlas.cli.options import OutOpt
 from lossatlas.core.errors import LossAtlasError
-
-_COLUMNS = ("test_acc", "train_loss", "hessian_max", "hessian_trace", "mc", "cka", "l2")
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+from lossatlas.report.text import sweep_table
 
 
 def print_table(result, console: Console | None = None) -> None:
-    """The per-cell table: the two control values, the metrics and the phase."""
+    """The per-cell table (:func:`lossatlas.report.text.sweep_table`) on the terminal."""
     console = console or Console(width=None if Console().is_terminal else 160)
-    spec = result.spec
-    table = Table(title=f"sweep {spec.name}: {len(result.cells)} cells")
-    table.add_column(spec.load.label)
-    table.add_column(spec.temperature.label)
-    for c in _COLUMNS:
-        table.add_column(c, justify="right")
-    table.add_column("phase")
-    for row in result.cells:
-        table.add_row(str(row["load"]), str(row["temperature"]),
-                      *(_fmt(row.get(c)) for c in _COLUMNS), _fmt(row.get("phase")))
-    console.print(table)
+    console.print(sweep_table(result))
 
 
 def write_figures(result, out: Path) -> list[Path]:

@@ -7,6 +7,7 @@ lines without a trailing newline; none prints.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,16 @@ import numpy as np
 __all__ = [
     "cka_lines",
     "connect_lines",
+    "cosine_line",
     "curve_shape_line",
     "delta_lines",
     "hessian_lines",
     "landscape_line",
+    "mined_line",
     "run_summary",
     "shape_line",
     "sharpness_line",
+    "sweep_table",
     "track_line",
     "trajectory_lines",
 ]
@@ -59,6 +63,17 @@ def shape_line(file, shape, note: str = "") -> str:
 def curve_shape_line(label: str, shape, path) -> str:
     """One curve of an overlay: ``gaussian: v-basin [1] (min) -> c-0.h5``."""
     return f"{label}: {shape.kind} [{shape.stationary}] ({shape.pattern or 'monotone'}) -> {path}"
+
+
+def mined_line(path, shape, figure) -> str:
+    """A mined direction's file and the type of its curve (Li, Li, Zhan 2024 Algorithms 1-2)."""
+    return (f"{path}: curve {shape.kind} ({shape.pattern or 'monotone'}, {shape.stationary} "
+            f"stationary points), figure {figure}")
+
+
+def cosine_line(profile) -> str:
+    """``  N.E.1:0.120 ... P.E.1:0.034``: |cos| of a direction with Hessian eigenvectors."""
+    return "  " + " ".join(f"{lab}:{v:.3f}" for lab, v in zip(profile.labels, profile.values))
 
 
 def delta_lines(dist) -> list[str]:
@@ -117,6 +132,33 @@ def cka_lines(value: float, distance: float, samples: int, alpha: float,
              f"l2 distance = {distance:.4f}"]
     lines += [f"  {name or '(model)':<20} {v:.4f}" for name, v in (per_layer or {}).items()]
     return lines
+
+
+_SWEEP_COLUMNS = ("test_acc", "train_loss", "hessian_max", "hessian_trace", "mc", "cka", "l2")
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def sweep_table(result):
+    """A sweep's per-cell table (a ``rich.table.Table``): the two control values, the metrics
+    and the phase (Yang et al. 2021)."""
+    from rich.table import Table
+
+    spec = result.spec
+    table = Table(title=f"sweep {spec.name}: {len(result.cells)} cells")
+    table.add_column(spec.load.label)
+    table.add_column(spec.temperature.label)
+    for c in _SWEEP_COLUMNS:
+        table.add_column(c, justify="right")
+    table.add_column("phase")
+    for row in result.cells:
+        table.add_row(str(row["load"]), str(row["temperature"]),
+                      *(_cell(row.get(c)) for c in _SWEEP_COLUMNS), _cell(row.get("phase")))
+    return table
 
 
 def run_summary(run) -> str:
