@@ -344,7 +344,7 @@ def plot_cmd(
     import lossatlas as la
 
     if (file.is_dir() and (file / "results.jsonl").is_file()) or file.name == "results.jsonl":
-        from lossatlas import sweep as S  # a sweep folder: its phase diagram and mc curves
+        from lossatlas import sweeps as S  # a sweep folder: its phase diagram and mc curves
         from lossatlas.cli.sweep import write_figures
 
         result = S.load_results(file)

@@ -93,7 +93,7 @@ def curves(ctx, opts) -> Output:
         ],
         table=rows,
         files=files,
-        command=[f"lossatlas curves -c {run} "
+        command=[f"lossatlas curve -c {run} "
                  + " ".join(f"-D gaussian:filter:seed={s}" for s in range(opts["gaussians"]))
                  + f" -D independent:{ctx.run_b_path} --points {opts['points']} "
                  f"--out {folder / 'curves.png'}",
