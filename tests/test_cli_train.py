@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 import lossatlas.report.demo as demo_mod
+from lossatlas.batteries.resolve import load_checkpoint, resolve_data, resolve_model, setup
 from lossatlas.batteries.training import load_run
 from lossatlas.cli import app
 from lossatlas.cli.options import model_options, parse_options, slug
-from lossatlas.cli.resolve import load_checkpoint, resolve_data, resolve_model, setup
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.params import of
 

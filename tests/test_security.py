@@ -18,7 +18,7 @@ import torch
 import lossatlas as la
 from lossatlas.batteries import datasets as D
 from lossatlas.batteries.datasets import safe_pickle as RP
-from lossatlas.cli.resolve import load_checkpoint
+from lossatlas.batteries.resolve import load_checkpoint
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.store.results import read_state_dict
 from test_datasets import write_fake_cifar

@@ -3,7 +3,7 @@
 Each module of this package registers its subcommands on :data:`app` (``@app.command()``);
 they are imported here in alphabetical order, so adding a command means adding a module. Three
 modules hold no command: :mod:`~lossatlas.cli.options` (the options every command shares,
-declared and checked once), :mod:`~lossatlas.cli.resolve` (model, data and weights from those
+declared and checked once), :mod:`~lossatlas.batteries.resolve` (model, data and weights from those
 options) and :mod:`~lossatlas.cli.interrupt` (what Ctrl-C prints).
 """
 

@@ -16,9 +16,9 @@ from typing import Annotated
 
 import typer
 
+from lossatlas.batteries.resolve import load_checkpoint
 from lossatlas.cli import app
 from lossatlas.cli.options import Evaluation, Source, shared_options
-from lossatlas.cli.resolve import load_checkpoint
 from lossatlas.core.errors import LossAtlasError
 
 WeightsArg = Annotated[Path, typer.Argument(help="Run folder or state-dict .pt file.")]

@@ -22,7 +22,6 @@ sentence naming the option (``--split 'val' is unknown; use train or test``).
 
 from __future__ import annotations
 
-import ast
 import functools
 import inspect
 import re
@@ -33,8 +32,9 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from lossatlas.cli.resolve import DEFAULT_DATA, DEFAULT_MODEL, setup
+from lossatlas.batteries.resolve import DEFAULT_DATA, DEFAULT_MODEL, setup
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.core.registry import parse_options
 
 __all__ = [
     "BatchSizeOpt",
@@ -131,7 +131,7 @@ PartialOpt = Annotated[bool, typer.Option(
 @dataclass(frozen=True)
 class Source:
     """The model, its weights and its data: the options every command that loads a model
-    takes (see :mod:`lossatlas.cli.resolve` for what each may name)."""
+    takes (see :mod:`lossatlas.batteries.resolve` for what each may name)."""
 
     model: ModelOpt = DEFAULT_MODEL
     data: DataOpt = DEFAULT_DATA
@@ -151,7 +151,7 @@ class Source:
             check_device(self.device, "--device")
 
     def load(self, **changes: Any) -> tuple[Any, Any, Any]:
-        """``(model, train, test)`` (:func:`lossatlas.cli.resolve.setup`); ``changes``
+        """``(model, train, test)`` (:func:`lossatlas.batteries.resolve.setup`); ``changes``
         replace fields first, e.g. ``load(checkpoint=other, index=0)``."""
         s = replace(self, **changes) if changes else self
         return setup(s.model, s.data, checkpoint=s.checkpoint, index=s.index, seed=s.seed,
@@ -237,30 +237,12 @@ def shared_options(*, omit: Iterable[str] = (), **defaults: Any) -> Callable:
 
 
 # -- option values --------------------------------------------------------------------------
-def parse_options(pairs: list[str] | None, argument: str = "--model-arg") -> dict[str, Any]:
-    """``["width=64", "act='tanh'", "name=relu"]`` -> ``{"width": 64, "act": "tanh", ...}``.
-
-    Values are Python literals where they parse as one, strings otherwise.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key.isidentifier():
-            raise LossAtlasError(
-                f"{argument} {pair!r} is not KEY=VALUE; write e.g. {argument} width=64"
-            )
-        try:
-            out[key] = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            out[key] = raw.strip()
-    return out
 
 
 def model_options(
     width: int | None = None, depth: int | None = None, extra: list[str] | None = None
 ) -> dict[str, Any]:
-    """Keyword options for :func:`lossatlas.cli.resolve.resolve_model` from ``--width``,
+    """Keyword options for :func:`lossatlas.batteries.resolve.resolve_model` from ``--width``,
     ``--depth``, ``--model-arg`` (the ones left at None are dropped so the zoo's defaults
     apply)."""
     opts = {k: v for k, v in {"width": width, "depth": depth}.items() if v is not None}

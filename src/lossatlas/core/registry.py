@@ -15,6 +15,7 @@ run's manifest).
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -23,8 +24,15 @@ from typing import Any
 
 from lossatlas.core.errors import LossAtlasError
 
-__all__ = ["absolute_spec", "accepts", "add_to_registry", "check_options", "import_spec",
-           "keywords"]
+__all__ = [
+    "absolute_spec",
+    "accepts",
+    "add_to_registry",
+    "check_options",
+    "import_spec",
+    "keywords",
+    "parse_options",
+]
 
 
 def _import_file(path_text: str, spec: str, argument: str) -> Any:
@@ -150,3 +158,23 @@ def absolute_spec(name: str) -> str:
     if sep and module.endswith(".py"):
         return f"{Path(module).expanduser().resolve()}:{attr}"
     return name
+
+
+def parse_options(pairs: list[str] | None, argument: str = "--model-arg") -> dict[str, Any]:
+    """``["width=64", "act='tanh'", "name=relu"]`` -> ``{"width": 64, "act": "tanh", ...}``.
+
+    Values are Python literals where they parse as one, strings otherwise.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise LossAtlasError(
+                f"{argument} {pair!r} is not KEY=VALUE; write e.g. {argument} width=64"
+            )
+        try:
+            out[key] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key] = raw.strip()
+    return out

@@ -55,7 +55,7 @@ class AtlasResult:
 
 def parse_sets(pairs: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     """``["surface.resolution=51"]`` -> ``{"surface": {"resolution": 51}}``."""
-    from lossatlas.cli.options import parse_options
+    from lossatlas.core.registry import parse_options
 
     out: dict[str, dict[str, Any]] = {}
     for pair in pairs or []:

@@ -85,7 +85,7 @@ def recipe_of(run: Run) -> Recipe:
 def rebuild(run: Run, index: int = -1) -> tuple[nn.Module, Any, Any]:
     """``(model, train, test)`` of a run from its manifest, the model at checkpoint ``index``
     (a checkpoint that does not fit says which keys and which ``--model`` to pass)."""
-    from lossatlas.cli.resolve import resolve_data, resolve_model
+    from lossatlas.batteries.resolve import resolve_data, resolve_model
 
     r = recipe_of(run)
     train, test = resolve_data(r.data, **r.data_opts)
@@ -123,8 +123,8 @@ def ensure_run(path: str | os.PathLike, recipe: Recipe, progress: bool = True,
                log=None) -> Run:
     """The run of ``recipe`` in ``path``: read back when a finished run of the same recipe is
     there, else trained (replacing what the folder held; ``log(msg)`` says so)."""
+    from lossatlas.batteries.resolve import resolve_data, resolve_model
     from lossatlas.batteries.training import train
-    from lossatlas.cli.resolve import resolve_data, resolve_model
 
     path = Path(path)
     if _matches(path, recipe):
