@@ -105,7 +105,7 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
     import torch.nn.functional as F
 
     import lossatlas as la
-    from lossatlas.measurements.landscape import engine as _fastpath
+    from lossatlas.measurements.landscape import engine
 
     torch.set_num_threads(1)
     model, X, y = workload(name, n)
@@ -134,8 +134,8 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
                 float(F.cross_entropy(model(X), y))
 
         t0 = time.perf_counter()
-        eng = _fastpath.Engine.build(obj, obj.center, [d1, d2], fast=True)
-        raced = _fastpath.race_engines(eng, grid)
+        eng = engine.Engine.build(obj, obj.center, [d1, d2], fast=True)
+        raced = engine.race_engines(eng, grid)
         setup = time.perf_counter() - t0  # the race's points are real, counted here too
         rest = grid[len(raced[0]):] if raced is not None else grid
         ours, floor, floor2 = [], [], []

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lossatlas as la
-from lossatlas.measurements.landscape import engine as _fastpath
+from lossatlas.measurements.landscape import engine, first_layer
 
 
 @pytest.fixture()
@@ -24,9 +24,9 @@ def setup():
 
 def test_race_keeps_the_faster_and_its_points(setup, monkeypatch):
     obj, d1, d2, coeffs, exact = setup
-    eng = _fastpath.Engine.build(obj, obj.center, [d1, d2], fast=True)
+    eng = engine.Engine.build(obj, obj.center, [d1, d2], fast=True)
     assert eng.mode == "affine"
-    slow = _fastpath._Feeder.__call__
+    slow = first_layer.Feeder.__call__
 
     def sluggish(self, *a, **k):  # make the affine engine lose, deterministically
         import time
@@ -34,9 +34,9 @@ def test_race_keeps_the_faster_and_its_points(setup, monkeypatch):
         time.sleep(0.02)
         return slow(self, *a, **k)
 
-    monkeypatch.setattr(_fastpath._Feeder, "__call__", sluggish)
-    loss, _ = _fastpath.race_engines(eng, coeffs)
-    assert eng.mode == "inplace" and eng.first is None and not eng._Z
+    monkeypatch.setattr(first_layer.Feeder, "__call__", sluggish)
+    loss, _ = engine.race_engines(eng, coeffs)
+    assert eng.mode == "inplace" and eng.first is None and eng.affine is None
     assert "measured" in eng.reason
     np.testing.assert_allclose(loss, exact[:4], rtol=1e-5)
     rest, _ = eng.evaluate(coeffs[4:])  # the in-place engine goes on, all parameters written
@@ -66,7 +66,7 @@ def test_one_engine_per_run_recorded_and_reused_on_resume(setup, tmp_path, monke
             return choice
         return decide
 
-    monkeypatch.setattr(_fastpath, "decide_engine", force("affine"))
+    monkeypatch.setattr(engine, "decide_engine", force("affine"))
     stop = {"n": 0}
 
     def interrupt(done, total):
@@ -79,7 +79,7 @@ def test_one_engine_per_run_recorded_and_reused_on_resume(setup, tmp_path, monke
                    progress=False)
     with h5py.File(path) as f:
         assert la.store.read_attrs(f)["engine_choice"] == "affine"
-    monkeypatch.setattr(_fastpath, "decide_engine", force(False))  # a new race would differ
+    monkeypatch.setattr(engine, "decide_engine", force(False))  # a new race would differ
     resumed = la.surface(obj, d1, d2, span=(-1, 1), resolution=5, path=path, progress=False)
     assert chosen["calls"] == 1 and resumed.meta["engine"] == "affine"
     whole = la.surface(obj, d1, d2, span=(-1, 1), resolution=5, fast="affine", progress=False)

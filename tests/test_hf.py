@@ -144,9 +144,9 @@ def test_tied_embeddings_are_exact_in_every_engine(gpt2, lm_data, fast):
 def test_hvp_through_sdpa_matches_finite_differences(gpt2, lm_data, capfd, monkeypatch):
     """H v (double backward, SDPA on its math kernel) against (g(θ+εv) − g(θ−εv)) / 2ε in
     float64; the fallback is announced in one line."""
-    import lossatlas.core.objective as O
+    import lossatlas.core.attention as A
 
-    monkeypatch.setattr(O, "_said_math", False)
+    monkeypatch.setattr(A, "_said_math", False)
     monkeypatch.delenv("LOSSATLAS_QUIET", raising=False)
     model, _ = gpt2
     train, _ = lm_data

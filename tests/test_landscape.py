@@ -18,7 +18,7 @@ from torch import nn
 
 import lossatlas as la
 from lossatlas.core.errors import LossAtlasError
-from lossatlas.measurements.landscape import engine as _fastpath
+from lossatlas.measurements.landscape import engine
 
 os.environ.setdefault("LOSSATLAS_QUIET", "1")
 
@@ -330,7 +330,7 @@ def test_first_layer_trick_applies_only_where_exact(kind, expect):
             nn.Flatten(), nn.LayerNorm(36), nn.Linear(36, 4))
     obj = la.Objective(net, (X, y))
     d1, d2 = (la.directions.gaussian(net, seed=s, ignore=None) for s in (0, 1))
-    eng = _fastpath.Engine.build(obj, obj.center, [d1, d2], fast="affine")
+    eng = engine.Engine.build(obj, obj.center, [d1, d2], fast="affine")
     assert eng.mode == expect, eng.reason
     coeffs = np.array([[0.7, -0.4], [-1.0, 0.3]])
     loss, _ = eng.evaluate(coeffs)
@@ -356,7 +356,7 @@ def test_several_points_per_pass_agree_with_one():
     net, X, y = problem(bn=True)
     obj = la.Objective(net, (X, y), batch_size=50)
     d1, d2 = (la.directions.gaussian(net, seed=s, ignore=None) for s in (0, 1))
-    eng = _fastpath.Engine.build(obj, obj.center, [d1, d2], fast=False)
+    eng = engine.Engine.build(obj, obj.center, [d1, d2], fast=False)
     assert eng.measure_per_pass() == 1
     coeffs = np.random.RandomState(0).randn(7, 2)
     loss1, acc1 = eng.evaluate(coeffs)

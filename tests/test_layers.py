@@ -17,10 +17,12 @@ ROOT = Path(la.__file__).parent
 LAYERS = ["core", "store", "batteries", "directions", "measurements", "analyses", "sweeps",
           "plot", "report", "cli"]
 # Upward imports that are deliberate, each inside a function (CONTRIBUTING.md, "Departures"):
-# a direction along a Hessian eigenvector needs the eigenpairs when none are passed in.
+# a direction along a Hessian eigenvector needs the eigenpairs when none are passed in;
+# Objective.hvp is the one HVP implementation, the Hessian operator's product.
 ALLOWED_UP = {
     ("lossatlas.directions.eigen", "lossatlas.measurements"),
     ("lossatlas.directions.spec", "lossatlas.measurements"),
+    ("lossatlas.core.objective", "lossatlas.measurements.hessian.operator"),
 }
 
 

@@ -230,3 +230,91 @@ def test_bad_input_is_one_clear_sentence(data):
     obj = la.Objective(net, (X, y))
     with pytest.raises(LossAtlasError, match=r"obj\.names"):
         obj.loss({"weight": net.weight})
+
+
+class _Uncopyable(nn.Sequential):
+    """A model deepcopy refuses: the Objective then runs it functionally."""
+
+    def __deepcopy__(self, memo):
+        raise RuntimeError("this model cannot be copied")
+
+
+def _manual_recalibrated_loss(net: nn.Module, point, X, y, batch_size: int) -> float:
+    """The papers' UpBN by hand: the point's weights, BN statistics reset, a train-mode pass
+    with a cumulative average over the batches, then the eval-mode loss."""
+    manual = copy.deepcopy(net)
+    with torch.no_grad():
+        for k, p in manual.named_parameters():
+            p.copy_(point[k])
+        for m in manual.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.reset_running_stats()
+                m.momentum = None
+        manual.train()
+        for i in range(0, len(X), batch_size):
+            manual(X[i:i + batch_size])
+        manual.eval()
+        return F.cross_entropy(manual(X), y).item()
+
+
+def test_one_recalibration_serves_objective_engine_and_functional_path(data):
+    """Objective.recalibrate_bn is the only BN pass: on the Objective's private copy, in the
+    landscape engine (each pass stopped after the last BN) and functionally for a model that
+    cannot be copied, the loss at a point equals a hand-written train-mode pass."""
+    import numpy as np
+
+    from lossatlas.measurements.landscape import engine
+
+    X, y = data
+    net = _bn_net()
+    d = la.params.Point({k: torch.randn_like(v) * 0.3 for k, v in la.params.of(net).items()})
+    point = la.params.axpy(la.params.of(net), [0.7], [d])
+    expected = _manual_recalibrated_loss(net, point, X, y, 10)
+    obj = la.Objective(net, (X, y), batch_size=10, bn="recalibrate")
+    assert obj.loss(point) == pytest.approx(expected, rel=1e-6)  # private copy
+    eng = engine.Engine.build(obj, obj.center, [d], fast=False)
+    assert eng.mode == "inplace" and eng._last_bn is not None  # the tail-stopped pass
+    loss, _ = eng.evaluate(np.array([[0.7]]))
+    assert loss[0] == pytest.approx(expected, rel=1e-6)
+
+    stiff = _Uncopyable(*copy.deepcopy(list(net)))
+    fobj = la.Objective(stiff, (X, y), batch_size=10, bn="recalibrate")
+    assert fobj.private_model() is None
+    assert fobj.loss(point) == pytest.approx(expected, rel=1e-6)  # functional
+    assert engine.Engine.build(fobj, fobj.center, [d]).mode == "functional"
+    bufs = fobj.recalibrate(point)
+    ref = obj.recalibrate(point)
+    for k in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.allclose(bufs[k].double(), ref[k].double(), atol=1e-6), k
+    assert torch.equal(stiff[1].running_mean, net[1].running_mean)  # the user's model untouched
+
+
+def test_hvp_is_the_operators_product_and_the_dense_hessian(data):
+    """Objective.hvp delegates to the Hessian operator: the same product as
+    HessianOperator.matmat, and H v with H the dense Hessian (torch.func) of a tiny net, at a
+    point off the center and with a batch size that does not divide N."""
+    from lossatlas.measurements.hessian.operator import HessianOperator
+
+    X, y = data
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    obj = la.Objective(net, (X, y), batch_size=17)
+    point = obj.center * 1.3
+    flat = la.params.flatten(point)
+
+    def f(vec):
+        p = la.params.unflatten(vec, obj.center)
+        return F.cross_entropy(functional_call(net, dict(p), (X,)), y)
+
+    H = hessian(f)(flat)
+    vs = [la.params.unflatten(torch.randn(flat.numel()), obj.center) for _ in range(3)]
+    got = obj.hvp(vs, point)
+    op = HessianOperator(obj, point)
+    V = torch.stack([la.params.flatten(v) for v in vs], dim=1)
+    HV = op.matmat(V)
+    for i, (v, hv) in enumerate(zip(vs, got)):
+        assert torch.allclose(la.params.flatten(hv), H @ la.params.flatten(v), atol=1e-5)
+        assert torch.allclose(la.params.flatten(hv), HV[:, i], atol=1e-6)
+    one = obj.hvp(vs[0], point)  # a single vector gives a single Point
+    assert isinstance(one, la.params.Point)
+    assert torch.allclose(la.params.flatten(one), HV[:, 0], atol=1e-6)

@@ -193,9 +193,9 @@ def test_cli_curve_and_surface_commands(tmp_path, monkeypatch, saved_figures):
 def test_cli_surface_on_two_worker_processes(tmp_path, monkeypatch):
     """--workers 2 sends the chunks to processes; the driver writes the same numbers (the
     engine is the rule's in both runs: a timing race may choose differently in two runs)."""
-    from lossatlas.measurements.landscape import engine as _fastpath
+    from lossatlas.measurements.landscape import engine
 
-    monkeypatch.setattr(_fastpath, "race_engines", lambda eng, coeffs: None)
+    monkeypatch.setattr(engine, "race_engines", lambda eng, coeffs: None)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     base = ["surface", "--resolution", "4", "--width", "16", "--plot", "contour"]

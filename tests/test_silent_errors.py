@@ -21,7 +21,7 @@ import lossatlas as la
 from lossatlas import sweeps as S
 from lossatlas.cli import app
 from lossatlas.core.errors import LossAtlasError
-from lossatlas.measurements.landscape import engine as _fastpath
+from lossatlas.measurements.landscape import engine, first_layer
 from lossatlas.sweeps import jobs
 
 TIED = textwrap.dedent('''
@@ -69,7 +69,7 @@ def test_tied_first_layer_weight_from_a_factory_is_exact(tied_module):
     model = la.zoo.build(tied_module, in_features=20, num_classes=3, seed=0)
     obj = la.Objective(model, _data(), batch_size=50)
     d1, d2 = (la.directions.gaussian(model, seed=s) for s in (0, 1))
-    eng = _fastpath.Engine.build(obj, obj.center, [d1, d2])
+    eng = engine.Engine.build(obj, obj.center, [d1, d2])
     assert eng.mode == "affine" and "read elsewhere" in eng.reason and "linear" in eng.reason
     s = la.surface(obj, d1, d2, resolution=5, progress=False)
     np.testing.assert_allclose(s.loss, _plain(obj, d1, d2, s.x, s.y), rtol=1e-5)
@@ -80,14 +80,14 @@ def test_guard_catches_a_read_the_trace_missed(tied_module, monkeypatch):
     obj = la.Objective(model, _data(), batch_size=50)
     d1, d2 = (la.directions.gaussian(model, seed=s) for s in (0, 1))
     want = _plain(obj, d1, d2, np.array([-1.0, 1.0]), np.array([0.5]))
-    monkeypatch.setattr(_fastpath, "_reads_outside", lambda *a: [])  # blind the trace
-    eng = _fastpath.Engine.build(obj, obj.center, [d1, d2])
+    monkeypatch.setattr(first_layer, "reads_outside", lambda *a: [])  # blind the trace
+    eng = engine.Engine.build(obj, obj.center, [d1, d2])
     assert eng.mode == "inplace" and "differed from a plain forward" in eng.reason
     got, _ = eng.evaluate(np.array([[-1.0, 0.5], [1.0, 0.5]]))
     np.testing.assert_allclose(got, want[:, 0], rtol=1e-5)
     # without the guard as well, the trick is wrong here: the test can fail
-    monkeypatch.setattr(_fastpath, "GUARD_RTOL", math.inf)
-    blind = _fastpath.Engine.build(obj, obj.center, [d1, d2])
+    monkeypatch.setattr(engine, "GUARD_RTOL", math.inf)
+    blind = engine.Engine.build(obj, obj.center, [d1, d2])
     assert blind.mode == "affine"
     wrong, _ = blind.evaluate(np.array([[-1.0, 0.5], [1.0, 0.5]]))
     assert np.max(np.abs(wrong - want[:, 0]) / want[:, 0]) > 1e-3
@@ -98,7 +98,7 @@ def test_plain_mlp_keeps_the_affine_engine_and_its_numbers():
     model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 3))
     obj = la.Objective(model, _data(), batch_size=50)
     d1, d2 = (la.directions.gaussian(model, seed=s) for s in (0, 1))
-    eng = _fastpath.Engine.build(obj, obj.center, [d1, d2])
+    eng = engine.Engine.build(obj, obj.center, [d1, d2])
     assert eng.mode == "affine" and eng.reason == "ok"
     assert [p for p, _, _ in eng._slots if p.shape == (32, 20)] == []  # layer 0 not rewritten
     s = la.surface(obj, d1, d2, resolution=4, progress=False, fast="affine")  # no race
@@ -120,7 +120,7 @@ def test_reading_only_metadata_of_the_weight_is_not_a_read():
     model = Meta()
     obj = la.Objective(model, _data(), batch_size=50)
     d = la.directions.gaussian(model, seed=0)
-    eng = _fastpath.Engine.build(obj, obj.center, [d])
+    eng = engine.Engine.build(obj, obj.center, [d])
     assert eng.mode == "affine" and eng.reason == "ok"
 
 

@@ -20,7 +20,8 @@ from lossatlas.core.distributed import shard_range
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.losses import IGNORE_INDEX
 
-__all__ = ["Batch", "as_batches", "cat", "check_loader_visits_all", "length_of", "slice_batch"]
+__all__ = ["Batch", "as_batches", "cat", "check_loader_visits_all", "length_of", "slice_batch",
+           "target_count"]
 
 
 @dataclass
@@ -252,7 +253,7 @@ def as_batches(
         j = min(i + batch_size, n)
         tgt = slice_batch(targets, i, j) if targets is not None else None
         inp = slice_batch(inputs, i, j)
-        batches.append(Batch(inp, tgt, _target_count(tgt, j - i)))
+        batches.append(Batch(inp, tgt, target_count(tgt, j - i)))
     if device is not None:
         batches = [b.to(device) for b in batches]
     return batches
@@ -278,7 +279,7 @@ def _leaves(x) -> list[torch.Tensor]:
     return []
 
 
-def _target_count(targets, n: int) -> float:
+def target_count(targets, n: int) -> float:
     """How many targets the loss averages over: non-ignored class labels, else samples."""
     if isinstance(targets, torch.Tensor) and not targets.is_floating_point():
         return float((targets != IGNORE_INDEX).sum())

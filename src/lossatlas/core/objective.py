@@ -1,8 +1,24 @@
 """The Objective: model + data + loss (+ BN policy) as a function of the parameters.
 
 This is the one place that runs a model forward. Everything else (landscapes, Hessians,
-trajectories, mining, connectivity) asks an :class:`Objective` for losses, gradients and
-Hessian-vector products at points ``θ`` given as name -> tensor mappings.
+trajectories, mining, connectivity, similarity) asks an :class:`Objective` (or, for a bare
+module, :func:`module_outputs`) for outputs, losses, gradients and Hessian-vector products at
+points ``θ`` given as name -> tensor mappings.
+
+The surface the measurements use:
+
+* running the model: :meth:`Objective.forward` (at a point, functional, eval or train mode),
+  :meth:`Objective.forward_module` (a real module, e.g. a private copy, on one batch),
+  :meth:`Objective.forward_points` (several stacked points in one vmapped pass),
+  :func:`module_outputs` (a bare module on inputs, eval mode, no gradients);
+* the private working copy: :meth:`Objective.private_model`;
+* BatchNorm: :meth:`Objective.recalibrate` (statistics at a point), :meth:`Objective.recalibrate_bn`
+  (the one recalibration pass, on a private copy or functionally), :func:`bn_modules`,
+  :func:`eval_mode`, :func:`train_mode`;
+* data and values: ``obj.batches`` / ``obj.weights`` / ``obj.n``, :meth:`Objective.batch_loss`,
+  :meth:`Objective.batch_values` (loss and correct count of one output), :meth:`Objective.evaluate`,
+  :meth:`Objective.grad`, :meth:`Objective.hvp` (the Hessian operator's product);
+* sums across ranks: :meth:`Objective.all_sum`, :meth:`Objective.partial_sums`.
 
 Guarantees:
 
@@ -30,17 +46,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from lossatlas.core import distributed as _dist
 from lossatlas.core import params as P
 from lossatlas.core import resources
+from lossatlas.core.attention import math_attention
 from lossatlas.core.batching import Batch, as_batches, length_of, slice_batch
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.losses import (
@@ -52,23 +70,25 @@ from lossatlas.core.losses import (
     resolve_loss,
 )
 
-__all__ = ["Batch", "Objective", "as_batches"]
+__all__ = ["Batch", "Objective", "as_batches", "bn_modules", "eval_mode", "module_outputs",
+           "train_mode"]
 
 
-# -- BN handling ----------------------------------------------------------------------------
+# -- module modes ---------------------------------------------------------------------------
 _BN = nn.modules.batchnorm._BatchNorm
 
 
-def _bn_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def bn_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every BatchNorm layer of ``model``, in module order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BN)]
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module, bn_train: bool = False) -> Iterator[None]:
+def eval_mode(model: nn.Module, bn_train: bool = False) -> Iterator[None]:
     """All modules in eval mode (BN in train mode with cumulative averaging when
     ``bn_train``); every flag restored on exit."""
     saved = [(m, m.training) for m in model.modules()]
-    bn_saved = [(m, m.momentum) for _, m in _bn_modules(model)]
+    bn_saved = [(m, m.momentum) for _, m in bn_modules(model)]
     try:
         model.eval()
         if bn_train:
@@ -83,45 +103,51 @@ def _eval_mode(model: nn.Module, bn_train: bool = False) -> Iterator[None]:
             m.momentum = mom
 
 
-# -- attention with second derivatives --------------------------------------------------------
-_FUSED_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-_said_math = False
-_FUSED_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _fused_attention(model: nn.Module) -> bool:
-    """True when the model runs attention through PyTorch's fused kernels (a transformers
-    ``attn_implementation`` of sdpa / flash, or ``nn.MultiheadAttention``)."""
-    if model not in _FUSED_SEEN:
-        cfg = getattr(model, "config", None)
-        _FUSED_SEEN[model] = getattr(cfg, "_attn_implementation", None) in _FUSED_ATTENTION \
-            or any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
-    return _FUSED_SEEN[model]
-
-
 @contextlib.contextmanager
-def _math_attention(model: nn.Module) -> Iterator[None]:
-    """Within a differentiable forward of an attention model, SDPA on its math kernel."""
-    if not torch.is_grad_enabled() or not _fused_attention(model):
+def train_mode(model: nn.Module) -> Iterator[None]:
+    """All modules in train mode (batch statistics in BN); every flag restored on exit."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        model.train()
         yield
-        return
-    global _said_math
-    if not _said_math:
-        _said_math = True
-        import sys
-
-        from lossatlas.core.progress import quiet
-
-        if not quiet():
-            print("lossatlas: derivatives run scaled_dot_product_attention on its math kernel "
-                  "(the fused kernels have no second derivative)", file=sys.stderr)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel([SDPBackend.MATH]):
-        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
 
 
-# -- the objective --------------------------------------------------------------------------
+@torch.no_grad()
+def module_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> list[Any]:
+    """``model(inputs[k:k + batch_size])`` for consecutive slices of the ``(m, ...)`` inputs,
+    in eval mode without gradients (flags restored): a list of ``ceil(m / batch_size)``
+    outputs. For measurements on bare modules (CKA of two models' outputs)."""
+    with eval_mode(model):
+        return [model(inputs[k:k + batch_size]) for k in range(0, inputs.shape[0], batch_size)]
+
+
+# -- early stop of a recalibration pass ------------------------------------------------------
+class _StopPass(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by :class:`_TailStop` to end a recalibration pass early."""
+
+
+class _TailStop:
+    """Forward hook on the last BN module: raises :class:`_StopPass` after its ``count``-th
+    call of a pass (``calls`` is reset before each batch)."""
+
+    def __init__(self, module: nn.Module | None, count: int):
+        self.count, self.calls = count, 0
+        self.handle = module.register_forward_hook(self) if module is not None else None
+
+    def __call__(self, module, args, output):
+        self.calls += 1
+        if self.calls >= self.count:
+            raise _StopPass
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+# -- messages ---------------------------------------------------------------------------------
 def _shape(x) -> str:
     """``(20, 7)`` for a tensor, ``{'input_ids': (2, 9)}`` / ``((2, 3), (2,))`` for nests."""
     if isinstance(x, torch.Tensor):
@@ -138,6 +164,22 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _plain_class_targets(loss_fn: LossFn, keyed: bool, batches: Sequence[Batch]) -> bool:
+    """True when every batch has plain class targets for (N, C) logits (1-D int64 labels,
+    none ignored) and the loss is the built-in cross-entropy: then
+    :meth:`Objective.batch_values` takes ``F.cross_entropy`` and ``argmax`` directly."""
+    if loss_fn is not LOSSES["cross_entropy"] or keyed:
+        return False
+    for b in batches:
+        t = b.targets
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point():
+            return False
+        if b.weight != t.shape[0]:  # some targets carry the ignore index
+            return False
+    return True
+
+
+# -- the objective --------------------------------------------------------------------------
 class Objective:
     """L(θ) = Σ_b (n_b/N) · loss(model(x_b; θ), y_b): the full-data mean loss of ``model``.
 
@@ -195,10 +237,30 @@ class Objective:
         self.device = resources.device(device) if device is not None else (
             first.device if first is not None else torch.device("cpu")
         )
-        self.names = list(params) if params is not None else P.select(
-            model, include=include, exclude=exclude, trainable_only=trainable_only
-        )
-        all_params = dict(model.named_parameters())
+        self._snapshot(P.select(model, include=include, exclude=exclude,
+                                trainable_only=trainable_only) if params is None else params)
+        self.distributed = distributed
+        self.dist = _dist.resolve(distributed, self.device)
+        self._partial = False
+        if self.dist is not None and bn == "recalibrate" and self.has_bn:
+            raise LossAtlasError(
+                'bn="recalibrate" is not supported on data split across processes; use '
+                'bn="keep" or distributed=False'
+            )
+        self._bind_data(data)
+        self._work_model: nn.Module | None = None
+        self._work_failed = False
+        self._plain_ce: bool | None = None
+        self.check_data()
+        if check:
+            self.check_determinism()
+
+    # -- construction steps -----------------------------------------------------------------
+    def _snapshot(self, names: Sequence[str]) -> None:
+        """``names``, ``center`` (the perturbed parameters), the fixed rest and the buffers,
+        copied onto the device."""
+        self.names = list(names)
+        all_params = dict(self.model.named_parameters())
         missing = [n for n in self.names if n not in all_params]
         if missing:
             raise LossAtlasError(f"params={missing[:3]} are not parameters of the model")
@@ -208,41 +270,32 @@ class Objective:
         self.center = P.Point({k: all_params[k].detach().to(self.device).clone()
                                for k in self.names})
         self.buffers = {k: v.detach().to(self.device).clone()
-                        for k, v in model.named_buffers()}
-        self._has_bn = bool(_bn_modules(model))
-        self.distributed = distributed
-        self.dist = _dist.resolve(distributed, self.device)
-        self._partial = False
-        if self.dist is not None and bn == "recalibrate" and self._has_bn:
-            raise LossAtlasError(
-                'bn="recalibrate" is not supported on data split across processes; use '
-                'bn="keep" or distributed=False'
-            )
-        part = (self.dist.rank, self.dist.world) if self.dist and \
-            self.dist.mode == "shard" else None
+                        for k, v in self.model.named_buffers()}
+        self.has_bn = bool(bn_modules(self.model))
+
+    def _bind_data(self, data) -> None:
+        """``batches`` (this rank's shard when split), ``n`` (targets over all ranks),
+        ``weights`` n_b/N, ``num_samples``; the ranks must agree on model and data."""
+        dist = self.dist
+        part = (dist.rank, dist.world) if dist and dist.mode == "shard" else None
         seen: dict = {}
-        self.batches = as_batches(data, batch_size, target_key, self.device, part=part,
-                                  info=seen)
+        self.batches = as_batches(data, self.batch_size, self.target_key, self.device,
+                                  part=part, info=seen)
         self.n = self._sum(sum(b.weight for b in self.batches))
         if self.n <= 0:
             raise LossAtlasError("data: no target to average over (all ignored?)")
         self.weights = [b.weight / self.n for b in self.batches]
         self.num_samples = int(self._sum(sum(length_of(b.inputs) for b in self.batches)))
-        if self.dist is not None:
-            self.dist.same(P.hash_point(self.center), "the model (its parameters)",
-                           "build or load the same model on every process")
+        if dist is not None:
+            dist.same(P.hash_point(self.center), "the model (its parameters)",
+                      "build or load the same model on every process")
         if part is not None:
-            self.dist.same((seen["total"], seen["first"]), "the data (size, first sample)",
-                           'pass the same data on every process, or distributed="local" when '
-                           "each process holds its own part")
-        self._keyed = isinstance(self.batches[0].inputs, Mapping)
-        self._work_model: nn.Module | None = None
-        self._work_failed = False
-        self.check_data()
-        if check:
-            self.check_determinism()
+            dist.same((seen["total"], seen["first"]), "the data (size, first sample)",
+                      'pass the same data on every process, or distributed="local" when '
+                      "each process holds its own part")
+        self.keyed = isinstance(self.batches[0].inputs, Mapping)
 
-    # -- low level (differentiable) ------------------------------------------------------
+    # -- running the model --------------------------------------------------------------------
     def full_params(self, point: Mapping[str, torch.Tensor] | None = None) -> dict:
         """All of the model's parameters, the perturbed ones taken from ``point``."""
         point = self.center if point is None else point
@@ -253,103 +306,98 @@ class Objective:
             )
         return {**self._fixed, **point}
 
-    def forward(self, point, batch: Batch, buffers: Mapping | None = None):
-        """Model output on one batch at ``point`` (eval mode; differentiable).
-
-        With gradients on, ``scaled_dot_product_attention`` runs on its math kernel: the fused
-        kernels (flash / memory-efficient) have no second derivative, so Hessian-vector
-        products through them would fail (said once, on stderr, for models that use it)."""
-        buffers = self.buffers if buffers is None else buffers
-        tensors = {**self.full_params(point), **buffers}
-        with _eval_mode(self.model), _math_attention(self.model):
-            return self._call(tensors, batch)
-
-    def _call(self, tensors: dict, batch: Batch):
-        if self._keyed:
+    def _arguments(self, batch: Batch) -> tuple[tuple, dict]:
+        """The model's (args, kwargs) for one batch: keyword tensors for dict inputs (with the
+        targets under ``target_key`` for ``loss="model"``), else the input tensor(s)."""
+        if self.keyed:
             kwargs = dict(batch.inputs)
             if self.loss_name == "model" and batch.targets is not None and self.target_key:
                 kwargs[self.target_key] = batch.targets
-            return functional_call(self.model, tensors, args=(), kwargs=kwargs, strict=False)
-        args = batch.inputs if isinstance(batch.inputs, tuple) else (batch.inputs,)
-        return functional_call(self.model, tensors, args=args, strict=False)
+            return (), kwargs
+        return (batch.inputs if isinstance(batch.inputs, tuple) else (batch.inputs,)), {}
 
-    def batch_loss(self, point, batch: Batch, buffers: Mapping | None = None) -> torch.Tensor:
-        """Mean loss on one batch at ``point`` (differentiable scalar)."""
-        return self.loss_fn(self.forward(point, batch, buffers), batch.targets)
+    def _call(self, tensors: Mapping, batch: Batch):
+        args, kwargs = self._arguments(batch)
+        return functional_call(self.model, dict(tensors), args=args, kwargs=kwargs,
+                               strict=False)
 
-    def mean_loss(self, point, buffers: Mapping | None = None) -> torch.Tensor:
-        """Full-data mean loss Σ_b w_b L_b as one differentiable scalar (one graph over all
-        batches: use for small data; :meth:`grad` and :meth:`hvp` stream batch by batch).
-        On data split across processes it is this rank's share (sum it over the ranks)."""
-        buffers = self.buffers_at(point) if buffers is None else buffers
-        total = 0.0
-        for w, b in zip(self.weights, self.batches):
-            total = total + w * self.batch_loss(point, b, buffers)
-        return total
+    def forward(self, point, batch: Batch, buffers: Mapping | None = None, *,
+                train: bool = False):
+        """Model output on one batch at ``point`` (differentiable; the user's model run
+        functionally with all of its parameters and ``buffers``, default the center's).
 
-    # -- BN ------------------------------------------------------------------------------
-    def buffers_at(self, point=None) -> dict:
-        """Buffers to use at ``point``: the center's (``bn="keep"``), or BN running statistics
-        recomputed at ``point`` by a cumulative-average pass over the data (``"recalibrate"``)."""
-        if self.bn == "keep" or not self._has_bn or point is None:
-            return self.buffers
-        return self.recalibrate(point)
+        Eval mode; with gradients on, ``scaled_dot_product_attention`` runs on its math kernel:
+        the fused kernels (flash / memory-efficient) have no second derivative, so
+        Hessian-vector products through them would fail (said once, on stderr, for models that
+        use it). ``train=True``: every module in train mode (batch statistics; BN running
+        statistics are updated in ``buffers``), for training at a point (Bezier curves)."""
+        buffers = self.buffers if buffers is None else buffers
+        tensors = {**self.full_params(point), **buffers}
+        if train:
+            with train_mode(self.model):
+                return self._call(tensors, batch)
+        with eval_mode(self.model), math_attention(self.model):
+            return self._call(tensors, batch)
 
-    @torch.no_grad()
-    def recalibrate(self, point) -> dict:
-        """Running statistics of every BatchNorm layer recomputed at ``point``.
+    def forward_module(self, module: nn.Module, batch: Batch):
+        """``module`` (a real module of this objective's architecture, such as
+        :meth:`private_model`, in whatever mode it is) called on one batch as the objective
+        calls its model. The output, e.g. logits of shape (b, C)."""
+        args, kwargs = self._arguments(batch)
+        return module(*args, **kwargs)
 
-        Equivalent to ``reset_running_stats()``, ``momentum=None`` and a train-mode forward
-        over every batch, done on a private copy: the model's own buffers are untouched.
-        """
-        work = self._work()
-        if work is None:
-            return self._recalibrate_functional(point)
-        self._load(work, point, self.buffers)
-        bns = _bn_modules(work)
-        for _, m in bns:
-            m.reset_running_stats()
-        with _eval_mode(work, bn_train=True):
-            for b in self.batches:
-                self._run(work, b)
-        return {k: v.clone() for k, v in work.named_buffers()}
+    def forward_points(self, module: nn.Module, stacked: Mapping[str, torch.Tensor],
+                       batch: Batch, buffers: Mapping | None = None):
+        """Outputs at k points in one pass: ``torch.vmap`` of a functional forward of
+        ``module`` over ``stacked`` (name -> tensor of shape (k, *param_shape) for every
+        perturbed parameter), the fixed parameters and ``buffers`` (default the center's)
+        shared. Returns the outputs stacked on a leading axis, e.g. (k, b, C). Tensor inputs
+        only (not keyword dicts)."""
+        fixed = {**self._fixed, **(self.buffers if buffers is None else buffers)}
+        args, _ = self._arguments(batch)
 
-    def _recalibrate_functional(self, point) -> dict:
-        bufs = {k: v.clone() for k, v in self.buffers.items()}
-        for name, m in _bn_modules(self.model):
-            prefix = f"{name}." if name else ""
-            if m.track_running_stats:
-                bufs[prefix + "running_mean"].zero_()
-                bufs[prefix + "running_var"].fill_(1.0)
-                bufs[prefix + "num_batches_tracked"].zero_()
-        tensors = {**self.full_params(point), **bufs}
-        with _eval_mode(self.model, bn_train=True):
-            for b in self.batches:
-                self._call(tensors, b)
-        return bufs
+        def one(params, inputs):
+            return functional_call(module, {**fixed, **params}, inputs)
 
-    # -- fast no-grad evaluation on a private copy ---------------------------------------
+        return vmap(one, in_dims=(0, None))(dict(stacked), args)
+
+    # -- the private working copy -----------------------------------------------------------
+    def private_model(self) -> nn.Module | None:
+        """A new deep copy of the model on the objective's device for fast no-grad work: eval
+        mode, no gradients, the parameters at the center (the fixed ones included) and the
+        center's buffers. Writing a point into its parameters costs one ``copy_`` per tensor,
+        cheaper than ``functional_call``. None when the model cannot be deep-copied (use
+        :meth:`forward` then)."""
+        try:
+            model = copy.deepcopy(self.model).to(self.device)
+        except Exception:  # un-copyable models fall back to functional calls
+            return None
+        model.eval()
+        tensors = {**self._fixed, **self.center}
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.requires_grad_(False)
+                if k in tensors:
+                    p.copy_(tensors[k])
+            for k, b in model.named_buffers():
+                if k in self.buffers:
+                    b.copy_(self.buffers[k])
+        return model
+
     def _work(self) -> nn.Module | None:
-        """A private deep copy of the model for no-grad evaluation (None when the model cannot
-        be copied; the functional path is used then). Writing a point into the copy's
-        parameters costs one ``copy_`` per tensor, cheaper than ``functional_call``."""
+        """The objective's own private copy (made on first use), or None."""
         if self._work_model is None and not self._work_failed:
-            try:
-                work = copy.deepcopy(self.model).to(self.device)
-            except Exception:  # un-copyable models fall back to functional calls
+            work = self.private_model()
+            if work is None:
                 self._work_failed = True
                 return None
-            work.eval()
-            for p in work.parameters():
-                p.requires_grad_(False)
             self._work_params = dict(work.named_parameters())
             self._work_buffers = dict(work.named_buffers())
-            for k, v in self._fixed.items():
-                self._work_params[k].copy_(v)
             self._work_model = work
         return self._work_model
 
-    def _load(self, work: nn.Module, point: Mapping, buffers: Mapping | None) -> None:
+    def _load(self, point: Mapping, buffers: Mapping | None) -> None:
+        """Write ``point`` (and ``buffers``) into the objective's private copy."""
         if point.keys() != self.center.keys():
             self.full_params(point)  # raises the clear message
         for k, v in point.items():
@@ -358,42 +406,111 @@ class Objective:
             for k, v in buffers.items():
                 self._work_buffers[k].copy_(v)
 
-    def _run(self, module: nn.Module, batch: Batch):
-        if self._keyed:
-            kwargs = dict(batch.inputs)
-            if self.loss_name == "model" and batch.targets is not None and self.target_key:
-                kwargs[self.target_key] = batch.targets
-            return module(**kwargs)
-        args = batch.inputs if isinstance(batch.inputs, tuple) else (batch.inputs,)
-        return module(*args)
+    # -- BN ------------------------------------------------------------------------------
+    def buffers_at(self, point=None) -> dict:
+        """Buffers to use at ``point``: the center's (``bn="keep"``), or BN running statistics
+        recomputed at ``point`` by a cumulative-average pass over the data (``"recalibrate"``)."""
+        if self.bn == "keep" or not self.has_bn or point is None:
+            return self.buffers
+        return self.recalibrate(point)
+
+    @torch.no_grad()
+    def recalibrate(self, point) -> dict:
+        """Running statistics of every BatchNorm layer recomputed at ``point`` (all buffers,
+        name -> tensor), by :meth:`recalibrate_bn` on the private copy (functionally when the
+        model cannot be copied): the model's own buffers are untouched."""
+        work = self._work()
+        if work is None:
+            bufs = {k: v.clone() for k, v in self.buffers.items()}
+            self.recalibrate_bn(self.model, {**self.full_params(point), **bufs})
+            return bufs
+        self._load(point, self.buffers)
+        self.recalibrate_bn(work)
+        return {k: v.clone() for k, v in work.named_buffers()}
+
+    @torch.no_grad()
+    def recalibrate_bn(self, module: nn.Module, tensors: dict | None = None, *,
+                       last_bn: tuple[nn.Module, int] | None = None) -> None:
+        """The one BN recalibration (UpBN): every BatchNorm layer's running statistics reset
+        (``reset_running_stats()``), then one train-mode forward over every batch with a
+        cumulative average (``momentum=None``); flags and momenta restored.
+
+        ``module``: a private copy holding the point (its own buffers are rewritten), or, with
+        ``tensors`` (every parameter and buffer by name), a module run functionally whose
+        statistics land in those tensors. ``last_bn``: (the last BN module called in a forward,
+        its calls per forward): each batch's forward stops right after its last call, which is
+        exact (the layers after it change no statistic) and saves the network's tail."""
+        for name, m in bn_modules(module):
+            if tensors is None:
+                m.reset_running_stats()
+            elif m.track_running_stats:
+                prefix = f"{name}." if name else ""
+                tensors[prefix + "running_mean"].zero_()
+                tensors[prefix + "running_var"].fill_(1.0)
+                tensors[prefix + "num_batches_tracked"].zero_()
+        stop = _TailStop(*last_bn) if last_bn is not None else None
+        try:
+            with eval_mode(module, bn_train=True):
+                for b in self.batches:
+                    if stop is not None:
+                        stop.calls = 0
+                    with contextlib.suppress(_StopPass):
+                        if tensors is None:
+                            self.forward_module(module, b)
+                        else:
+                            self._call(tensors, b)
+        finally:
+            if stop is not None:
+                stop.remove()
 
     # -- values --------------------------------------------------------------------------
+    def batch_loss(self, point, batch: Batch, buffers: Mapping | None = None) -> torch.Tensor:
+        """Mean loss on one batch at ``point`` (differentiable scalar)."""
+        return self.loss_fn(self.forward(point, batch, buffers), batch.targets)
+
+    def batch_values(self, output, batch: Batch) -> tuple[float, float]:
+        """(mean loss, number correct) of one batch's model ``output``; the correct count is
+        nan when not a classifier. Plain class targets with the built-in cross-entropy take
+        ``F.cross_entropy`` and ``argmax`` straight (the same numbers, bit for bit), not a
+        hand-fused max/exp/gather pass, which was slower on the CPU (figure in
+        benchmarks/README.md)."""
+        if self._plain_ce is None:
+            self._plain_ce = _plain_class_targets(self.loss_fn, self.keyed, self.batches)
+        if self._plain_ce and isinstance(output, torch.Tensor) and output.dim() == 2:
+            return (float(F.cross_entropy(output, batch.targets)),
+                    float((output.argmax(1) == batch.targets).sum()))
+        return float(self.loss_fn(output, batch.targets)), accuracy_count(output, batch.targets)
+
     @torch.no_grad()
-    def evaluate(self, point=None, buffers: Mapping | None = None) -> dict[str, float]:
-        """Full-data mean loss and accuracy (fraction correct; nan when not a classifier)."""
+    def evaluate(self, point=None, buffers: Mapping | None = None, *,
+                 private_copy: bool = True) -> dict[str, float]:
+        """Full-data mean loss and accuracy (fraction correct; nan when not a classifier).
+
+        ``private_copy=False`` runs the model functionally instead of writing the point into
+        the private copy (no copy is made: for one value of a model that changes, e.g. during
+        training)."""
         point = self.center if point is None else point
         buffers = self.buffers_at(point) if buffers is None else buffers
-        work = self._work()
+        work = self._work() if private_copy else None
         loss_sum, correct = 0.0, 0.0
         if work is None:
-            with _eval_mode(self.model):
+            with eval_mode(self.model):
                 tensors = {**self.full_params(point), **buffers}
                 for b in self.batches:
-                    out = self._call(tensors, b)
-                    loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
-                    correct += accuracy_count(out, b.targets)
+                    lb, cb = self.batch_values(self._call(tensors, b), b)
+                    loss_sum, correct = loss_sum + lb * b.weight, correct + cb
         else:
-            self._load(work, point, buffers)
+            self._load(point, buffers)
             for b in self.batches:
-                out = self._run(work, b)
-                loss_sum += float(self.loss_fn(out, b.targets)) * b.weight
-                correct += accuracy_count(out, b.targets)
+                lb, cb = self.batch_values(self.forward_module(work, b), b)
+                loss_sum, correct = loss_sum + lb * b.weight, correct + cb
         loss_sum, correct = (float(v) for v in self._sum(np.array([loss_sum, correct])))
         return {"loss": loss_sum / self.n, "accuracy": correct / self.n}
 
-    def loss(self, point=None, buffers: Mapping | None = None) -> float:
+    def loss(self, point=None, buffers: Mapping | None = None, *,
+             private_copy: bool = True) -> float:
         """Full-data mean loss at ``point`` (the center when None)."""
-        return self.evaluate(point, buffers)["loss"]
+        return self.evaluate(point, buffers, private_copy=private_copy)["loss"]
 
     def evaluate_batch(self, points: Sequence[Mapping]) -> dict[str, np.ndarray]:
         """Loss and accuracy at each of ``points``: arrays of shape (len(points),)."""
@@ -421,33 +538,16 @@ class Objective:
                     total[k].add_(g, alpha=w)
         return P.Point(self._sum_point(total))
 
-    def hvp(self, vectors: Sequence[Mapping] | Mapping, point=None) -> list[P.Point]:
-        """H v for each vector, H the Hessian of the full-data mean loss at ``point``.
+    def hvp(self, vectors: Sequence[Mapping] | Mapping, point=None) -> P.Point | list[P.Point]:
+        """H v for each vector (a Point, or a list: a list back), H the Hessian of the
+        full-data mean loss at ``point``: the product of
+        :class:`lossatlas.measurements.hessian.operator.HessianOperator`, which weights every
+        batch by n_b/N, splits batches whose graph would be too large and picks its method by
+        memory and timing. (Imported at call time: the operator belongs to the Hessian
+        measurements, and the core imports no higher layer when it loads.)"""
+        from lossatlas.measurements.hessian.operator import hvp
 
-        One double-backward graph per batch is reused for every vector; per-batch products are
-        weighted by n_b/N (the exact mean, not a sum of batch means).
-        """
-        single = isinstance(vectors, Mapping)
-        vecs = [vectors] if single else list(vectors)
-        point = self.center if point is None else point
-        buffers = self.buffers_at(point)
-        leaves = {k: v.detach().requires_grad_(True) for k, v in point.items()}
-        keys = list(leaves)
-        out = [{k: torch.zeros_like(v) for k, v in leaves.items()} for _ in vecs]
-        for w, b in zip(self.weights, self.batches):
-            lb = self.batch_loss(leaves, b, buffers)
-            gs = torch.autograd.grad(lb, [leaves[k] for k in keys], create_graph=True)
-            for i, v in enumerate(vecs):
-                gv = sum(torch.sum(g * v[k]) for g, k in zip(gs, keys))
-                hv = torch.autograd.grad(
-                    gv, [leaves[k] for k in keys], retain_graph=i < len(vecs) - 1,
-                    allow_unused=True,
-                )
-                for k, h in zip(keys, hv):
-                    if h is not None:
-                        out[i][k].add_(h, alpha=w)
-        res = [P.Point(self._sum_point(o)) for o in out]
-        return res[0] if single else res
+        return hvp(self, vectors, point)
 
     # -- data-parallel reduction (lossatlas.core.distributed) ---------------------------------
     def _sum(self, x):
@@ -455,19 +555,21 @@ class Objective:
         process or inside :meth:`partial_sums`."""
         return x if self.dist is None or self._partial else self.dist.all_sum(x)
 
-    def _sum_point(self, point: dict) -> dict:
+    def _sum_point(self, point: Mapping) -> dict:
         """A name -> tensor mapping summed over the ranks with one all-reduce."""
         if self.dist is None or self._partial:
-            return point
+            return dict(point)
         keys = list(point)
         flat = self.dist.all_sum(torch.cat([point[k].reshape(-1) for k in keys]))
         parts = torch.split(flat, [point[k].numel() for k in keys])
         return {k: p.reshape(point[k].shape) for k, p in zip(keys, parts)}
 
     def all_sum(self, x):
-        """Public form of the reduction for engines that accumulate their own weighted sums
-        (n_b/N-weighted over this process's batches): the full-data value."""
-        return self._sum(x)
+        """The full-data value of a weighted sum accumulated over this process's batches
+        (n_b/N-weighted): Σ over the ranks of a float, array or tensor, or of a name -> tensor
+        mapping (one all-reduce; a dict back); ``x`` itself in one process or inside
+        :meth:`partial_sums`."""
+        return self._sum_point(x) if isinstance(x, Mapping) else self._sum(x)
 
     @contextlib.contextmanager
     def partial_sums(self) -> Iterator[None]:

@@ -53,7 +53,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from lossatlas.core.errors import LossAtlasError
-from lossatlas.core.objective import _eval_mode
+from lossatlas.core.objective import eval_mode
 from lossatlas.core.progress import track
 
 __all__ = [
@@ -509,7 +509,7 @@ def activation_matching(spec: PermutationSpec, model_a: nn.Module, model_b: nn.M
     dims = {n: d for lst in spec.nodes.values() for n, d in lst}
     dev_a = next(model_a.parameters()).device
     dev_b = next(model_b.parameters()).device
-    with _eval_mode(model_a), _eval_mode(model_b):
+    with eval_mode(model_a), eval_mode(model_b):
         gm_a, gm_b = _trace(model_a), _trace(model_b)  # in eval mode: F.dropout(training=...)
         xs = _inputs(data, batch_size)
         for x in track(xs, "activation matching", disable=None if len(xs) > 8 else True):

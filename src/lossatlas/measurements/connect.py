@@ -42,10 +42,9 @@ ModeConnectivity(mc=-7.0, t_star=0.5)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -56,13 +55,14 @@ from torch import nn
 from lossatlas.core import params as P
 from lossatlas.core.batching import Batch, cat
 from lossatlas.core.errors import LossAtlasError
-from lossatlas.core.objective import Objective, _bn_modules
+from lossatlas.core.objective import Objective
 from lossatlas.core.progress import track
 from lossatlas.measurements.align import align, match
 from lossatlas.store.results import result
 
 __all__ = [
     "ConnectResult",
+    "CurveTraining",
     "ModeConnectivity",
     "align",
     "barrier",
@@ -187,10 +187,6 @@ def barrier(t: Sequence[float], values: Sequence[float]) -> float:
 
 
 # -- evaluation -----------------------------------------------------------------------------
-def _has_bn(obj: Objective) -> bool:
-    return bool(_bn_modules(obj.model))
-
-
 def _grid(points: int | Sequence[float]) -> np.ndarray:
     if isinstance(points, (int, np.integer)):
         if points < 2:
@@ -204,7 +200,7 @@ def _grid(points: int | Sequence[float]) -> np.ndarray:
 
 def _evaluate_points(obj: Objective, pts: Sequence[Mapping], desc: str) -> dict[str, np.ndarray]:
     loss, err = [], []
-    bn = _has_bn(obj)
+    bn = obj.has_bn
     for p in track(pts, desc, total=len(pts), disable=None if len(pts) > 8 else True):
         ev = obj.evaluate(p, obj.recalibrate(p) if bn else obj.buffers)
         loss.append(ev["loss"])
@@ -362,18 +358,6 @@ def _take(x, idx: torch.Tensor):
     return x
 
 
-@contextlib.contextmanager
-def _train_mode(model: nn.Module) -> Iterator[None]:
-    """The model in train mode (batch statistics in BN) for the curve's forward; flags restored."""
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.train()
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
-
-
 def _objective(obj_or_model, data, batch_size: int | None) -> Objective:
     if isinstance(obj_or_model, Objective):
         if data is not None:
@@ -387,6 +371,30 @@ def _objective(obj_or_model, data, batch_size: int | None) -> Objective:
     raise LossAtlasError(
         f"expected an Objective or an nn.Module, got {type(obj_or_model).__name__}"
     )
+
+
+@dataclass(frozen=True)
+class CurveTraining:
+    """How the bends of a curve are trained (Garipov et al. 2018's settings by default): SGD
+    with ``momentum`` on E_t L(γ(t)) + ½·``weight_decay``·‖γ(t)‖², one t ~ U(0, 1) per
+    mini-batch of ``batch_size`` (shuffled each epoch by a generator seeded with ``seed``),
+    ``lr`` with :func:`garipov_lr` over ``epochs``; ``bends`` free control points."""
+
+    bends: int = 1
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
+    progress: bool | None = None
+
+    def check(self) -> None:
+        """One sentence for a bad setting."""
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise LossAtlasError(f"epochs={self.epochs!r} must be an integer >= 0")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise LossAtlasError("lr must be > 0 and batch_size >= 1")
 
 
 def train_curve(
@@ -411,80 +419,114 @@ def train_curve(
 ) -> ConnectResult:
     """Train the bends of a Bezier curve from θ (``theta_a``) to θ′ (``theta_b``) and measure mc.
 
-    ``obj``: an :class:`Objective` on the training data, or a model plus ``data``. The ends are
-    never changed. SGD (``momentum``) on E_t L(γ(t)) + ½·``weight_decay``·‖γ(t)‖², t ~ U(0, 1)
-    per mini-batch of ``batch_size`` (shuffled each epoch), ``lr`` with Garipov's schedule over
-    ``epochs``; ``bends`` free control points start on the line. Paper settings: bends=1,
-    epochs=50, lr=0.01, points=5. Then the curve (and the straight line when ``linear``) is
-    evaluated at ``points`` t values with BN recalibrated at every t, and mc / t* are computed
-    on ``metric`` ("error": train error in percent, or "loss"). Deterministic for a ``seed``.
+    Paper settings: bends=1, epochs=50, lr=0.01, points=5. The ends are never changed;
+    deterministic for a ``seed``.
 
-    ``align="weights"`` (Git Re-Basin weight matching) or ``"activations"`` (on the training
-    data) permutes θ′ to match θ first (same function, reordered units); the result then also
-    reports the line (and, with ``unaligned_curve``, a curve) between the unaligned ends.
+    Args:
+        obj: an :class:`Objective` on the training data, or a model plus ``data``.
+        theta_a, theta_b: the ends θ, θ′ (points, state dicts or modules).
+        data: the training data when ``obj`` is a model.
+        bends, epochs, lr, momentum, weight_decay, batch_size, seed, progress: the training
+            (see :class:`CurveTraining`); the bends start on the straight line.
+        points: t values where the curve (and the straight line when ``linear``) is evaluated
+            with BN recalibrated at every t (a count: evenly spaced, ends included).
+        metric: what mc / t* are computed on: "error" (train error in percent) or "loss".
+        align: ``"weights"`` (Git Re-Basin weight matching) or ``"activations"`` (on the
+            training data) permutes θ′ to match θ first (same function, reordered units); the
+            result then also reports the line (and, with ``unaligned_curve``, a curve) between
+            the unaligned ends.
+
+    Returns:
+        a :class:`ConnectResult`.
     """
     metric = _metric(metric)
     obj = _objective(obj, data, 512)
+    opts = CurveTraining(bends=bends, epochs=epochs, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, batch_size=batch_size, seed=seed,
+                         progress=progress)
     if align is not None:
         return _train_aligned(obj, theta_a, theta_b, align, unaligned_curve, dict(
             bends=bends, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
             batch_size=batch_size, points=points, metric=metric, linear=True, seed=seed,
             progress=progress))
     a, b = _ends(obj, theta_a, theta_b)
-    if not isinstance(epochs, int) or epochs < 0:
-        raise LossAtlasError(f"epochs={epochs!r} must be an integer >= 0")
-    if lr <= 0 or batch_size < 1:
-        raise LossAtlasError("lr must be > 0 and batch_size >= 1")
-    free = [p.clone() for p in initial_bends(a, b, bends)]
-    leaves = [{k: v.requires_grad_(True) for k, v in p.items()} for p in free]
-    k = bends + 1
+    opts.check()
+    control, history = _train_bends(obj, a, b, opts)
+    return _measure_curve(obj, control, history, opts, points, metric, linear)
 
+
+def _train_bends(obj: Objective, a: P.Point, b: P.Point, opts: CurveTraining
+                 ) -> tuple[list[P.Point], list[float]]:
+    """The trained control points [θ, bends..., θ′] and the mean training loss per epoch."""
+    leaves = [{k: v.requires_grad_(True) for k, v in p.clone().items()}
+              for p in initial_bends(a, b, opts.bends)]
     inputs = cat([bt.inputs for bt in obj.batches])
     targets = cat([bt.targets for bt in obj.batches]) if obj.batches[0].targets is not None \
         else None
     n = obj.num_samples
-    gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.SGD([t for p in leaves for t in p.values()], lr=lr, momentum=momentum)
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
-    total = max(1, epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(int(opts.seed))
+    opt = torch.optim.SGD([t for p in leaves for t in p.values()], lr=opts.lr,
+                          momentum=opts.momentum)
+    total = max(1, opts.epochs * max(1, math.ceil(n / opts.batch_size)))
     scratch = {name: v.clone() for name, v in obj.buffers.items()}  # BN running stats land here
-    history = []
+    history: list[float] = []
     step = 0
-    for _ in track(range(epochs), "curve", total=epochs,
-                   disable=None if progress is None else not progress):
+    for _ in track(range(opts.epochs), "curve", total=opts.epochs,
+                   disable=None if opts.progress is None else not opts.progress):
         perm = torch.randperm(n, generator=gen).to(obj.device)
         run_loss, run_n = 0.0, 0
-        for s in range(0, n, batch_size):
-            idx = perm[s:s + batch_size]
+        for s in range(0, n, opts.batch_size):
+            idx = perm[s:s + opts.batch_size]
             batch = Batch(_take(inputs, idx), _take(targets, idx), float(idx.numel()))
-            t = float(torch.rand((), generator=gen))
-            w = bernstein(k, t)
-            pt = {name: float(w[0]) * a[name] + float(w[-1]) * b[name]
-                  + sum(float(w[j + 1]) * leaves[j][name] for j in range(bends))
-                  for name in obj.names}
+            pt = _curve_point(obj, [a, *leaves, b], float(torch.rand((), generator=gen)))
             for g in opt.param_groups:
-                g["lr"] = garipov_lr(lr, step / total)
-            with _train_mode(obj.model):
-                out = obj._call({**obj.full_params(pt), **scratch}, batch)
-            loss = obj.loss_fn(out, batch.targets)
-            reg = 0.5 * weight_decay * sum(v.pow(2).sum() for v in pt.values()) \
-                if weight_decay else 0.0
-            opt.zero_grad(set_to_none=True)
-            (loss + reg).backward()
-            opt.step()
-            run_loss += loss.item() * idx.numel()
+                g["lr"] = garipov_lr(opts.lr, step / total)
+            loss = _sgd_step(obj, opt, pt, batch, scratch, opts.weight_decay)
+            run_loss += loss * idx.numel()
             run_n += idx.numel()
             step += 1
         history.append(run_loss / max(run_n, 1))
+    control = [a, *[P.Point({k: v.detach().clone() for k, v in p.items()}) for p in leaves], b]
+    return control, history
 
-    control = [a, *[P.Point({k2: v.detach().clone() for k2, v in p.items()}) for p in leaves], b]
+
+def _curve_point(obj: Objective, control: Sequence[Mapping], t: float) -> dict:
+    """γ(t) = Σ_j C(k, j)(1 − t)^{k−j} t^j θ_j, differentiable in the bends (ends first, as
+    the training has always summed them)."""
+    w = bernstein(len(control) - 1, t)
+    a, b, bends = control[0], control[-1], control[1:-1]
+    return {name: float(w[0]) * a[name] + float(w[-1]) * b[name]
+            + sum(float(w[j + 1]) * bends[j][name] for j in range(len(bends)))
+            for name in obj.names}
+
+
+def _sgd_step(obj: Objective, opt: torch.optim.Optimizer, pt: Mapping, batch: Batch,
+              scratch: dict, weight_decay: float) -> float:
+    """One SGD step on L_batch(γ(t)) + ½·weight_decay·‖γ(t)‖² (train-mode forward, BN batch
+    statistics, running statistics into ``scratch``); returns the batch loss."""
+    loss = obj.loss_fn(obj.forward(pt, batch, scratch, train=True), batch.targets)
+    reg = 0.5 * weight_decay * sum(v.pow(2).sum() for v in pt.values()) \
+        if weight_decay else 0.0
+    opt.zero_grad(set_to_none=True)
+    (loss + reg).backward()
+    opt.step()
+    return loss.item()
+
+
+def _measure_curve(obj: Objective, control: list[P.Point], history: list[float],
+                   opts: CurveTraining, points: int | Sequence[float], metric: str,
+                   linear: bool) -> ConnectResult:
+    """The trained curve (and the straight line) evaluated at ``points`` t values, mc on
+    ``metric``, with the settings and provenance."""
+    a, b = control[0], control[-1]
     ts = _grid(points)
     ev = _evaluate_points(obj, bezier(control, ts), "curve")
     mc = mode_connectivity(ts, ev[metric])
     lin = linear_barrier(obj, a, b, ts, metric) if linear else None
-    settings = {"bends": bends, "epochs": epochs, "lr": lr, "momentum": momentum,
-                "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed,
-                "schedule": "garipov", "bn": "recalibrate" if _has_bn(obj) else "none"}
+    settings = {"bends": opts.bends, "epochs": opts.epochs, "lr": opts.lr,
+                "momentum": opts.momentum, "weight_decay": opts.weight_decay,
+                "batch_size": opts.batch_size, "seed": opts.seed, "schedule": "garipov",
+                "bn": "recalibrate" if obj.has_bn else "none"}
     return ConnectResult(
         t=ts, loss=ev["loss"], error=ev["error"], mc=mc.mc, t_star=mc.t_star, metric=metric,
         linear_loss=lin["loss"] if lin else None, linear_error=lin["error"] if lin else None,

@@ -151,7 +151,7 @@ def _loss_grad(obj, w, c, u, group, buffers) -> tuple[float, dict[str, torch.Ten
         for k, g in zip(leaves, gs):
             if g is not None:
                 grads[k].add_(g, alpha=wt)
-    total, grads = float(obj.all_sum(total)), obj._sum_point(grads)  # split data: Σ over ranks
+    total, grads = float(obj.all_sum(total)), obj.all_sum(grads)  # split data: Σ over ranks
     return total, {k: c[k] * g for k, g in grads.items()}
 
 

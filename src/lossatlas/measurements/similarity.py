@@ -30,6 +30,7 @@ from torch import nn
 from lossatlas.core import params as P
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.losses import logits_of
+from lossatlas.core.objective import module_outputs
 
 __all__ = ["inputs_of", "l2_distance", "layer_outputs", "linear_cka", "mixup_samples",
            "model_cka", "noise_samples"]
@@ -138,10 +139,9 @@ def noise_samples(X, m: int = 640, magnitude: float = 0.1, seed: int = 0) -> tor
 
 
 def _softmax_outputs(model: nn.Module, X: torch.Tensor, batch_size: int) -> torch.Tensor:
-    outs = []
-    for k in range(0, X.shape[0], batch_size):
-        outs.append(torch.softmax(logits_of(model(X[k:k + batch_size])).float(), dim=-1))
-    return torch.cat(outs)
+    """Softmax of the model's logits on ``X`` (m, ...): (m, C), eval mode, no gradients."""
+    return torch.cat([torch.softmax(logits_of(out).float(), dim=-1)
+                      for out in module_outputs(model, X, batch_size)])
 
 
 def layer_outputs(
@@ -165,17 +165,11 @@ def layer_outputs(
         return fn
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in layers]
-    saved = [(mod, mod.training) for mod in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
-            for k in range(0, X.shape[0], batch_size):
-                model(X[k:k + batch_size])
+        module_outputs(model, X, batch_size)
     finally:
         for h in handles:
             h.remove()
-        for mod, flag in saved:
-            mod.training = flag
     return {n: torch.cat(v) for n, v in got.items()}
 
 
@@ -229,16 +223,7 @@ def model_cka(
         fa = layer_outputs(model_a, X, layers, batch_size)
         fb = layer_outputs(model_b, X, layers, batch_size)
         return {n: linear_cka(fa[n], fb[n]) for n in layers}
-    outs = []
-    for model in (model_a, model_b):
-        saved = [(mod, mod.training) for mod in model.modules()]
-        try:
-            model.eval()
-            with torch.no_grad():
-                outs.append(_softmax_outputs(model, X, batch_size))
-        finally:
-            for mod, flag in saved:
-                mod.training = flag
+    outs = [_softmax_outputs(model, X, batch_size) for model in (model_a, model_b)]
     return linear_cka(outs[0], outs[1])
 
 

@@ -45,7 +45,7 @@ from torch.func import jvp, vmap
 
 from lossatlas.core import memory as M
 from lossatlas.core import params as P
-from lossatlas.core.batching import Batch, _target_count, length_of, slice_batch
+from lossatlas.core.batching import Batch, length_of, slice_batch, target_count
 from lossatlas.core.errors import LossAtlasError
 
 __all__ = ["HVP_BATCH_BYTES", "METHODS", "HessianOperator", "hvp", "resolve_params"]
@@ -159,7 +159,7 @@ class HessianOperator:
             for i in range(0, n, step):
                 j = min(i + step, n)
                 tgt = slice_batch(b.targets, i, j) if b.targets is not None else None
-                sub = Batch(slice_batch(b.inputs, i, j), tgt, _target_count(tgt, j - i))
+                sub = Batch(slice_batch(b.inputs, i, j), tgt, target_count(tgt, j - i))
                 if sub.weight > 0:  # a slice whose targets are all ignored adds nothing
                     batches.append(sub)
         self.batches = batches

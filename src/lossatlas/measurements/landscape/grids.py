@@ -57,7 +57,7 @@ from lossatlas.core import resources
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.objective import Objective
 from lossatlas.core.progress import track
-from lossatlas.measurements.landscape import engine as _fastpath
+from lossatlas.measurements.landscape import engine
 from lossatlas.store.locks import lock_path, writer_lock
 
 __all__ = ["Curve", "Interpolation", "Surface", "curve", "interpolate", "surface"]
@@ -593,7 +593,7 @@ def _choose_engine(job: GridJob, token: str, first: np.ndarray, meta: dict,
                    out: _GridFile | None) -> bool | str:
     """One engine for the whole run, chosen here on the ``first`` points to compute (not per
     worker), recorded in ``meta`` and, first of all, in the file."""
-    fast = _fastpath.decide_engine(token, job.obj, job.center, job.directions, first)
+    fast = engine.decide_engine(token, job.obj, job.center, job.directions, first)
     meta["engine_choice"] = fast or "plain"
     if out is not None:
         store.write_attrs(out.f, {"engine_choice": meta["engine_choice"]})
@@ -634,7 +634,7 @@ def _record_engines(token: str, engines: set, meta: dict, out: _GridFile | None)
     file."""
     meta["engine"] = sorted(engines)[0] if len(engines) == 1 else sorted(engines)
     # in this process: why that engine, and its setup (copies, probes, race) apart
-    info = _fastpath.engine_info(token)
+    info = engine.engine_info(token)
     extra = {k: info[k] for k in ("engine_reason", "setup_seconds") if k in info}
     meta.update(extra)
     if out is not None:
@@ -663,13 +663,13 @@ def _evaluate(job: GridJob, opts: GridOptions, fast: bool | str, meta: dict, arr
             fast = _choose_engine(job, token, flat[todo[:4]], meta, out)
         executor = opts.executor or InProcess()
         if not isinstance(executor, InProcess):
-            _fastpath.release(token)  # the driver's engine served the choice; workers build theirs
+            engine.release(token)  # the driver's engine served the choice; workers build theirs
         chunks = (
-            _fastpath.Chunk(token, job.obj, job.center, job.directions, idx, flat[idx], fast)
+            engine.Chunk(token, job.obj, job.center, job.directions, idx, flat[idx], fast)
             for idx in (todo[i:i + size] for i in range(0, len(todo), size))
         )
         n_chunks = (len(todo) + size - 1) // size
-        results = executor.map(_fastpath.evaluate_chunk, chunks)
+        results = executor.map(engine.evaluate_chunk, chunks)
         engines = set()
         shown = track(results, f"{job.kind} ({len(todo)} points)", total=n_chunks,
                       disable=None if opts.progress else True)
@@ -681,7 +681,7 @@ def _evaluate(job: GridJob, opts: GridOptions, fast: bool | str, meta: dict, arr
         if engines:
             _record_engines(token, engines, meta, out)
     finally:
-        _fastpath.release(token)
+        engine.release(token)
 
 
 def _check_orthogonal(d1: P.Point, d2: P.Point, orthogonalize: bool):

@@ -166,8 +166,8 @@ class Sharpness:
             est = trace_estimate(obj, self.trace_products, operator=op, seed=self.seed + step)
             row.update(trace=est.value, trace_error=est.error, trace_products=est.products)
         op.release()
-        with torch.no_grad():  # one forward pass (no working copy of the model)
-            row["train_loss"] = float(obj.mean_loss(obj.center))
+        # one functional pass (no working copy of the model)
+        row["train_loss"] = obj.loss(private_copy=False)
         row["seconds"] = time.perf_counter() - t0
         self.rows.append(row)
         return row
