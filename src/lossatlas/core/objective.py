@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -179,6 +179,23 @@ def _plain_class_targets(loss_fn: LossFn, keyed: bool, batches: Sequence[Batch])
     return True
 
 
+class _WorkingCopy:
+    """A private copy of the model with its tensors by name: a point is written into it with
+    one ``copy_`` per tensor."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.params = dict(model.named_parameters())
+        self.buffers = dict(model.named_buffers())
+
+    def load(self, point: Mapping, buffers: Mapping | None) -> None:
+        for k, v in point.items():
+            self.params[k].copy_(v)
+        if buffers is not None:
+            for k, v in buffers.items():
+                self.buffers[k].copy_(v)
+
+
 # -- the objective --------------------------------------------------------------------------
 class Objective:
     """L(θ) = Σ_b (n_b/N) · loss(model(x_b; θ), y_b): the full-data mean loss of ``model``.
@@ -248,7 +265,7 @@ class Objective:
                 'bn="keep" or distributed=False'
             )
         self._bind_data(data)
-        self._work_model: nn.Module | None = None
+        self._work: _WorkingCopy | None = None
         self._work_failed = False
         self._plain_ce: bool | None = None
         self.check_data()
@@ -384,27 +401,19 @@ class Objective:
                     b.copy_(self.buffers[k])
         return model
 
-    def _work(self) -> nn.Module | None:
-        """The objective's own private copy (made on first use), or None."""
-        if self._work_model is None and not self._work_failed:
-            work = self.private_model()
-            if work is None:
-                self._work_failed = True
-                return None
-            self._work_params = dict(work.named_parameters())
-            self._work_buffers = dict(work.named_buffers())
-            self._work_model = work
-        return self._work_model
-
-    def _load(self, point: Mapping, buffers: Mapping | None) -> None:
-        """Write ``point`` (and ``buffers``) into the objective's private copy."""
+    def _work_at(self, point: Mapping, buffers: Mapping) -> nn.Module | None:
+        """The objective's own private copy (made on first use) holding ``point`` and
+        ``buffers``; None when the model cannot be copied."""
+        if self._work is None and not self._work_failed:
+            model = self.private_model()
+            self._work = _WorkingCopy(model) if model is not None else None
+            self._work_failed = model is None
+        if self._work is None:
+            return None
         if point.keys() != self.center.keys():
             self.full_params(point)  # raises the clear message
-        for k, v in point.items():
-            self._work_params[k].copy_(v)
-        if buffers is not None:
-            for k, v in buffers.items():
-                self._work_buffers[k].copy_(v)
+        self._work.load(point, buffers)
+        return self._work.model
 
     # -- BN ------------------------------------------------------------------------------
     def buffers_at(self, point=None) -> dict:
@@ -419,12 +428,11 @@ class Objective:
         """Running statistics of every BatchNorm layer recomputed at ``point`` (all buffers,
         name -> tensor), by :meth:`recalibrate_bn` on the private copy (functionally when the
         model cannot be copied): the model's own buffers are untouched."""
-        work = self._work()
+        work = self._work_at(point, self.buffers)
         if work is None:
             bufs = {k: v.clone() for k, v in self.buffers.items()}
             self.recalibrate_bn(self.model, {**self.full_params(point), **bufs})
             return bufs
-        self._load(point, self.buffers)
         self.recalibrate_bn(work)
         return {k: v.clone() for k, v in work.named_buffers()}
 
@@ -491,21 +499,24 @@ class Objective:
         training)."""
         point = self.center if point is None else point
         buffers = self.buffers_at(point) if buffers is None else buffers
-        work = self._work() if private_copy else None
-        loss_sum, correct = 0.0, 0.0
+        work = self._work_at(point, buffers) if private_copy else None
         if work is None:
             with eval_mode(self.model):
                 tensors = {**self.full_params(point), **buffers}
-                for b in self.batches:
-                    lb, cb = self.batch_values(self._call(tensors, b), b)
-                    loss_sum, correct = loss_sum + lb * b.weight, correct + cb
+                sums = self._data_pass(lambda b: self._call(tensors, b))
         else:
-            self._load(point, buffers)
-            for b in self.batches:
-                lb, cb = self.batch_values(self.forward_module(work, b), b)
-                loss_sum, correct = loss_sum + lb * b.weight, correct + cb
-        loss_sum, correct = (float(v) for v in self._sum(np.array([loss_sum, correct])))
+            sums = self._data_pass(lambda b: self.forward_module(work, b))
+        loss_sum, correct = (float(v) for v in self._sum(np.array(sums)))
         return {"loss": loss_sum / self.n, "accuracy": correct / self.n}
+
+    def _data_pass(self, run: Callable[[Batch], Any]) -> tuple[float, float]:
+        """(Σ_b n_b · L_b, Σ_b correct_b) over this process's batches, ``run(batch)`` giving
+        the model's output on each."""
+        loss_sum, correct = 0.0, 0.0
+        for b in self.batches:
+            lb, cb = self.batch_values(run(b), b)
+            loss_sum, correct = loss_sum + lb * b.weight, correct + cb
+        return loss_sum, correct
 
     def loss(self, point=None, buffers: Mapping | None = None, *,
              private_copy: bool = True) -> float:
