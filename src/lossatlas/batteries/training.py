@@ -37,9 +37,10 @@ from torch import nn
 from lossatlas.batteries.runs import Record, Recorder, Run, check_every, is_int, load_run
 from lossatlas.core import progress as _progress
 from lossatlas.core import resources
+from lossatlas.core.batching import Batch
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.losses import check_targets, resolve_loss
-from lossatlas.core.objective import Objective
+from lossatlas.core.objective import Objective, module_outputs
 from lossatlas.core.params import hash_point, select
 
 __all__ = [
@@ -216,15 +217,10 @@ def _metrics(obj: Objective, model: nn.Module) -> dict[str, float]:
 def _probe(model: nn.Module, X: torch.Tensor) -> Any:
     """The eval-mode output on the first 64 inputs, or the exception the forward raised; BN
     running statistics and the model's mode are left as they were."""
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            return model(X[:64])
+        return module_outputs(model, X[:64], 64)[0]
     except Exception as exc:  # returned: the caller names it in its one sentence
         return exc
-    finally:
-        model.train(was_training)
 
 
 def _explain(
@@ -533,7 +529,8 @@ def _sgd_step(loop: _Loop, idx: torch.Tensor, epoch: int) -> str | None:
     for group in opt.param_groups:
         group["lr"] = loop.lr
     opt.zero_grad(set_to_none=True)
-    batch_loss = loop.loss_fn(model(loop.X[idx]), loop.y[idx])
+    batch = Batch(loop.X[idx], loop.y[idx], float(len(idx)))
+    batch_loss = loop.loss_fn(loop.objectives["train"].forward_module(model, batch), batch.targets)
     value = float(batch_loss.detach())
     if not math.isfinite(value):
         return (f"non-finite training loss ({value}) at epoch {epoch + 1}, step "
