@@ -114,17 +114,23 @@ class _Lazy(Sequence):
     def __init__(self, run: Run, kind: str, indices: range | None = None):
         self._run, self._kind, self._indices = run, kind, indices
 
-    def _range(self) -> range:
+    @property
+    def run(self) -> Run:
+        """The run these checkpoints belong to."""
+        return self._run
+
+    def indices(self) -> range:
+        """The checkpoint indices of the run that this view holds (a slice keeps its own)."""
         return self._indices if self._indices is not None else range(len(self._run))
 
     def __len__(self) -> int:
-        return len(self._range())
+        return len(self.indices())
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
-            return _Lazy(self._run, self._kind, self._range()[i])
+            return _Lazy(self._run, self._kind, self.indices()[i])
         try:
-            j = self._range()[i]
+            j = self.indices()[i]
         except IndexError:
             raise IndexError(f"index {i} out of range for {len(self)} checkpoints") from None
         state = self._run._state(j)

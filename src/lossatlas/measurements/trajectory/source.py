@@ -176,9 +176,9 @@ def as_source(checkpoints: Any, names: Sequence[str] | None = None) -> Source:
         run = checkpoints
         return Source(run.checkpoints, names if names is not None else run.parameter_names,
                       run.manifest, run.states, _run_files(run, range(len(run))))
-    run = getattr(checkpoints, "_run", None)  # a lazy run.checkpoints view (or a slice of one)
-    if isinstance(run, Run) and hasattr(checkpoints, "_range"):
-        rng = checkpoints._range()
+    run = getattr(checkpoints, "run", None)  # a lazy run.checkpoints view (or a slice of one)
+    if isinstance(run, Run) and hasattr(checkpoints, "indices"):
+        rng = checkpoints.indices()
         return Source(checkpoints, names if names is not None else run.parameter_names,
                       [run.manifest[j] for j in rng], run.states[rng.start:rng.stop:rng.step],
                       _run_files(run, rng))
