@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -318,3 +319,28 @@ def test_hvp_is_the_operators_product_and_the_dense_hessian(data):
     one = obj.hvp(vs[0], point)  # a single vector gives a single Point
     assert isinstance(one, la.params.Point)
     assert torch.allclose(la.params.flatten(one), HV[:, 0], atol=1e-6)
+
+
+def test_several_points_per_data_pass_equal_the_loop_with_and_without_bn():
+    """DESIGN's batched loss: points vmapped over their stacked parameters, one pass over the
+    data for ``per_pass`` points, equal the point-by-point evaluation (BN statistics kept)."""
+    torch.manual_seed(0)
+    X, y = torch.randn(90, 6), torch.randint(0, 3, (90,))
+    for model in (torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                                      torch.nn.Linear(8, 3)),
+                  torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8),
+                                      torch.nn.ReLU(), torch.nn.Linear(8, 3))):
+        model.train()(X)  # BN running statistics that differ from the defaults
+        obj = la.Objective(model, (X, y), batch_size=32)
+        center = la.params.of(model)
+        points = [la.params.Point({k: v + 0.1 * s * torch.randn_like(v)
+                                   for k, v in center.items()}) for s in range(5)]
+        loop = obj.evaluate_batch(points)
+        for per_pass in (2, 5, 8):
+            batched = obj.evaluate_batch(points, per_pass=per_pass)
+            np.testing.assert_allclose(batched["loss"], loop["loss"], rtol=1e-5)
+            np.testing.assert_array_equal(batched["accuracy"], loop["accuracy"])
+        np.testing.assert_allclose(obj.loss_batch(points, per_pass=3),
+                                   [obj.loss(p) for p in points], rtol=1e-5)
+    with pytest.raises(la.LossAtlasError, match="per_pass"):
+        obj.evaluate_batch(points, per_pass=0)

@@ -523,17 +523,46 @@ class Objective:
         """Full-data mean loss at ``point`` (the center when None)."""
         return self.evaluate(point, buffers, private_copy=private_copy)["loss"]
 
-    def evaluate_batch(self, points: Sequence[Mapping]) -> dict[str, np.ndarray]:
-        """Loss and accuracy at each of ``points``: arrays of shape (len(points),)."""
-        out = [self.evaluate(p) for p in points]
-        return {
-            "loss": np.array([o["loss"] for o in out]),
-            "accuracy": np.array([o["accuracy"] for o in out]),
-        }
+    @torch.no_grad()
+    def evaluate_batch(self, points: Sequence[Mapping], per_pass: int = 1
+                       ) -> dict[str, np.ndarray]:
+        """Loss and accuracy at each of ``points``: arrays of shape (len(points),).
 
-    def loss_batch(self, points: Sequence[Mapping]) -> np.ndarray:
-        """Full-data mean loss at each of ``points``: shape (len(points),)."""
-        return self.evaluate_batch(points)["loss"]
+        ``per_pass > 1``: that many points share each pass over the data, the model vmapped
+        over their stacked parameters (:meth:`forward_points`), for accelerators where one
+        point leaves the device idle. It applies with BN statistics kept (``bn="keep"``; a
+        recalibration is per point) and tensor inputs, else points go one by one. The default
+        is one point per pass: on the CPU, vmapping points is slower (the landscape engine
+        measures the best ``per_pass`` on accelerators)."""
+        if isinstance(per_pass, bool) or not isinstance(per_pass, int) or per_pass < 1:
+            raise LossAtlasError(f"per_pass={per_pass!r} must be a positive integer (points "
+                                 "per pass over the data); use 1 on the CPU")
+        points = list(points)
+        if per_pass == 1 or self.keyed or self.bn != "keep":
+            out = [self.evaluate(p) for p in points]
+            return {"loss": np.array([o["loss"] for o in out]),
+                    "accuracy": np.array([o["accuracy"] for o in out])}
+        loss, acc = np.zeros(len(points)), np.zeros(len(points))
+        with eval_mode(self.model):
+            for s0 in range(0, len(points), per_pass):
+                chunk = [P.Point(p) for p in points[s0:s0 + per_pass]]
+                stacked = {k: torch.stack([q[k].detach().to(self.device) for q in chunk])
+                           for k in self.names}
+                sums = np.zeros((len(chunk), 2))
+                for b in self.batches:
+                    outs = self.forward_points(self.model, stacked, b)
+                    for i in range(len(chunk)):
+                        lb, cb = self.batch_values(outs[i], b)
+                        sums[i] += (lb * b.weight, cb)
+                sums = np.asarray(self._sum(sums), dtype=float)
+                loss[s0:s0 + len(chunk)] = sums[:, 0] / self.n
+                acc[s0:s0 + len(chunk)] = sums[:, 1] / self.n
+        return {"loss": loss, "accuracy": acc}
+
+    def loss_batch(self, points: Sequence[Mapping], per_pass: int = 1) -> np.ndarray:
+        """Full-data mean loss at each of ``points``: shape (len(points),); ``per_pass`` as in
+        :meth:`evaluate_batch`."""
+        return self.evaluate_batch(points, per_pass)["loss"]
 
     def grad(self, point=None) -> P.Point:
         """∇L(θ) of the full-data mean loss (BN in eval mode), streamed over batches."""
