@@ -18,7 +18,7 @@ import lossatlas as la
 from lossatlas.cli import app
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.report import registry
-from lossatlas.report.atlas import SUMMARY_KEYS
+from lossatlas.report.build import SUMMARY_KEYS
 
 #: A tiny atlas: few samples, a narrow MLP, low resolutions.
 TINY = {"surface": {"resolution": 5}, "eigen_surface": {"resolution": 5},

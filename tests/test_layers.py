@@ -125,3 +125,20 @@ def test_flat_from_import_and_public_names():
         assert getattr(la, name) is not None
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("lossatlas.hessian.no_such_module")
+
+
+def test_no_function_hides_the_module_it_lives_in():
+    """``la.hessian.trace`` once was a function hiding ``hessian/trace.py``: no package may
+    export a name that is also one of its submodules."""
+    import pkgutil
+
+    hidden = []
+    for info in pkgutil.walk_packages(la.__path__, "lossatlas."):
+        if not info.ispkg:
+            continue
+        pkg = importlib.import_module(info.name)
+        for sub in pkgutil.iter_modules(pkg.__path__):
+            value = getattr(pkg, sub.name, None)
+            if value is not None and not isinstance(value, types.ModuleType):
+                hidden.append(f"{info.name}.{sub.name} is a {type(value).__name__}")
+    assert hidden == []

@@ -40,7 +40,7 @@ def atlas(
     Exits with status 1 when a section failed (the page shows which and why).
     """
     from lossatlas.report import atlas as make_atlas
-    from lossatlas.report.atlas import parse_sets
+    from lossatlas.report.build import parse_sets
 
     res = make_atlas(run, out, quick=quick, with_run=with_run, sweep=sweep, only=section,
                      options=parse_sets(set_), force=force)

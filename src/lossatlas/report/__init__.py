@@ -5,11 +5,11 @@
 - :mod:`~lossatlas.report.runspec`: a run's model, data and recipe read from its manifest;
 - :mod:`~lossatlas.report.context`: what a section gets (the run, its model, run B, ...);
 - :mod:`~lossatlas.report.cache`: unchanged sections read back instead of recomputed;
-- :mod:`~lossatlas.report.page`: ``index.html``; :mod:`~lossatlas.report.atlas`: the driver.
+- :mod:`~lossatlas.report.page`: ``index.html``;
+- :mod:`~lossatlas.report.build`: the driver (``atlas``).
 """
 
-from lossatlas.report.atlas import SUMMARY_KEYS, AtlasResult, atlas
-from lossatlas.report.registry import SECTIONS, Figure, Output, section, sections
+from lossatlas.report.build import SUMMARY_KEYS, AtlasResult, atlas
+from lossatlas.report.registry import SECTIONS, Figure, Output, section
 
-__all__ = ["SECTIONS", "SUMMARY_KEYS", "AtlasResult", "Figure", "Output", "atlas", "section",
-           "sections"]
+__all__ = ["SECTIONS", "SUMMARY_KEYS", "AtlasResult", "Figure", "Output", "atlas", "section"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lossatlas.report.atlas import AtlasResult, atlas
+from lossatlas.report.build import AtlasResult, atlas
 from lossatlas.report.runspec import Recipe, ensure_run
 
 __all__ = ["DEFAULTS", "DEMO_SWEEP", "default_recipe", "run_demo"]
