@@ -11,6 +11,7 @@ from lossatlas.core.errors import LossAtlasError
 from lossatlas.measurements.hessian.eigenpairs import basis_vectors
 from lossatlas.measurements.hessian.lanczos import thick_restart
 from lossatlas.measurements.hessian.operator import HessianOperator
+from lossatlas.measurements.trajectory.planes import plan_bytes
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,35 @@ def test_one_sentence_when_nothing_fits(small):
         la.hessian.eigs(obj, k=5, operator=given)
     with pytest.raises(LossAtlasError, match=r"method='graph'.*needs about"):
         HessianOperator(obj, method="graph", memory=op.graph_cost(30))
+
+
+def test_pca_asks_the_budget_and_streams_to_the_same_plane(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    D, k = 300, 9
+    drift, bend = torch.randn(D, generator=g), torch.randn(D, generator=g)
+    files = []
+    for t in range(k):
+        w = t * drift + np.sin(t) * bend + 0.1 * torch.randn(D, generator=g)
+        files.append(tmp_path / f"c{t}.pt")
+        torch.save({"w": w}, files[-1])
+    free = la.trajectory.pca(files, progress=False, memory="1GB")
+    assert not free.meta["streamed"] and free.meta["memory_plan"] == plan_bytes(D, k, k)
+    # a scoped budget that holds two rows beside the work: streamed, two rows at a time
+    with M.limit(_whole(plan_bytes(D, k, 2))):
+        tight = la.trajectory.pca(files, progress=False)
+    assert tight.meta["streamed"] and tight.meta["block_size"] == 2
+    assert tight.meta["memory_plan"] <= M.usable(tight.meta["memory_budget"])
+    np.testing.assert_allclose(tight.explained_variance_ratio, free.explained_variance_ratio,
+                               rtol=1e-12)
+    for a, b in zip(tight.directions, free.directions):
+        np.testing.assert_allclose(a["w"].numpy(), b["w"].numpy(), rtol=0, atol=1e-12)
+    # not one row fits: the sentence says how much and how; stream=False is refused too
+    with M.limit(_whole(plan_bytes(D, k, 0))), pytest.raises(LossAtlasError) as err:
+        la.trajectory.pca(files, progress=False)
+    msg = str(err.value)
+    assert f"needs about {M.fmt(plan_bytes(D, k, 1) / (1 - M.HEADROOM))}" in msg
+    assert "names=" in msg and "slice=" in msg and M.ENV in msg and "\n" not in msg
+    with pytest.raises(LossAtlasError, match=r"stream=False.*stream=None"):
+        la.trajectory.pca(files, stream=False, progress=False, memory=_whole(plan_bytes(D, k, 2)))
+    with pytest.raises(LossAtlasError, match=r"block_size=5.*smaller block_size"):
+        la.trajectory.pca(files, block_size=5, progress=False, memory=_whole(plan_bytes(D, k, 2)))

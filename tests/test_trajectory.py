@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import lossatlas as la
+from lossatlas.core import memory as M
 from lossatlas.core.errors import LossAtlasError
+from lossatlas.measurements.trajectory.planes import plan_bytes
 
 os.environ.setdefault("LOSSATLAS_QUIET", "1")
 
@@ -110,9 +112,9 @@ def test_streamed_from_files_equals_in_memory(tmp_path):
     blocks = la.trajectory.pca(pts, method="ding2023", center=4, stream=True, block_size=2,
                                progress=False)  # no files: blocks of points
     np.testing.assert_allclose(flat(blocks.d2), flat(mem.d2), atol=1e-10)
-    # the memory budget alone switches to streaming
-    auto = la.trajectory.pca(files, method="ding2023", center=4, max_memory=4 * 27 * 8,
-                             progress=False)
+    # the memory budget alone switches to streaming, with as many rows as it leaves
+    room = int((plan_bytes(27, 11, 3) + 100) / (1 - M.HEADROOM))
+    auto = la.trajectory.pca(files, method="ding2023", center=4, memory=room, progress=False)
     assert auto.meta["streamed"] and auto.meta["block_size"] == 3
     np.testing.assert_allclose(flat(auto.d1), flat(mem.d1), atol=1e-10)
 

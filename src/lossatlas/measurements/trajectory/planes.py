@@ -13,12 +13,19 @@ checkpoints), directions d_i = ‖w_center‖·p_i (their Eq. 2), with any check
 Both go through the k×k Gram matrix of the rows instead of the k×D data matrix: with
 G = X Xᵀ of the rows x_j = θ_j − θ_c (subtracting θ_c first keeps float64 precision), the
 centered Gram is Gc = J G J (J = I − 11ᵀ/k), Gc = U Λ Uᵀ, and the principal axes are
-p_i = Xᵀ J u_i / √λ_i, explained-variance ratios λ_i / Σ λ. When the k checkpoints do not fit
-in ``max_memory`` the work is streamed: checkpoint files (a run folder, ``.pt`` files) are
-memory-mapped and read in coordinate chunks worth b checkpoints, G = Σ_chunks A Aᵀ and the axes
-chunk by chunk, two passes over the data; other sources hold a block of b checkpoints while
-loading the rest one at a time (about k²/(2b) loads). Peak memory: the Gram plus about b + 4
-checkpoints (b from ``max_memory`` or ``block_size``).
+p_i = Xᵀ J u_i / √λ_i, explained-variance ratios λ_i / Σ λ.
+
+Memory: the plan asks the budget of :mod:`lossatlas.core.memory` (``memory=``,
+``la.memory.limit``, ``LOSSATLAS_MEMORY``) like every other measurement. In memory the work
+holds the k rows plus :data:`WORK_ROWS` float64 checkpoints (the reference, the center, one
+checkpoint being read and its float64 copy, the two axes, the temporaries of the center's
+norm) and four k×k matrices (the Gram, its centered copy,
+``eigh``'s work). When that exceeds the budget the work is streamed: checkpoint files (a run
+folder, ``.pt`` files) are memory-mapped and read in coordinate chunks worth b checkpoints,
+G = Σ_chunks A Aᵀ and the axes chunk by chunk, two passes over the data; other sources hold a
+block of b checkpoints while loading the rest one at a time (about k²/(2b) loads). Streamed,
+b rows replace the k (b: as many as the budget leaves, or ``block_size``). When not even one
+row fits, one sentence says how much is needed and how to get it.
 
 Signs: p_i is oriented so that the trajectory moves toward +p_i from the slice's first to its
 last checkpoint.
@@ -33,16 +40,18 @@ from typing import Any
 
 import numpy as np
 
+from lossatlas.core import memory as M
 from lossatlas.core import params as P
 from lossatlas.core.errors import LossAtlasError
 from lossatlas.core.progress import track
 from lossatlas.measurements.trajectory.source import Source, as_source
 from lossatlas.store import results as store
 
-__all__ = ["METHODS", "Plane", "gram", "pca", "resolve_slice"]
+__all__ = ["METHODS", "WORK_ROWS", "Plane", "gram", "pca", "plan_bytes", "resolve_slice"]
 
 METHODS = ("li2018", "ding2023")
-DEFAULT_MAX_MEMORY = 2**29  # 512 MiB of float64 checkpoint rows before streaming
+WORK_ROWS = 8  # float64 checkpoints held beside the k (or b) rows: see the module docstring
+_HINTS = "pass names= a subset of the parameters or a shorter slice="
 
 
 @store.result("trajectory_plane")
@@ -116,18 +125,46 @@ def _index(k: int | None, n: int, default: int, name: str) -> int:
     return int(k) % n
 
 
-def _plan(src: Source, k: int, max_memory: float, stream: bool | None,
-          block_size: int | None) -> tuple[bool, int]:
-    row = src.dim * 8
-    if stream is None:
-        stream = block_size is not None or k * row > max_memory
-    if not stream:
-        return False, k
-    if block_size is None:
-        block_size = int(max(1, max_memory // row - 1))
-    if block_size < 1:
+def plan_bytes(dim: int, k: int, rows: int) -> int:
+    """Bytes the PCA of ``k`` checkpoints over ``dim`` parameters holds with ``rows`` float64
+    checkpoint rows at once (k in memory, b streamed): the rows, :data:`WORK_ROWS` more, and
+    four k×k float64 matrices."""
+    return 8 * dim * (rows + WORK_ROWS) + 4 * 8 * k * k
+
+
+def _plan(src: Source, k: int, memory: str | float | None, stream: bool | None,
+          block_size: int | None) -> tuple[bool, int, int]:
+    """(streamed, rows held, budget): in memory when the k rows fit the budget (or
+    ``stream=False``), else streamed with as many rows as the budget leaves (or
+    ``block_size``); the one sentence of :func:`lossatlas.core.memory.too_large` when even
+    one row does not fit."""
+    have = M.budget(memory)
+    spend = M.usable(have)
+    if block_size is not None and (isinstance(block_size, bool)
+                                   or not isinstance(block_size, (int, np.integer))
+                                   or block_size < 1):
         raise LossAtlasError(f"block_size={block_size!r} must be a positive int")
-    return True, min(int(block_size), k)
+    what = f"the PCA of {k} checkpoints over {src.dim:,} parameters"
+    if stream is None:
+        stream = block_size is not None or plan_bytes(src.dim, k, k) > spend
+    if not stream:
+        need = plan_bytes(src.dim, k, k)
+        if need > spend:
+            raise M.too_large(f"{what} in memory (stream=False)", need / (1 - M.HEADROOM),
+                              have, "pass stream=None to stream it from the checkpoints")
+        return False, k, have
+    if block_size is None:
+        block_size = int(max(1, min(k, (spend - plan_bytes(src.dim, k, 0)) // (8 * src.dim))))
+    rows = min(int(block_size), k)
+    need = plan_bytes(src.dim, k, rows)
+    if need > spend:
+        least = plan_bytes(src.dim, k, 1)
+        if least <= spend:  # only a block_size= given can get here
+            raise M.too_large(f"{what} with block_size={block_size}", need / (1 - M.HEADROOM),
+                              have, "pass a smaller block_size= or leave it out")
+        raise M.too_large(f"{what} (streamed, one checkpoint at a time)",
+                          least / (1 - M.HEADROOM), have, _HINTS)
+    return True, rows, have
 
 
 def _maps(src: Source, indices: Sequence[int]) -> list | None:
@@ -228,12 +265,13 @@ def _combine(src: Source, indices: Sequence[int], ref: np.ndarray, C: np.ndarray
 
 
 def _to_point(vec: np.ndarray, like: P.Point) -> P.Point:
+    """A Point shaped like ``like`` over ``vec``'s memory (copied only to change the dtype)."""
     import torch
 
     out, j = {}, 0
     for k, v in like.items():
         n = v.numel()
-        out[k] = torch.from_numpy(vec[j:j + n].copy()).reshape(v.shape).to(v.dtype)
+        out[k] = torch.from_numpy(vec[j:j + n]).reshape(v.shape).to(v.dtype)
         j += n
     return P.Point(out)
 
@@ -248,7 +286,7 @@ def pca(
     centered: bool = True,
     scale: str | float | None = None,
     stream: bool | None = None,
-    max_memory: float = DEFAULT_MAX_MEMORY,
+    memory: str | float | None = None,
     block_size: int | None = None,
     progress: bool = True,
 ) -> Plane:
@@ -266,10 +304,11 @@ def pca(
             SVD).
         scale: ``"unit"`` (d_i = p_i, li2018's default), ``"center"`` (d_i = ‖w_center‖·p_i,
             ding2023's) or a positive number.
-        stream: stream the Gram from the checkpoints; None: when the slice exceeds
-            ``max_memory`` bytes as float64 rows.
-        max_memory: bytes of float64 rows held before streaming.
-        block_size: rows held while streaming; None: from ``max_memory``.
+        stream: stream the Gram from the checkpoints; None: when the slice does not fit the
+            memory budget.
+        memory: the budget (bytes or ``"4GB"``); None: :func:`lossatlas.core.memory.budget`
+            (``la.memory.limit``, ``LOSSATLAS_MEMORY``, a share of the free memory).
+        block_size: rows held while streaming; None: as many as the budget leaves.
         progress: show progress bars.
 
     Returns:
@@ -278,7 +317,9 @@ def pca(
 
     Raises:
         LossAtlasError: an unknown ``method`` or ``scale``, a slice that leaves fewer than two
-            checkpoints beside the center, or checkpoints that span fewer than two dimensions.
+            checkpoints beside the center, checkpoints that span fewer than two dimensions, or
+            a budget that does not hold one checkpoint row beside the work (one sentence
+            saying how much is needed).
 
     >>> import torch, lossatlas as la
     >>> pts = [la.params.Point(w=torch.tensor([float(t), t * t / 4, 1.0])) for t in range(5)]
@@ -296,7 +337,7 @@ def pca(
     if len(rows) < 2:
         raise LossAtlasError(f"slice={slice!r} leaves {len(rows)} checkpoint(s) beside the "
                              "center; widen the slice")
-    streamed, block = _plan(src, len(rows), max_memory, stream, block_size)
+    streamed, block, have = _plan(src, len(rows), memory, stream, block_size)
     center_pt = src.point(c)
     ref = src.vector(c)
     G = gram(src, rows, ref, stream=streamed, block_size=block, progress=progress)
@@ -333,7 +374,9 @@ def pca(
         raise LossAtlasError(f'scale={scale!r} must be "unit", "center" or a positive number')
     ratio = lam[:2] / lam.sum()
     infos = [src.info(i) for i in range(n)]
-    d1, d2 = _to_point(s * p1, center_pt), _to_point(s * p2, center_pt)
+    p1 *= s  # in place: the axes become the directions without another copy
+    p2 *= s
+    d1, d2 = _to_point(p1, center_pt), _to_point(p2, center_pt)
     for d, i in ((d1, 0), (d2, 1)):
         d.meta = {"kind": f"pca:{method}", "component": i + 1,
                   "explained_variance_ratio": float(ratio[i]), "scale": s}
@@ -341,7 +384,8 @@ def pca(
     meta = {
         "method": method, "centered": bool(centered), "slice": [rng.start, rng.stop],
         "num_checkpoints": n, "dim": src.dim, "names": list(src.names),
-        "streamed": bool(streamed), "block_size": int(block), "center_hash":
+        "streamed": bool(streamed), "block_size": int(block), "memory_budget": int(have),
+        "memory_plan": plan_bytes(src.dim, k, block), "center_hash":
         P.hash_point(center_pt), "center_epoch": infos[c].get("epoch"),
         "epochs": [e.get("epoch") for e in infos], "lrs": [e.get("lr") for e in infos],
         "scale_kind": scale if isinstance(scale, str) else "number",
