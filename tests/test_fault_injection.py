@@ -55,10 +55,10 @@ def _running(pid: int) -> bool:
 
 
 DRIVER = """
-import time
+import sys, time
 from lossatlas.sweeps.executors import ProcessExecutor
 if __name__ == "__main__":
-    ex = ProcessExecutor(2)
+    ex = ProcessExecutor(2, context=sys.argv[1] if sys.argv[1] != "default" else None)
     for _ in ex.map(time.sleep, [60] * 4):
         pass
 """
@@ -66,20 +66,22 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_workers_die_with_their_sigkilled_driver(tmp_path):
+@pytest.mark.parametrize("context, family_size", [("default", 2), ("forkserver", 4)])
+def test_workers_die_with_their_sigkilled_driver(tmp_path, context, family_size):
+    # default: two workers forked from the driver; forkserver: server, tracker, two workers
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(DRIVER))
     env = {**os.environ, "LOSSATLAS_QUIET": "1",
            "PYTHONPATH": os.pathsep.join([str(BENCH.parent / "src"),
                                           os.environ.get("PYTHONPATH", "")])}
-    driver = subprocess.Popen([sys.executable, str(script)], env=env)
+    driver = subprocess.Popen([sys.executable, str(script), context], env=env)
     try:
         deadline = time.time() + 120
-        while len(_descendants(driver.pid)) < 4 and time.time() < deadline:  # server,
-            time.sleep(0.2)                                   # tracker, two workers
+        while len(_descendants(driver.pid)) < family_size and time.time() < deadline:
+            time.sleep(0.2)
         time.sleep(1.0)
         family = _descendants(driver.pid)
-        assert len(family) >= 4, f"the pool did not start: {family}"
+        assert len(family) >= family_size, f"the pool did not start: {family}"
     except BaseException:
         driver.kill()
         raise

@@ -12,7 +12,9 @@ of ``items``:
 chunks are not all built at once. The driver (the caller) alone writes files: workers only
 return values. Every job runs with ``threads`` torch threads (1 by default), in every executor,
 so a job computes the same floats wherever it runs: a Ray run equals the local run bit for bit.
-Worker processes die with the process that started them, even when it is SIGKILLed.
+Worker processes die with the process that started them, even when it is SIGKILLed. They are
+forked from the driver when that is safe (see :func:`fork_is_safe`; they start in milliseconds),
+else from a fork server that imports torch first (seconds).
 
 >>> ex = LocalExecutor()
 >>> sorted(ex.map(abs, [-2, 1, -3]))
@@ -38,8 +40,8 @@ import torch
 
 from lossatlas.core.errors import LossAtlasError
 
-__all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "make_executor",
-           "run_job", "shutdown_pools", "threads", "warm_pool"]
+__all__ = ["PRELOAD", "Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor",
+           "fork_is_safe", "make_executor", "run_job", "shutdown_pools", "threads", "warm_pool"]
 
 
 @contextlib.contextmanager
@@ -147,6 +149,10 @@ def _init_worker(n_threads: int | None, driver: int | None = None) -> None:
     # Ctrl-C reaches the whole process group: the driver alone handles it (it cancels what is
     # pending and reports what was kept), so a worker finishes its job without a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a worker forked from the driver starts as one from the fork server would: gradients on
+    # and float32 by default, whatever the driver's thread had set when it forked
+    torch.set_grad_enabled(True)
+    torch.set_default_dtype(torch.float32)
     if n_threads is not None:
         torch.set_num_threads(n_threads)
     os.environ.setdefault("LOSSATLAS_QUIET", "1")  # no progress bars from inside workers
@@ -211,7 +217,10 @@ def _die_with(driver: int) -> None:
     threading.Thread(target=watch, name="lossatlas-lifeline", daemon=True).start()
 
 
-#: Modules the fork server imports once, so that workers forked from it start warm.
+#: Modules every worker needs (a sweep job trains, measures the Hessian, reads the digits):
+#: imported once before the workers start, by the driver when the workers are forked from it,
+#: else by the fork server. ``torch._dynamo`` is here because the optimizers import it on their
+#: first call (``torch._disable_dynamo``), ``sklearn.datasets`` for the digits.
 PRELOAD = ["torch", "torch._dynamo", "sklearn.datasets", "lossatlas.sweeps.jobs",
            "lossatlas.batteries.training", "lossatlas.batteries.datasets",
            "lossatlas.batteries.zoo", "lossatlas.core.objective", "lossatlas.measurements.hessian",
@@ -219,7 +228,7 @@ PRELOAD = ["torch", "torch._dynamo", "sklearn.datasets", "lossatlas.sweeps.jobs"
            "lossatlas.measurements.landscape.engine"]
 
 
-def _default_context() -> mp.context.BaseContext:
+def _forkserver_context() -> mp.context.BaseContext:
     # forkserver: workers fork from a clean server (no OpenMP state inherited), cheaply.
     if sys.platform.startswith("linux"):
         ctx = mp.get_context("forkserver")
@@ -227,6 +236,36 @@ def _default_context() -> mp.context.BaseContext:
         ctx.set_forkserver_preload(PRELOAD)
         return ctx
     return mp.get_context("spawn")
+
+
+def fork_is_safe(threads: int | None) -> bool:
+    """Whether workers may be forked from this process (no fork server to start): on Linux,
+    with one torch thread per worker (a forked OpenMP thread pool is unusable, but one thread
+    never enters it), CUDA not initialized, and no other Python thread running (a lock held by
+    one would stay held in the children). What DataLoader's forked workers rely on too."""
+    import threading
+
+    return (sys.platform.startswith("linux") and threads == 1
+            and threading.active_count() == 1 and not torch.cuda.is_initialized())
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+
+
+def _default_context(threads: int | None) -> mp.context.BaseContext:
+    """``fork`` when :func:`fork_is_safe` (the modules of :data:`PRELOAD` imported here
+    first, usually a no-op: a worker then starts in milliseconds, where a fork server first
+    imports torch and the rest, seconds), else the preloaded fork server (``spawn`` off
+    Linux)."""
+    if fork_is_safe(threads):
+        _preload()
+        if fork_is_safe(threads):  # an import may have started a thread
+            return mp.get_context("fork")
+    return _forkserver_context()
 
 
 def _ready() -> int:
@@ -240,10 +279,13 @@ def _ready() -> int:
 _POOLS: dict[tuple, futures.ProcessPoolExecutor] = {}
 
 
-def _start_pool(workers: int, threads: int | None, context: mp.context.BaseContext
+def _start_pool(workers: int, threads: int | None, context: mp.context.BaseContext | None
                 ) -> futures.ProcessPoolExecutor:
     """A new pool whose workers all start now (one :func:`_ready` job each) while Ctrl-C waits,
-    so an interrupt never lands in a half-started worker; the fork server ignores Ctrl-C."""
+    so an interrupt never lands in a half-started worker; the fork server ignores Ctrl-C.
+    ``context`` None: :func:`_default_context`, decided now (its imports before Ctrl-C
+    waits: nothing is started yet)."""
+    context = context or _default_context(threads)
     with _sigint_deferred():
         if context.get_start_method() == "forkserver":
             from multiprocessing import forkserver
@@ -253,17 +295,20 @@ def _start_pool(workers: int, threads: int | None, context: mp.context.BaseConte
         pool = futures.ProcessPoolExecutor(workers, mp_context=context,
                                            initializer=_init_worker,
                                            initargs=(threads, os.getpid()))
+        pool.start_method = context.get_start_method()  # read by ProcessExecutor.describe
         for _ in range(workers):
             pool.submit(_ready)
     return pool
 
 
-def warm_pool(workers: int, threads: int | None, context: mp.context.BaseContext
+def warm_pool(workers: int, threads: int | None, context: mp.context.BaseContext | None
               ) -> futures.ProcessPoolExecutor:
-    """The process-wide pool for these settings, started (all workers forked from the preloaded
-    fork server, one :func:`_ready` job each, not waited for) on first use and reused after;
-    a pool broken by a dead worker is replaced."""
-    key = (workers, threads, context.get_start_method(), os.getpid())  # not a forked parent's
+    """The process-wide pool for these settings, started (all workers forked, from this
+    process when :func:`fork_is_safe`, else from the preloaded fork server; one :func:`_ready`
+    job each, not waited for) on first use and reused after; a pool broken by a dead worker
+    is replaced. ``context`` None: the default choice."""
+    method = context.get_start_method() if context is not None else "default"
+    key = (workers, threads, method, os.getpid())  # not a forked parent's
     pool = _POOLS.get(key)
     if pool is None or getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread",
                                                                   False):
@@ -287,10 +332,14 @@ class ProcessExecutor(Executor):
     each. ``fn`` and the items must be picklable (``fn`` a module-level function).
 
     ``warm=True`` (the default): the workers come from a process-wide pool (:func:`warm_pool`)
-    that starts when the executor is made (in the background, while the caller prepares its
-    jobs) and stays up after :meth:`close` for the next executor with the same settings, so a
-    second short sweep or surface pays no start-up. ``warm=False``: a private pool, started on
-    first use and shut down by :meth:`close` (or the end of the ``with`` block)."""
+    that starts when the executor is made and stays up after :meth:`close` for the next
+    executor with the same settings, so a second short sweep or surface pays no start-up.
+    ``warm=False``: a private pool, started on first use and shut down by :meth:`close` (or
+    the end of the ``with`` block). ``context``: the start method (``"fork"``,
+    ``"forkserver"``, ``"spawn"``); by default the workers are forked from this process when
+    :func:`fork_is_safe` (they start in milliseconds, with everything this process imported),
+    else from a fork server that first imports :data:`PRELOAD` (seconds: torch and the rest).
+    ``start_method``: the one the pool used (None before it starts)."""
 
     def __init__(self, workers: int | None = None, threads: int | None = 1,
                  prefetch: int | None = None, context: str | None = None, warm: bool = True):
@@ -300,7 +349,7 @@ class ProcessExecutor(Executor):
         self._workers = n
         self.threads = _check_threads(threads)
         self.prefetch = prefetch or 2 * n
-        self._context = mp.get_context(context) if context else _default_context()
+        self._context = mp.get_context(context) if context else None
         self.warm = bool(warm)
         self._pool: futures.ProcessPoolExecutor | None = None
         if self.warm:
@@ -309,6 +358,13 @@ class ProcessExecutor(Executor):
     @property
     def workers(self) -> int:
         return self._workers
+
+    @property
+    def start_method(self) -> str | None:
+        return getattr(self._pool, "start_method", None)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "start_method": self.start_method}
 
     def _get_pool(self) -> futures.ProcessPoolExecutor:
         if self.warm:
