@@ -1,11 +1,13 @@
 """Process pools stay warm: a second executor with the same settings reuses the workers."""
 
 import os
+import time
 
 from lossatlas.sweeps.executors import ProcessExecutor
 
 
 def pid(_):
+    time.sleep(0.1)  # long enough that both workers take jobs (one could answer all six)
     return os.getpid()
 
 
@@ -19,3 +21,30 @@ def test_second_executor_reuses_the_warm_workers():
         private = set(ex.map(pid, range(6)))
         pool = ex._pool
     assert not private & first and ex._pool is None and pool._shutdown_thread
+
+
+def state(_):
+    import torch
+
+    return torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads()
+
+
+def test_workers_start_clean_whatever_the_driver_set():
+    import threading
+
+    import torch
+
+    from lossatlas.sweeps.executors import fork_is_safe
+
+    assert not fork_is_safe(2) and not fork_is_safe(None)  # a forked OpenMP pool is unusable
+    alone = threading.active_count() == 1
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad(), ProcessExecutor(2, warm=False) as ex:
+            seen = set(ex.map(state, range(4)))
+            method = ex.start_method
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert seen == {(True, torch.float32, 1)}
+    # forked from this process when it runs no other thread, else from the fork server
+    assert method == ("fork" if alone and fork_is_safe(1) else "forkserver")
