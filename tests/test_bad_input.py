@@ -503,3 +503,39 @@ def test_ctrl_c_during_training_says_the_run_resumes(tmp_path):
                          r"resume with: (.*)", lines[0])
     assert match and match.group(2) == "lossatlas " + " ".join(argv), lines[0]
     assert len(list((tmp_path / "run" / "checkpoints").glob("ckpt_*.pt"))) == int(match.group(1))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_lost_in_a_garbage_collector_callback_stops_the_next_loop_step():
+    """Python prints and ignores a KeyboardInterrupt raised inside a weakref callback; the
+    command line's handler remembers it, so the next step of a progress loop raises it (the
+    surface does not finish and exit 0 as if nothing happened)."""
+    import gc
+    import signal
+    import weakref
+
+    from lossatlas.core import progress
+
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        progress.catch_interrupts()
+
+        class Holder:
+            pass
+
+        def lost(_):
+            signal.raise_signal(signal.SIGINT)  # the handler raises here; Python ignores it
+
+        h = Holder()
+        ref = weakref.ref(h, lost)
+        del h
+        gc.collect()
+        assert ref() is None
+        steps = []
+        with pytest.raises(KeyboardInterrupt):
+            for i in progress.track(range(5), disable=True):
+                steps.append(i)
+        assert steps == []
+        assert list(progress.track(range(3), disable=True)) == [0, 1, 2]  # delivered once
+    finally:
+        signal.signal(signal.SIGINT, old)

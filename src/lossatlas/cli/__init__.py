@@ -40,8 +40,10 @@ def main() -> None:
     type) with the ``--help`` that lists the options; so is Ctrl-C, with what was kept and the
     command that resumes (exit code 130)."""
     from lossatlas.core.errors import LossAtlasError
+    from lossatlas.core.progress import catch_interrupts
 
     usage = _click_exceptions()
+    catch_interrupts()
     try:
         code = app(standalone_mode=False)
     except usage.NoArgsIsHelpError as exc:  # rich help is printed as the error is made

@@ -1,4 +1,5 @@
-"""Progress bars for every loop longer than a second (rich), quiet under ``LOSSATLAS_QUIET=1``."""
+"""Progress bars for every loop longer than a second (rich), quiet under ``LOSSATLAS_QUIET=1``,
+and the Ctrl-C that every such loop honours (:func:`catch_interrupts`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,38 @@ from rich.progress import (
 )
 
 T = TypeVar("T")
+
+_pending_interrupt = False
+
+
+def _on_sigint(signum, frame) -> None:
+    global _pending_interrupt
+    _pending_interrupt = True
+    raise KeyboardInterrupt
+
+
+def catch_interrupts() -> None:
+    """Install the Ctrl-C handler of the command line (main thread only): it raises
+    KeyboardInterrupt as Python's default handler does, and also remembers the Ctrl-C, so that
+    when the raise is lost (it landed in a ``__del__`` or a weakref callback of the garbage
+    collector, where Python prints "Exception ignored" and goes on) the next step of a
+    :func:`track` loop raises it again instead of finishing the work as if nothing happened."""
+    import signal
+    import threading
+
+    global _pending_interrupt
+    _pending_interrupt = False
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def raise_pending_interrupt() -> None:
+    """Raise KeyboardInterrupt when a Ctrl-C was caught and not yet delivered (see
+    :func:`catch_interrupts`)."""
+    global _pending_interrupt
+    if _pending_interrupt:
+        _pending_interrupt = False
+        raise KeyboardInterrupt
 
 
 def quiet() -> bool:
@@ -50,7 +83,9 @@ def track(
     if disable is None:
         disable = quiet()
     if disable:
-        yield from iterable
+        for item in iterable:
+            raise_pending_interrupt()
+            yield item
         return
     if total is None:
         try:
@@ -62,6 +97,7 @@ def track(
         done = 0
         try:
             for item in iterable:
+                raise_pending_interrupt()
                 done += 1  # handed out: its work counts even if the consumer stops after it
                 yield item
                 progress.advance(task)
