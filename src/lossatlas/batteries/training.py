@@ -210,8 +210,11 @@ def _data_objective(
 
 def _metrics(obj: Objective, model: nn.Module) -> dict[str, float]:
     """``{"loss", "accuracy"}`` of ``model`` as it is now (parameters and BN buffers) on the
-    objective's data, in eval mode; the model itself is not touched."""
-    return obj.evaluate(dict(model.named_parameters()), dict(model.named_buffers()))
+    objective's data, in eval mode; the model itself is not touched. Run functionally on the
+    live tensors: no private copy of the model is made (it would hold one more copy of every
+    parameter for the whole training)."""
+    return obj.evaluate(dict(model.named_parameters()), dict(model.named_buffers()),
+                        private_copy=False)
 
 
 def _probe(model: nn.Module, X: torch.Tensor) -> Any:
