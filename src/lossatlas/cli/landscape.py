@@ -253,8 +253,8 @@ def surface(
         "process, torch's default threads).")] = 1,
 ) -> None:
     """2D surface L(θ + a·d₁ + b·d₂) on a grid, written as computed to OUT (.h5); rerun the
-    same command to resume. Figures: OUT-contour.png and OUT-3d.html by default (the 3D view
-is OUT-3d.png / OUT-3d.html, whichever --plot asks for)."""
+    same command to resume. Figures: OUT-contour.png and OUT-3d.html by default; --plot picks
+    others (surface3d writes OUT-3d.png, html OUT-3d.html)."""
     from lossatlas.directions import parse_directions
 
     kinds = _plot_kinds(plot, "--plot", ["contour", "html"])

@@ -73,12 +73,12 @@ ModelOpt = Annotated[
                       "file.py:factory, found from the current folder; the factory takes its "
                       "--model-arg options and, if it names them, input_shape, num_classes, "
                       "in_features, and returns an nn.Module. Default: the run's own model "
-                      "when --checkpoint is a run folder, else mlp.")
+                      "when the weights come from a run folder, else mlp.", show_default=False)
 ]
 DataOpt = Annotated[
     str, typer.Option("--data", "-d", help="Dataset name (digits, ...), package.module:factory "
                       "or file.py:factory. Default: the run's own data when the weights come "
-                      "from a run folder, else digits.")
+                      "from a run folder, else digits.", show_default=False)
 ]
 CheckpointOpt = Annotated[
     Path | None,
@@ -115,12 +115,12 @@ SplitOpt = Annotated[str, typer.Option(
 IncludeOpt = Annotated[
     list[str] | None,
     typer.Option("--include", help="Only parameters matching this glob move (repeatable), e.g. "
-                 "'transformer.h.*.attn.*'; the others stay at the checkpoint's values."),
+                 "`'transformer.h.*.attn.*'`; the others stay at the checkpoint's values."),
 ]
 ExcludeOpt = Annotated[
     list[str] | None,
     typer.Option("--exclude", help="Parameters matching this glob stay fixed (repeatable), "
-                 "e.g. '*.bias'."),
+                 "e.g. `'*.bias'`."),
 ]
 PartialOpt = Annotated[bool, typer.Option(
     "--partial", help="Accept a half-computed file: analyse only its computed points and say "
