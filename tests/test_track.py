@@ -146,3 +146,25 @@ def test_an_interrupted_run_continues_its_table(tmp_path):
     cont = fit(tmp_path / "cut").track("sharpness")
     assert cont["step"].tolist() == full["step"].tolist() == list(range(0, 17, 2))
     assert np.allclose(cont["lambda_max"], full["lambda_max"], rtol=1e-6)
+
+
+def test_the_training_summary_names_each_optimizers_own_threshold():
+    """``lossatlas train --track sharpness`` prints λ_max beside the optimizer's threshold:
+    (2+2β)/η for momentum SGD, and for Adam no λ_max threshold but the preconditioned λ_max
+    beside (2+2β₁)/((1−β₁)η) — never 2/lr for an optimizer it does not apply to."""
+    from lossatlas.report.text import track_line
+
+    base = {"step": np.array([0, 10]), "lambda_max": np.array([1.0, 30.0]),
+            "products": np.array([20, 9, 11])}
+    sgd = track_line("sharpness", {**base, "threshold": np.array([38.0, 38.0])}, lr=0.1)
+    assert "stability threshold 38)" in sgd and "20)" not in sgd
+    adam = track_line("sharpness", {**base, "threshold": np.array([np.nan, np.nan]),
+                                    "precond_lambda_max": np.array([np.nan, 2000.0]),
+                                    "precond_threshold": np.array([38000.0, 38000.0])},
+                      lr=0.001)
+    assert "2000)" not in adam and "stability threshold" not in adam
+    assert "preconditioned lambda_max 2000 (Adam's threshold 3.8e+04)" in adam
+    bare = track_line("sharpness", {**base, "threshold": np.array([np.nan, np.nan])}, lr=0.1)
+    assert "no stability threshold" in bare
+    old = track_line("sharpness", base, lr=0.1)  # a table written before the column existed
+    assert "stability threshold 20)" in old

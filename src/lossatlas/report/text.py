@@ -172,12 +172,26 @@ def run_summary(run) -> str:
 
 
 def track_line(name: str, table: dict[str, Any], lr: float) -> str:
-    """A measurement tracked during training: its count, λ_max first -> last beside 2/lr
-    (the edge of stability) and the median cost."""
+    """A measurement tracked during training: its count, λ_max first -> last beside the
+    optimizer's stability threshold (the table's ``threshold``: 2/η for GD, (2+2β)/η with
+    momentum; 2/``lr`` for a table without it), Adam's preconditioned λ_max beside its own
+    threshold when measured, and the median cost."""
+    def last(key: str) -> float:
+        col = table.get(key)
+        return float(col[-1]) if col is not None and len(col) else math.nan
+
     prods = table["products"][1:] if len(table["products"]) > 1 else table["products"]
-    return (f"{name}: {len(table['step'])} measurements, lambda_max "
-            f"{table['lambda_max'][0]:.4g} -> {table['lambda_max'][-1]:.4g} (2/lr {2 / lr:.4g}), "
-            f"median {float(np.median(prods)):.0f} products per measurement")
+    lam = table["lambda_max"]
+    threshold = last("threshold") if "threshold" in table else 2 / lr
+    line = f"{name}: {len(table['step'])} measurements, lambda_max {lam[0]:.4g} -> {lam[-1]:.4g}"
+    if math.isfinite(threshold):
+        line += f" (stability threshold {threshold:.4g})"
+    if math.isfinite(last("precond_lambda_max")):
+        line += (f", preconditioned lambda_max {last('precond_lambda_max'):.4g} (Adam's "
+                 f"threshold {last('precond_threshold'):.4g})")
+    elif not math.isfinite(threshold):
+        line += " (this optimizer has no stability threshold on lambda_max)"
+    return line + f", median {float(np.median(prods)):.0f} products per measurement"
 
 
 def trajectory_lines(method: str, summary: dict, center: int, out: Path,
