@@ -89,9 +89,15 @@ def test_atlas_numbers_equal_the_section_files(built):
         la.load(out / "trajectory" / "random-0.h5").fitting_error, rel=1e-12)
     conn = la.load(out / "connectivity" / "mode_connectivity.h5")
     assert s["mc"] == pytest.approx(conn.mc, rel=1e-12)
-    gauss = [la.load(out / "curves" / f"gaussian-{i}.h5") for i in range(2)]
+    gauss = [la.load(out / "curves" / f"curves-{i}.h5") for i in range(2)]
     assert s["stationary_points"] == pytest.approx(
         np.mean([la.shapes.stationary_points(c.loss) for c in gauss]))
+    # one file per curve, named as the section's commands name them (run B after the Gaussians
+    # in `curve -D ... --out curves.png`; the curve toward the final model in to-final.h5)
+    to_final = la.load(out / "curves" / "to-final.h5")
+    to_b = la.load(out / "curves" / "curves-2.h5")
+    assert (to_final.x.min(), to_final.x.max()) == (-1.0, 1.5)
+    assert (to_b.x.min(), to_b.x.max()) == (-1.0, 2.0)
     assert s["train_acc"] == pytest.approx(run.train_acc[-1])
     assert s["test_acc"] == pytest.approx(run.test_acc[-1])
     # CKA and l2 recomputed from the two runs' weights

@@ -55,11 +55,15 @@ def curves(ctx, opts) -> Output:
     panel["to run B"] = [la.curve(obj, indep, span=(-1, 2), **kw)]
     labels["to run B"] = ["θ + λ(θ_B − θ)"]
     markers["to run B"] = (0.0, 1.0)
+    # the files the section's two commands write: `curve -D ... --out curves.png` names its
+    # curves curves-0.h5, curves-1.h5, ... in the order of the -D (Gaussians, then run B)
+    names = {"Gaussian (FilNorm)": [f"curves-{i}.h5" for i in range(len(gs))],
+             "to final, from E=1": ["to-final.h5"], "to run B": [f"curves-{len(gs)}.h5"]}
     counts: dict[str, list[int]] = {}
     kinds: dict[str, list[str]] = {}
     for name, cs in panel.items():
         for i, c in enumerate(cs):
-            f = folder / f"{name.split()[0].lower().replace(',', '')}-{i}.h5"
+            f = folder / names[name][i]
             c.save(f)
             files.append(f)
             s = la.shapes.classify(c.x, c.loss, log_c=lc)
@@ -98,7 +102,7 @@ def curves(ctx, opts) -> Output:
                  + f" -D independent:{ctx.run_b_path} --points {opts['points']} "
                  f"--out {folder / 'curves.png'}",
                  f"lossatlas curve -c {run} --index {min(1, len(ctx.run) - 1)} -D checkpoint:"
-                 f"{run} --span -1 1.5 --points {opts['points']} --out {folder / 'to-0.h5'}"],
+                 f"{run} --span -1 1.5 --points {opts['points']} --out {folder / 'to-final.h5'}"],
         provenance=provenance(ctx, panel["Gaussian (FilNorm)"][0], files[:1]),
     )
 
