@@ -29,6 +29,7 @@ def sharpness(
     adaptive: Annotated[bool, typer.Option(
         "--adaptive/--no-adaptive", help="Scale perturbations by |w| elementwise.")] = True,
     m: Annotated[int | None, typer.Option(
+        "--m-samples", "--m",
         help="m-sharpness: batches of m samples, the max per batch (worst case).")] = None,
     steps: Annotated[int | None, typer.Option(
         help="Ascent steps (default 9; 20 for --method apgd).")] = None,
