@@ -9,7 +9,8 @@ Each measurement runs in a fresh subprocess, so its **peak memory** is its own: 
 the resident set (``ru_maxrss``) over the process's size just before the measurement (model
 and data built). Rows:
 
-* ``surface keep`` / ``surface recal``: seconds per grid point of ``la.surface``'s engine
+* ``surface keep`` / ``surface recal`` (/ ``surface inplace``: keep, in-place engine, no
+  race): seconds per grid point of ``la.surface``'s engine
   (build, race of the affine and in-place engines on the first points, the rest) with the
   setup (private copy, probes, first-layer outputs) shown apart, over the floor: one plain
   ``model(X)`` + cross-entropy for ``keep``; for ``recal`` both that forward (the issue's
@@ -35,6 +36,9 @@ the restarted Lanczos. Timings on a shared machine are noisy: ours and the floor
 interleaved within one subprocess and the fastest of each kept.
 
 Usage: ``python benchmarks/scale.py [--quick] [--only resnet20,mlp] [--rows surface,hvp,...]``
+(``--rows surface-keep,surface-inplace --points 49``: the keep row alone on a 7×7 grid, with
+the engine the race keeps and with the in-place engine forced, each with the medians and the
+quartiles of each point's time over the floor timed beside it)
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
                 float(F.cross_entropy(model(X), y))
 
         t0 = time.perf_counter()
-        eng = engine.Engine.build(obj, obj.center, [d1, d2], fast=True)
+        eng = engine.Engine.build(obj, obj.center, [d1, d2], fast=not row.endswith("inplace"))
         raced = engine.race_engines(eng, grid)
         setup = time.perf_counter() - t0  # the race's points are real, counted here too
         rest = grid[len(raced[0]):] if raced is not None else grid
@@ -149,9 +153,13 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
         model.load_state_dict(saved)
         per_point, fl = min(ours), min(floor)
         fl2 = min(floor2) if floor2 else fl
+        paired = np.array(ours) / np.array(floor)  # each point over the floor timed beside it
         out.update(engine=eng.mode, reason=eng.reason, setup_s=setup, per_point_s=per_point,
                    floor_s=fl, floor2_s=fl2, ratio=per_point / fl, ratio2=per_point / fl2,
-                   points=len(grid), peak=_peak() - base)
+                   points=len(grid), timed=len(rest), median_s=float(np.median(ours)),
+                   floor_median_s=float(np.median(floor)),
+                   paired=[float(q) for q in np.percentile(paired, [25, 50, 75])],
+                   peak=_peak() - base)
         return out
 
     if row.startswith("hvp"):
@@ -334,6 +342,10 @@ def describe(r: dict) -> str:
              "x plain forward")
         if row.endswith("recal"):
             s += f", {r['ratio2']:.2f} x train pass + eval pass"
+        if "paired" in r:
+            q1, q2, q3 = r["paired"]
+            s += (f"; medians {r['median_s']:.3f} vs {r['floor_median_s']:.3f} s, paired ratio "
+                  f"median {q2:.3f} (quartiles {q1:.3f}-{q3:.3f}, {r['timed']} points)")
         return s + f"; setup {r['setup_s']:.2f} s apart; engine {r['engine']} ({r['reason']})"
     if row.startswith("hvp"):
         s = (f"{r['per_product_s']:.3f} s/product = {r['ratio']:.2f} x fwd+bwd "
@@ -368,6 +380,8 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--images", type=int, default=None, help="CIFAR-shaped images (2000)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    ap.add_argument("--points", type=int, default=None,
+                    help="surface grid points (25; --quick: 9), the first 4 raced")
     ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -376,15 +390,17 @@ def main() -> None:
         return
     rows = args.rows.split(",")
     n = args.images or (256 if args.quick else 2000)
-    points = 9 if args.quick else 25
+    points = args.points or (9 if args.quick else 25)
     print(f"scale benchmark: {n} random CIFAR-shaped images (3x32x32; digits MLP: 1,797 "
           f"digits), 1 torch thread per measurement, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start (the machine is shared: timings are noisy)")
     for name in args.only.split(","):
         sizes = QUICK.get(name, {}) if args.quick else {}
         plan = []
-        if "surface" in rows:
-            plan += ["surface keep", "surface recal"]
+        if "surface" in rows or "surface-keep" in rows:
+            plan += ["surface keep"] + (["surface recal"] if "surface" in rows else [])
+        if "surface-inplace" in rows:
+            plan += ["surface inplace"]
         if "hvp" in rows:
             plan += ["hvp auto", "hvp graph", "hvp double", "hvp fwdrev", "hvp pyhessian"]
         if "top1" in rows:
