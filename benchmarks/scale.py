@@ -22,8 +22,10 @@ and data built). Rows:
   ``--quick``) is what the default budget chooses for the default ``Objective``, and its peak.
 * ``top-1``: λ_max with the default ``Objective`` (no batch size given): products, seconds,
   peak; ``top-1 pyhessian``: PyHessian's power iteration (tol 1e-3) on the same batches.
-* ``SA-3``: the three smallest eigenpairs within a memory budget (``--sa-budget``, 4GB by
-  default) with their largest relative residual.
+* ``SA-3``: the three smallest eigenpairs within a memory budget (4GB; ``--quick``: the
+  ``sa3`` entry of :data:`QUICK`) with their largest relative residual, the HVP operator being
+  the one ``eigs`` builds by default; ``--sa-basis`` caps the basis (fewer vectors force the
+  thick restart).
 * ``trace``: Hutchinson with 100 products; ``pca``: ``la.trajectory.pca`` of 50 checkpoints.
 * ``basis``: 300 Lanczos steps (thick-restart code, no restart) on a diagonal H of the model's
   size: the peak over the basis's own bytes (the basis is allocated once; it was grown by
@@ -103,7 +105,7 @@ def _best(fn, reps: int = 2, least: float = 0.5) -> float:
 
 # -- one measurement (runs in its own process) ---------------------------------------------
 def measure(row: str, name: str, n: int, points: int, sa_budget: str,
-            products: int = 100) -> dict:
+            products: int = 100, max_basis: int = 1000) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -239,14 +241,15 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
         obj = la.Objective(model, (X, y))
         t0 = time.perf_counter()
         with la.memory.limit(sa_budget):
-            op = la.hessian.HessianOperator(obj)
+            op = _sa_operator(la, obj, model)  # what eigs(obj, 3, "SA") builds by default
             from lossatlas.measurements.hessian.eigenpairs import basis_vectors
 
-            basis = basis_vectors(op, 3, 1000)
-            spec = la.hessian.eigs(obj, k=3, which="SA", operator=op)
+            basis = basis_vectors(op, 3, max_basis)
+            spec = la.hessian.eigs(obj, k=3, which="SA", operator=op, max_basis=max_basis)
         rel = np.max(spec.residuals / np.abs(spec.values))
         out.update(values=[float(v) for v in spec.values], products=spec.matvecs,
                    seconds=time.perf_counter() - t0, rel_residual=float(rel), basis=basis,
+                   batches=len(op.batches), batch=max(op.batch_samples),
                    hvp=op.method, budget=sa_budget, peak=_peak() - base)
         return out
 
@@ -270,10 +273,8 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
         from lossatlas.measurements.hessian.eigenpairs import basis_vectors
 
         with la.memory.limit(sa_budget):
-            op = la.hessian.HessianOperator(obj, reserve=(32 + 5) * 8 * sum(
-                p.numel() for p in model.parameters()), reserve_min=(14 + 5) * 8 * sum(
-                p.numel() for p in model.parameters()))
-            basis = basis_vectors(op, 3, 1000)
+            op = _sa_operator(la, obj, model)
+            basis = basis_vectors(op, 3, max_basis)
         out.update(hvp=op.method, hvp_bytes=op.bytes, basis=basis,
                    basis_bytes=basis * 8 * op.dim, batches=len(op.batches),
                    batch=max(op.batch_samples), budget=sa_budget, peak=_peak() - base)
@@ -306,10 +307,17 @@ def measure(row: str, name: str, n: int, points: int, sa_budget: str,
     raise ValueError(row)
 
 
+def _sa_operator(la, obj, model):
+    """The HVP operator ``la.hessian.eigs(obj, k=3)`` builds when given none: room kept
+    beside the products for 32 (at least 14) basis vectors + the 3 Ritz and 2 work vectors."""
+    vec = 8 * sum(p.numel() for p in model.parameters())
+    return la.hessian.HessianOperator(obj, reserve=(32 + 5) * vec, reserve_min=(14 + 5) * vec)
+
+
 # -- the driver ---------------------------------------------------------------------------
-def run_one(row, name, n, points, sa_budget, timeout, products=100) -> dict:
+def run_one(row, name, n, points, sa_budget, timeout, products=100, max_basis=1000) -> dict:
     cmd = [sys.executable, __file__, "--one", row, name, str(n), str(points), sa_budget,
-           str(products)]
+           str(products), str(max_basis)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -364,7 +372,8 @@ def describe(r: dict) -> str:
                 f"({mb(r['basis_bytes'])}) in {r['budget']}")
     if row == "sa3":
         return (f"{r['products']} products, {r['seconds']:.0f} s, basis {r['basis']} vectors in "
-                f"{r['budget']} (hvp {r['hvp']}), max rel. residual {r['rel_residual']:.1e}")
+                f"{r['budget']} (hvp {r['hvp']} in {r['batches']} batches of <= {r['batch']}), "
+                f"max rel. residual {r['rel_residual']:.1e}")
     if row == "trace":
         return f"{r['value']:.4g}: {r['products']} products, {r['seconds']:.1f} s"
     if row == "pca":
@@ -382,11 +391,14 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     ap.add_argument("--points", type=int, default=None,
                     help="surface grid points (25; --quick: 9), the first 4 raced")
-    ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--sa-basis", type=int, default=1000,
+                    help="SA-3's max_basis (fewer forces the thick restart)")
+    ap.add_argument("--one", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        row, name, n, points, budget, products = args.one
-        print(json.dumps(measure(row, name, int(n), int(points), budget, int(products))))
+        row, name, n, points, budget, products, basis = args.one
+        print(json.dumps(measure(row, name, int(n), int(points), budget, int(products),
+                                 int(basis))))
         return
     rows = args.rows.split(",")
     n = args.images or (256 if args.quick else 2000)
@@ -418,7 +430,7 @@ def main() -> None:
             if row == "hvp auto":  # the default Objective on the full data: the plan's peak
                 size = n if not args.quick else 2000
             products = 30 if args.quick else 100
-            r = run_one(row, name, size, points, budget, args.timeout, products)
+            r = run_one(row, name, size, points, budget, args.timeout, products, args.sa_basis)
             peak = f"peak +{mb(r['peak'])}" if "peak" in r else ""
             print(f"{name:9s} {r.get('n', size):>5} {row:15s} {peak:>16s}  {describe(r)}",
                   flush=True)
