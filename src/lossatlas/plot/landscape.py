@@ -185,6 +185,9 @@ def draw_log_c(ax, log_c: float, values, label: str = "log C", color: str = "gra
     bottom = float(v.min()) if v.size else 0.0
     if ax.get_yscale() == "log" or log_c <= 2 * top or top <= 0:
         ax.axhline(log_c, color=color, ls="--", lw=1, label=label)
+        lo, hi = ax.get_ylim()
+        if ax.get_yscale() != "log" and log_c >= hi - 0.03 * (hi - lo):  # not on the frame
+            ax.set_ylim(lo, log_c + 0.06 * (log_c - lo))
         return
     ax.set_ylim(min(0.0, bottom), top + 0.12 * (top - min(0.0, bottom)))
     ax.annotate(f"{label} = {log_c:.2f} ↑", xy=(0.99, 0.99), xycoords="axes fraction",

@@ -95,12 +95,15 @@ def types_panel(panel: Mapping[str, Sequence], labels: Mapping[str, Sequence[str
     """One axes per entry of ``panel`` (title → curves). Each title gets the classifier's verdict
     of the first curve ("→ w-peak") and the mean stationary-point count."""
     n = len(panel)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), squeeze=False)
+    rows = max(len(c) for c in panel.values()) + (log_c is not None)
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 2.9 + 0.12 * rows), squeeze=False)
     for ax, (name, curves) in zip(axes[0], panel.items()):
         x, y = _xy(curves[0])
         kind = shapes.classify(x, y, log_c=log_c).kind
         overlay(curves, labels=(labels or {}).get(name), log_c=log_c,
                 title=f"{name} → {kind}", markers=(markers or {}).get(name, (0.0,)), ax=ax)
+        # below the axes: inside, a legend hides the log C line or a curve's flank
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.26), frameon=False)
     return _finish(fig, path)
 
 
