@@ -205,7 +205,7 @@ def mc_curves(result, path: str | os.PathLike | None = None, seeds_pair: int = 0
         raise LossAtlasError("the sweep has no mode-connectivity curves; run it with mc = true.")
     order = list(_order(result))
     nl, nt = len(result.load_values), len(result.temperature_values)
-    fig, axes = plt.subplots(nt, nl, figsize=(1.5 * nl + 1, 1.1 * nt + 1), squeeze=False,
+    fig, axes = plt.subplots(nt, nl, figsize=(2.2 * nl + 1.2, 1.7 * nt + 1.2), squeeze=False,
                              sharex=True, sharey=True)
     seen: dict[tuple[int, int], int] = {}
     for c in curves:
@@ -221,13 +221,13 @@ def mc_curves(result, path: str | os.PathLike | None = None, seeds_pair: int = 0
         mc = c.get("mc")
         if mc is not None:
             ax.text(0.5, 0.92, f"mc={mc:.1f}", transform=ax.transAxes, ha="center", va="top",
-                    fontsize=6)
+                    fontsize=8)
     for r, j in enumerate(order):
         axes[r, 0].set_ylabel(str(result.temperature_values[j]), fontsize=8)
     for i, v in enumerate(result.load_values):
         axes[-1, i].set_xlabel(str(v), fontsize=8)
     for ax in axes.ravel():
-        ax.tick_params(labelsize=6)
+        ax.tick_params(labelsize=7)
     spec = result.spec
     fig.supxlabel(f"load: {spec.load.label}  (x in each panel: t along the curve)", fontsize=9)
     fig.supylabel(f"temperature: {spec.temperature.label}  /  train error (%)", fontsize=9)
