@@ -539,3 +539,22 @@ def test_a_ctrl_c_lost_in_a_garbage_collector_callback_stops_the_next_loop_step(
         assert list(progress.track(range(3), disable=True)) == [0, 1, 2]  # delivered once
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_not_a_traceback():
+    """A Ctrl-C while ``lossatlas`` imports torch (before its own handler is in place) prints
+    one line and exits by SIGINT (code 130 in a shell); a library user's import is untouched."""
+    import subprocess
+    import sys
+
+    src = str(Path(la.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src}
+    as_command = ("import sys; sys.argv[0] = '/venv/bin/lossatlas'; import lossatlas; "
+                  "raise KeyboardInterrupt")
+    r = subprocess.run([sys.executable, "-c", as_command], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode in (-signal.SIGINT, 130)
+    assert r.stderr == "interrupted while lossatlas was starting; nothing was done\n"
+    r = subprocess.run([sys.executable, "-c", "import lossatlas; raise KeyboardInterrupt"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert "Traceback" in r.stderr  # a library user's Ctrl-C is Python's own

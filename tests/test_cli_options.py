@@ -117,7 +117,8 @@ def test_curve_with_several_directions_is_curves(tmp_path):
     for i in range(2):
         a, b = la.load(tmp_path / f"a-{i}.h5"), la.load(tmp_path / f"b-{i}.h5")
         np.testing.assert_array_equal(a.x, b.x)
-        np.testing.assert_array_equal(a.loss, b.loss)
+        # two runs may pick different surface engines by timing (last bits differ, ~1e-7)
+        np.testing.assert_allclose(a.loss, b.loss, rtol=1e-6)
         assert a.x[0] == -1 and a.x[-1] == 2
     assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()
     assert r.output.replace("a-", "b-").replace("a.png", "b.png") == r2.output

@@ -10,11 +10,25 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 
-from lossatlas.core import params as params
-from lossatlas.core.errors import LossAtlasError
-from lossatlas.core.objective import Objective
+
+def _starting_interrupted(kind, value, tb, _default=sys.excepthook) -> None:
+    """The ``lossatlas`` command's hook for a Ctrl-C before its own handler is in place (while
+    torch loads): one line instead of a traceback; Python still exits with code 130."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.stderr.write("interrupted while lossatlas was starting; nothing was done\n")
+        return
+    _default(kind, value, tb)
+
+
+if sys.argv and os.path.basename(sys.argv[0]) == "lossatlas":  # the command, not a library user
+    sys.excepthook = _starting_interrupted
+
+from lossatlas.core import params as params  # noqa: E402
+from lossatlas.core.errors import LossAtlasError  # noqa: E402
+from lossatlas.core.objective import Objective  # noqa: E402
 
 __version__ = "0.1.0"
 
