@@ -101,3 +101,11 @@ def test_unreachable_ray_address_fails_fast():
         pytest.skip("Ray is already initialized in this process")
     with pytest.raises(LossAtlasError, match="nothing answers"):
         RayExecutor("127.0.0.1:1")
+
+
+def test_an_unknown_start_method_is_refused_in_one_sentence():
+    from lossatlas.core.errors import LossAtlasError
+    from lossatlas.sweeps.executors import ProcessExecutor
+
+    with pytest.raises(LossAtlasError, match=r"^context='bogus' is not a start method here"):
+        ProcessExecutor(workers=2, context="bogus")

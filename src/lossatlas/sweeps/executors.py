@@ -349,6 +349,9 @@ class ProcessExecutor(Executor):
         self._workers = n
         self.threads = _check_threads(threads)
         self.prefetch = prefetch or 2 * n
+        if context and context not in mp.get_all_start_methods():
+            raise LossAtlasError(f"context={context!r} is not a start method here; use one of "
+                                 f"{', '.join(mp.get_all_start_methods())} or None (default)")
         self._context = mp.get_context(context) if context else None
         self.warm = bool(warm)
         self._pool: futures.ProcessPoolExecutor | None = None
